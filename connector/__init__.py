@@ -1,0 +1,1 @@
+"""Shared core: schemas, routing, uncertainty, calibration, agreement, state store, tool clients."""

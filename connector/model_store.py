@@ -1,0 +1,143 @@
+"""Model versions on disk: one directory per version, nothing that unpickles.
+
+Layout under a model root::
+
+    versions/v3/head.safetensors   the head's ``coef`` (k, d) and ``intercept`` (k,)
+    versions/v3/meta.json          labels, temperature, encoder reference, metrics, created_at
+    current                        the name of the version to serve (written atomically)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connector.classifier import TextClassifier
+from connector.encoder import TextEncoder
+
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+@dataclass
+class ModelVersion:
+    """What ``meta.json`` of a version says."""
+
+    version: str
+    labels: list[str]
+    temperature: float
+    encoder: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    parent: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ModelStore:
+    """Save, list, load and promote model versions under ``root``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    def versions(self) -> list[str]:
+        """Version names, oldest first."""
+        if not self.versions_dir.exists():
+            return []
+        names = [p.name for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name) and (p / "meta.json").exists()]
+        return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))
+
+    def current(self) -> str | None:
+        """The promoted version, else the newest one, else ``None``."""
+        pointer = self.root / "current"
+        if pointer.exists():
+            name = pointer.read_text().strip()
+            if (self.versions_dir / name / "meta.json").exists():
+                return name
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def promote(self, version: str) -> None:
+        if not (self.versions_dir / version / "meta.json").exists():
+            raise FileNotFoundError(f"no model version {version!r} under {self.versions_dir}")
+        _atomic_write(self.root / "current", version + "\n")
+
+    def meta(self, version: str) -> ModelVersion:
+        data = json.loads((self.versions_dir / version / "meta.json").read_text())
+        return ModelVersion(**data)
+
+    def save(self, clf: TextClassifier, *, metrics: dict[str, Any] | None = None,
+             encoder_ref: str | None = None, parent: str | None = None, promote: bool = False) -> ModelVersion:
+        """Write ``clf`` as the next version; ``encoder_ref`` is "default" or a model directory."""
+        from safetensors.numpy import save_file
+
+        existing = self.versions()
+        n = int(_VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
+        name = f"v{n}"
+        enc = clf.encoder
+        meta = ModelVersion(
+            version=name,
+            labels=clf.classes_.tolist(),
+            temperature=float(clf.temperature_),
+            encoder={
+                "model": encoder_ref or (str(enc.model_path) if enc is not None else "default"),
+                "max_length": enc.max_length if enc is not None else None,
+                "pooling": "mean",
+                "normalize": enc.normalize if enc is not None else True,
+            },
+            metrics=metrics or {},
+            hyperparameters={"C": clf.C, "calibration_fraction": clf.calibration_fraction},
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            parent=parent,
+        )
+        tmp = self.versions_dir / f".{name}.tmp"
+        tmp.mkdir(parents=True, exist_ok=False)
+        save_file({"coef": np.ascontiguousarray(clf.coef_, dtype=np.float32),
+                   "intercept": np.ascontiguousarray(clf.intercept_, dtype=np.float32)},
+                  str(tmp / "head.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
+        tmp.rename(self.versions_dir / name)
+        if promote:
+            self.promote(name)
+        return meta
+
+    def load(self, version: str | None = None, *, encoder: TextEncoder | None = None,
+             **encoder_kwargs: Any) -> tuple[TextClassifier, ModelVersion]:
+        """Load a version (default: current). ``encoder`` is reused when given, else built."""
+        from safetensors.numpy import load_file
+
+        version = version or self.current()
+        if version is None:
+            raise FileNotFoundError(f"no model version under {self.root}; train one with `hitl train`")
+        meta = self.meta(version)
+        tensors = load_file(str(self.versions_dir / version / "head.safetensors"))
+        if encoder is None:
+            encoder = TextEncoder(meta.encoder.get("model"), max_length=meta.encoder.get("max_length"),
+                                  normalize=meta.encoder.get("normalize", True), **encoder_kwargs)
+        clf = TextClassifier(encoder, **{k: v for k, v in meta.hyperparameters.items() if k in ("C", "calibration_fraction")})
+        clf.classes_ = np.array(meta.labels)
+        clf.coef_ = tensors["coef"]
+        clf.intercept_ = tensors["intercept"]
+        clf.temperature_ = float(meta.temperature)
+        if clf.coef_.shape != (len(meta.labels), encoder.dim):
+            raise ValueError(f"version {version}: head shape {clf.coef_.shape} does not fit "
+                             f"{len(meta.labels)} labels and encoder dim {encoder.dim}")
+        return clf, meta
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,208 @@
+"""FastAPI app: Label Studio's ML backend protocol plus a plain JSON predict API.
+
+Label Studio 1.23 calls ``GET /health`` (1 s timeout), ``POST /setup`` (3 s) before every
+prediction request, ``POST /predict`` (100 s) and ``POST /webhook``. The model is loaded in the
+lifespan, never on a request; ``/setup`` only parses the config (cached per config text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from connector.batching import QueueFull
+from connector.labeling_config import LabelingConfigError
+from ml_backend.auth import require_auth
+from ml_backend.events import TRAINING_ACTIONS, EventSpool, summarize_event
+from ml_backend.schemas import (
+    LSPrediction,
+    LSPredictRequest,
+    LSPredictResponse,
+    PredictItem,
+    PredictRequest,
+    PredictResponse,
+    SetupRequest,
+    SetupResponse,
+    VersionsResponse,
+)
+from ml_backend.service import ModelService, SetupError
+from ml_backend.settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+
+class BodySizeLimit:
+    """Answer 413 to bodies over ``limit`` bytes, declared or streamed, before they are buffered."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body over the limit of {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, detail: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def create_app(settings: BackendSettings | None = None, service: ModelService | None = None) -> FastAPI:
+    """Build the app; ``service`` lets tests share one loaded model across apps."""
+    settings = settings or BackendSettings()
+    owns_service = service is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = service or ModelService(settings)
+        poller = asyncio.create_task(_poll_versions(app)) if settings.reload_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if poller:
+                poller.cancel()
+            if owns_service:
+                app.state.service.close()
+
+    app = FastAPI(title="hitl ML backend", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.spool = EventSpool(settings.events_path)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    auth = [Depends(require_auth)]
+
+    @app.exception_handler(QueueFull)
+    async def _busy(_: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(LabelingConfigError)
+    async def _bad_config(_: Request, exc: LabelingConfigError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(SetupError)
+    async def _bad_setup(_: Request, exc: SetupError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    def svc(request: Request) -> ModelService:
+        return request.app.state.service
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        s = svc(request)
+        return {"status": "UP", "model_class": "TextClassifier", "model_version": s.model_version,
+                "queue": s.batcher.queue_size}
+
+    @app.post("/setup", response_model=SetupResponse, dependencies=auth)
+    async def setup(body: SetupRequest, request: Request) -> SetupResponse:
+        s = svc(request)
+        ps = s.setup(body.schema_)
+        for w in ps.warnings():
+            log.warning("project %s: %s", body.project, w)
+        return SetupResponse(model_version=s.model_version, labels=list(ps.usable), warnings=ps.warnings())
+
+    @app.post("/predict", response_model=LSPredictResponse, dependencies=auth)
+    async def predict_ls(body: LSPredictRequest, request: Request) -> LSPredictResponse | JSONResponse:
+        s = svc(request)
+        if not body.label_config:
+            return _error(422, "request has no label_config; Label Studio sends the project's labeling config")
+        if len(body.tasks) > settings.max_tasks_per_request:
+            return _error(413, f"{len(body.tasks)} tasks; at most {settings.max_tasks_per_request} per request")
+        ps = s.setup(body.label_config)
+        key = ps.control.data_key
+        texts, problems = [], []
+        for i, task in enumerate(body.tasks):
+            data = task.get("data")
+            tid = task.get("id", f"#{i}")
+            value = data.get(key) if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                problems.append(f"task {tid}: no 'data' object")
+            elif key not in data:
+                problems.append(f"task {tid}: data has no field {key!r} (the config reads ${key}); it has {sorted(data)[:10]}")
+            elif not isinstance(value, str):
+                problems.append(f"task {tid}: data.{key} must be a string, got {type(value).__name__}")
+            else:
+                texts.append(value)
+        if problems:
+            return _error(422, problems[:50])
+        preds = await s.predict(texts)
+        thr = settings.multi_label_threshold
+        results, warnings = [], ps.warnings()
+        for task, p in zip(body.tasks, preds):
+            best = max(ps.usable, key=lambda label: p.probabilities[label])
+            chosen = [label for label in ps.usable if p.probabilities[label] >= thr] if ps.control.multiple else []
+            results.append(LSPrediction(result=[ps.control.result(chosen or [best])],
+                                        score=p.probabilities[best], model_version=p.model_version))
+            if p.truncated:
+                warnings.append(f"task {task.get('id')}: text cut to the model's limit of "
+                                f"{s.max_length} tokens")
+        return LSPredictResponse(results=results, model_version=s.model_version, warnings=warnings)
+
+    @app.post("/webhook", dependencies=auth)
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "webhook body is not JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            return _error(400, "webhook body must be a JSON object with an 'action' string")
+        event = summarize_event(payload)
+        request.app.state.spool.append(event)
+        return JSONResponse({"status": "ok", "queued": event["action"] in TRAINING_ACTIONS}, status_code=201)
+
+    @app.get("/versions", response_model=VersionsResponse, dependencies=auth)
+    async def versions(request: Request) -> VersionsResponse:
+        s = svc(request)
+        return VersionsResponse(versions=s.store.versions(), current=s.store.current(), serving=s.model_version)
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth)
+    async def predict_json(body: PredictRequest, request: Request) -> PredictResponse:
+        s = svc(request)
+        preds = await s.predict(body.texts)
+        return PredictResponse(predictions=[PredictItem(**p.__dict__) for p in preds], model_version=s.model_version)
+
+    return app
+
+
+async def _poll_versions(app: FastAPI) -> None:
+    """Pick up a newly promoted version without a restart."""
+    settings: BackendSettings = app.state.settings
+    while True:
+        await asyncio.sleep(settings.reload_interval_s)
+        try:
+            await asyncio.to_thread(app.state.service.reload_if_changed)
+        except Exception:  # noqa: BLE001 - a bad version must not stop serving the current one
+            log.exception("could not switch model version")

@@ -1,0 +1,60 @@
+"""Spool of webhook events for the scheduler: one JSON line each, appended under a lock.
+
+Only the action, project id, ids of what changed and the time are kept; Label Studio's payloads
+carry the project's API token and are never written or logged whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+TRAINING_ACTIONS = frozenset({
+    "START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED", "ANNOTATION_DELETED",
+})
+
+
+def summarize_event(payload: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Label Studio webhook body worth keeping."""
+    project = payload.get("project")
+    project_id = project.get("id") if isinstance(project, dict) else project
+    ids: list[Any] = []
+    for key in ("annotation", "task"):
+        obj = payload.get(key)
+        if isinstance(obj, dict) and "id" in obj:
+            ids.append({key: obj["id"]})
+    for key in ("annotations", "tasks"):
+        objs = payload.get(key)
+        if isinstance(objs, list):
+            ids.extend({key[:-1]: o.get("id")} for o in objs if isinstance(o, dict))
+    return {
+        "action": str(payload.get("action", "")),
+        "project": project_id,
+        "ids": ids[:1000],
+        "received_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+class EventSpool:
+    """Append-only JSONL file; ``append`` is quick enough for Label Studio's 1 s webhook timeout."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]

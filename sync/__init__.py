@@ -1,0 +1,1 @@
+"""Sync service and scheduler (push to / pull from Label Studio and Argilla)."""

@@ -1,0 +1,57 @@
+"""Run the ML backend as a real subprocess (``python -m ml_backend``) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.label_studio import free_port
+
+
+@dataclass
+class BackendProcess:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def start_backend(model_root: Path, workdir: Path, *, env: dict[str, str] | None = None,
+                  timeout: float = 120.0) -> BackendProcess:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "HITL_MODEL_ROOT": str(model_root), "HITL_HOST": "127.0.0.1",
+                "HITL_PORT": str(port), "HITL_EVENTS_PATH": str(workdir / "events.jsonl"),
+                "HF_HUB_OFFLINE": "1", **(env or {})}
+    log_path = workdir / "backend.log"
+    proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=full_env, cwd=workdir,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    backend = BackendProcess(url, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"backend exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return backend
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    backend.stop()
+    raise TimeoutError(f"backend did not answer /health in {timeout} s: {log_path}")

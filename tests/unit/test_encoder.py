@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from connector.encoder import default_model_path
+
+
+def test_embeddings_match_sentence_transformers(encoder, rt_sample):
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers is in the dev extra")
+    texts = rt_sample[0][:64]
+    ref = st.SentenceTransformer(str(default_model_path()), device="cpu").encode(texts, batch_size=16)
+    np.testing.assert_allclose(encoder.encode(texts), ref, atol=1e-5)
+
+
+def test_output_order_follows_input_order_despite_length_sorting(encoder):
+    texts = ["a much longer sentence about a film that goes on and on", "short", "medium length one"]
+    fwd = encoder.encode(texts)
+    rev = encoder.encode(texts[::-1])
+    np.testing.assert_allclose(fwd, rev[::-1], atol=1e-6)
+    assert not np.allclose(fwd[0], fwd[1])
+
+
+def test_batches_respect_token_budget_and_cover_every_text(encoder):
+    ids, _ = encoder.tokenize([("word " * n).strip() for n in range(1, 120)])
+    seen = []
+    for b in encoder.batches(ids):
+        rows, width = b.input_ids.shape
+        assert rows == 1 or rows * width <= encoder.token_budget
+        assert rows <= encoder.max_batch_size
+        seen.extend(b.index.tolist())
+    assert sorted(seen) == list(range(len(ids)))
+
+
+def test_long_texts_are_truncated_to_the_model_limit_and_flagged(encoder):
+    huge = "great film " * 100_000  # about 1 MB
+    ids, truncated = encoder.tokenize([huge, "short one"])
+    assert truncated.tolist() == [True, False]
+    assert len(ids[0]) == encoder.max_length
+    assert ids[0][-1] == encoder.tokenizer.sep_token_id
+    emb, flags = encoder.encode([huge], return_truncated=True)
+    assert flags.tolist() == [True] and np.isfinite(emb).all()
+
+
+def test_empty_input_gives_empty_matrix(encoder):
+    assert encoder.encode([]).shape == (0, encoder.dim)
+
+
+def test_a_directory_without_config_is_refused(tmp_path):
+    from connector.encoder import resolve_model_path
+
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face model directory"):
+        resolve_model_path(tmp_path)
