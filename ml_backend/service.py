@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,11 +64,15 @@ class ModelService:
         clf, meta = self.store.load(settings.model_version, device=settings.device)
         self._loaded = _Loaded(clf, meta)
         self._swap_lock = threading.Lock()
+        cores = os.cpu_count() or 1
+        on_gpu = clf.encoder.device.type == "cuda"
+        self.workers = settings.inference_workers or (1 if on_gpu else min(cores, 4))
+        self.torch_threads = settings.torch_threads or max(1, cores // self.workers)
         self.batcher: MicroBatcher[str] = MicroBatcher(
             self._run_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue, on_start=self._on_worker_start, name="inference")
-        log.info("serving model version %s (labels %s, T=%.3f) on %s", meta.version, meta.labels,
-                 meta.temperature, clf.encoder.device)
+            max_queue=settings.max_queue, on_start=self._on_worker_start, name="inference", workers=self.workers)
+        log.info("serving model version %s (labels %s, T=%.3f) on %s, %d inference worker(s) x %d torch thread(s)",
+                 meta.version, meta.labels, meta.temperature, clf.encoder.device, self.workers, self.torch_threads)
 
     # -- model --------------------------------------------------------------------------------
 
@@ -86,10 +91,8 @@ class ModelService:
     def _on_worker_start(self) -> None:
         import torch
 
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        else:  # the main thread's setting does not carry over to this thread
-            torch.set_num_threads(max(1, torch.get_num_threads()))
+        # a per-thread setting: the main thread's count does not carry over to this thread
+        torch.set_num_threads(self.torch_threads)
 
     def _run_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool, _Loaded]]:
         loaded = self._loaded  # one version per batch, even during a swap

@@ -87,3 +87,23 @@ def test_swapped_function_serves_later_batches():
     b.set_fn(lambda items: ["new"] * len(items))
     assert b([1], timeout=5) == ["new"]
     b.close()
+
+
+def test_several_workers_serve_concurrent_callers_correctly():
+    names = set()
+
+    def fn(items):
+        names.add(threading.current_thread().name)
+        time.sleep(0.01)
+        return [x * 10 for x in items]
+
+    b = MicroBatcher(fn, max_batch_size=4, max_wait_ms=5, workers=2, name="w")
+    out: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, b([i, i + 1]))) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert all(out[i] == [i * 10, (i + 1) * 10] for i in range(30))
+    assert names == {"w-0", "w-1"}  # both workers took batches

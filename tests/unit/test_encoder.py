@@ -49,3 +49,43 @@ def test_a_directory_without_config_is_refused(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not a Hugging Face model directory"):
         resolve_model_path(tmp_path)
+
+
+def test_packed_batches_give_the_same_embeddings_as_padded_ones(encoder):
+    texts = ["tiny", "a somewhat longer sentence about nothing in particular at all, really, truly",
+             "mid sized text here", "ok"]
+    ids, _ = encoder.tokenize(texts)
+    (packed,) = list(encoder.batches(ids))
+    assert packed.lengths is not None and packed.input_ids.shape[0] == 1  # mixed lengths get packed
+    import torch
+
+    with torch.inference_mode():
+        got = encoder._forward(packed).numpy()
+    saved = encoder.pack_tokens
+    encoder.pack_tokens = 0
+    try:
+        (padded,) = list(encoder.batches(ids))
+        assert padded.lengths is None
+        with torch.inference_mode():
+            want = encoder._forward(padded).numpy()
+    finally:
+        encoder.pack_tokens = saved
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_cpu_encoder_runs_a_traced_forward_equal_to_eager(encoder):
+    import torch
+
+    assert encoder.jit  # the trace succeeded and passed its own check
+    ids, _ = encoder.tokenize(["one text", "and another, longer, text to compare"])
+    saved = encoder.pack_tokens
+    encoder.pack_tokens = 0
+    try:
+        (b,) = list(encoder.batches(ids))
+    finally:
+        encoder.pack_tokens = saved
+    with torch.inference_mode():
+        traced = encoder._padded_fn(b.input_ids, b.attention_mask)
+        eager = encoder._eager_padded(b.input_ids, b.attention_mask)
+    assert traced is not eager
+    np.testing.assert_allclose(traced.numpy(), eager.numpy(), atol=1e-5)
