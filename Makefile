@@ -29,6 +29,12 @@ $(LS_VENV)/bin/label-studio:
 	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
 	test -x $@
 
+up: install label-studio
+	$(VENV)/bin/hitl up
+
+down:
+	@test -x $(VENV)/bin/hitl && $(VENV)/bin/hitl down || true
+
 test: install label-studio
 	$(PY) -m pytest -q
 

@@ -102,6 +102,22 @@ def serve(
     run(BackendSettings(**overrides))
 
 
+@app.command()
+def up() -> None:
+    """Start Label Studio and the ML backend locally, with a demo project (state under var/)."""
+    from sync.stack import up as run_up
+
+    run_up()
+
+
+@app.command()
+def down() -> None:
+    """Stop what `hitl up` started."""
+    from sync.stack import down as run_down
+
+    run_down()
+
+
 def main() -> None:
     app()
 
