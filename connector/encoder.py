@@ -103,7 +103,10 @@ class TextEncoder:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True, dtype=self.dtype)
+        try:
+            self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True, dtype=self.dtype)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True, torch_dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
         self.max_length = max_length or self._model_max_length()
         self.dim = int(self.model.config.hidden_size)
