@@ -18,7 +18,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
     from connector.encoder import default_model_path

@@ -24,7 +24,7 @@ def main(model: str) -> int:
         print("no CUDA device")
         return 1
     rng = np.random.default_rng(0)
-    words = "the a film story actor plot scene great dull moving funny slow sharp warm cold script".split()
+    words = ["the", "a", "film", "story", "actor", "plot", "scene", "great", "dull", "moving", "funny", "slow", "sharp", "warm", "cold", "script"]
     texts = [" ".join(rng.choice(words, size=rng.integers(3, 120))) for _ in range(3000)]
     gpu = TextEncoder(model, device="cuda")
     cpu = TextEncoder(model, device="cpu", dtype="float32", jit=False)

@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from connector.calibration import expected_calibration_error, reliability_diagram  # noqa: E402
-from connector.classifier import TextClassifier, stratified_split  # noqa: E402
-from connector.encoder import TextEncoder  # noqa: E402
+from connector.calibration import expected_calibration_error, reliability_diagram
+from connector.classifier import TextClassifier, stratified_split
+from connector.encoder import TextEncoder
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -59,7 +59,7 @@ def load_texts(n: int, *, allow_synthetic: bool) -> list[str]:
         if not allow_synthetic:
             raise
         rng = np.random.default_rng(0)  # a bare GPU machine may lack the data package
-        words = "the a film story actor plot scene great dull moving funny slow sharp warm cold script".split()
+        words = ["the", "a", "film", "story", "actor", "plot", "scene", "great", "dull", "moving", "funny", "slow", "sharp", "warm", "cold", "script"]
         base = [" ".join(rng.choice(words, size=rng.integers(8, 40))) for _ in range(12_000)]
     rng = np.random.default_rng(0)
     idx = rng.permutation(np.resize(np.arange(len(base)), max(n, len(base))))[:n]
@@ -194,7 +194,7 @@ def calibration(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         acc = float((C.argmax(1) == Y).mean())
         out[ds.name] = {"n": len(y_all), "accuracy_cv": acc, "ece_split_before": split[0], "ece_split_after": split[1],
                         "ece_cv_before": cv[0], "ece_cv_after": cv[1], "temperature_mean": float(np.mean(temps)),
-                        "n_test_split": int(len(test))}
+                        "n_test_split": len(test)}
         png = reliability_diagram({"uncalibrated": (R, Y), "temperature-scaled": (C, Y)},
                                   OUT / f"reliability-{ds.name}.png", title=f"{ds.name}, 5-fold held-out")
         print(f"  {ds.name:16s} n={len(y_all):6d} acc {acc:.4f} T~{np.mean(temps):.3f} | ECE split(n={len(test)}) "

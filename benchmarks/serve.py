@@ -10,9 +10,9 @@ its own keep-alive connection sending one task per request, as Label Studio does
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
-import asyncio
 import subprocess
 import sys
 import tempfile
@@ -104,7 +104,7 @@ def run_load(url: str, texts: list[str], clients: int, per_client: int, *, rate:
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
         a = np.array(lat)
-        return {"clients": clients, "rate_per_client": rate, "requests": int(len(a)), "errors": errors[0],
+        return {"clients": clients, "rate_per_client": rate, "requests": len(a), "errors": errors[0],
                 "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
                 "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()), "texts_per_s": len(a) / wall}
 

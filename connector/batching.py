@@ -34,7 +34,7 @@ class BatcherClosed(RuntimeError):
 
 
 class _Request(Generic[T]):
-    __slots__ = ("items", "future", "enqueued")
+    __slots__ = ("enqueued", "future", "items")
 
     def __init__(self, items: Sequence[T]) -> None:
         self.items = items
@@ -139,7 +139,7 @@ class MicroBatcher(Generic[T]):
             results = self._fn(items)
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
+        except Exception as exc:
             log.exception("batch of %d items failed", len(items))
             for req in batch:
                 if not req.future.done():

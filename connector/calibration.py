@@ -41,7 +41,7 @@ class TemperatureScaler:
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
 
-    def fit(self, logits: np.ndarray, y: np.ndarray) -> "TemperatureScaler":
+    def fit(self, logits: np.ndarray, y: np.ndarray) -> TemperatureScaler:
         z = np.asarray(logits, dtype=np.float64)
         y = np.asarray(y, dtype=np.int64)
         if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
@@ -51,7 +51,8 @@ class TemperatureScaler:
         zy = z[np.arange(len(y)), y]
         lo, hi = 1.0 / self.max_temperature, 1.0 / self.min_temperature
         beta = 1.0
-        for self.n_iter_ in range(1, self.max_iter + 1):
+        for it in range(1, self.max_iter + 1):
+            self.n_iter_ = it
             p = softmax(z, 1.0 / beta)
             mean_z = (p * z).sum(axis=1)
             grad = float(np.mean(mean_z - zy))

@@ -83,10 +83,10 @@ class TextClassifier:
             self.encoder = TextEncoder()
         return self.encoder
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "TextClassifier":
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TextClassifier:
         return self.fit_embeddings(self._encoder().encode(list(texts)), labels)
 
-    def fit_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> "TextClassifier":
+    def fit_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> TextClassifier:
         """Fit head and temperature on precomputed embeddings (cache them when the encoder is frozen)."""
         labels = [str(v) for v in labels]
         if len(labels) != len(x):
@@ -105,11 +105,11 @@ class TextClassifier:
             self.calibrate_embeddings(x[held], [labels[i] for i in held])
         return self
 
-    def calibrate(self, texts: Sequence[str], labels: Sequence[str]) -> "TextClassifier":
+    def calibrate(self, texts: Sequence[str], labels: Sequence[str]) -> TextClassifier:
         """Refit only the temperature, on held-out labelled texts."""
         return self.calibrate_embeddings(self._encoder().encode(list(texts)), labels)
 
-    def calibrate_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> "TextClassifier":
+    def calibrate_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> TextClassifier:
         self.temperature_ = TemperatureScaler().fit(self.logits_from_embeddings(x), self.label_indices(labels)).temperature_
         return self
 

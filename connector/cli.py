@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ def train(
     model: str = typer.Option("default", help="encoder: 'default' (bundled MiniLM) or a local HF model directory"),
     text_field: str = typer.Option("text"),
     label_field: str = typer.Option("label"),
-    limit: Optional[int] = typer.Option(None, help="train on at most this many items (stratified sample)"),
+    limit: int | None = typer.Option(None, help="train on at most this many items (stratified sample)"),
     test_fraction: float = typer.Option(0.2, help="held out for the reported metrics"),
     promote: bool = typer.Option(True, help="make the new version the served one"),
     seed: int = typer.Option(0),
@@ -44,7 +43,7 @@ def train(
     console.print(f"encoding {len(texts)} texts of {ds.name} on {encoder.device}")
     x = encoder.encode(list(texts), progress=True)
     clf = TextClassifier(encoder, random_state=seed).fit_embeddings(x[train_idx], labels[train_idx].tolist())
-    metrics: dict = {"n_train": int(len(train_idx)), "n_test": int(len(test_idx)), "dataset": ds.name}
+    metrics: dict = {"n_train": len(train_idx), "n_test": len(test_idx), "dataset": ds.name}
     if len(test_idx):
         y = clf.label_indices(labels[test_idx].tolist())
         raw = clf.predict_proba_from_embeddings(x[test_idx], calibrated=False)
@@ -91,8 +90,8 @@ def promote(version: str, model_root: Path = typer.Option(Path("var/models"), en
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, envvar="HITL_HOST"),
-    port: Optional[int] = typer.Option(None, envvar="HITL_PORT"),
+    host: str | None = typer.Option(None, envvar="HITL_HOST"),
+    port: int | None = typer.Option(None, envvar="HITL_PORT"),
 ) -> None:
     """Run the ML backend (Label Studio protocol and /v1/predict)."""
     from ml_backend.server import serve as run

@@ -67,10 +67,10 @@ class Batch:
     """
 
     index: np.ndarray
-    input_ids: "object"
-    attention_mask: "object"
-    lengths: "object | None" = None
-    position_ids: "object | None" = None
+    input_ids: object
+    attention_mask: object
+    lengths: object | None = None
+    position_ids: object | None = None
 
 
 class TextEncoder:
@@ -177,10 +177,10 @@ class TextEncoder:
             yield Batch(idx + offset, input_ids, attention)
             start = end
 
-    def _eager_padded(self, ids: "object", mask: "object") -> "object":
+    def _eager_padded(self, ids: object, mask: object) -> object:
         return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
 
-    def _eager_packed(self, ids: "object", mask: "object", positions: "object") -> "object":
+    def _eager_packed(self, ids: object, mask: object, positions: object) -> object:
         import torch
 
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -250,7 +250,7 @@ class TextEncoder:
 
     # -- encoding -----------------------------------------------------------------------------
 
-    def _forward(self, batch: Batch) -> "object":
+    def _forward(self, batch: Batch) -> object:
         import torch
 
         ids = batch.input_ids.to(self.device, non_blocking=True)

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -143,7 +143,7 @@ class LabelStudioClient:
         filters = []
         if since:
             start = (datetime.fromisoformat(since.replace("Z", "+00:00")) - timedelta(seconds=overlap_s))
-            start = start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the only format it takes
+            start = start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the only format it takes
             filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
                             "value": start})
         query = json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": ["tasks:updated_at"]})
@@ -163,7 +163,7 @@ class LabelStudioClient:
         page = 1
         while True:
             try:
-                batch = self._call(lambda: self._ls.tasks.list(project=project, page=page, page_size=500,
+                batch = self._call(lambda page=page: self._ls.tasks.list(project=project, page=page, page_size=500,
                                                                **kwargs).items)
             except Exception as exc:  # the last page + 1 answers 404
                 from label_studio_sdk.core.api_error import ApiError
@@ -207,5 +207,5 @@ def _iso(value: Any) -> str:
     if not isinstance(value, datetime):
         value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat()
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()

@@ -84,3 +84,18 @@ def parse_labeling_config(config: str) -> list[ChoicesControl]:
         detail = "; ".join(problems) or "no <Choices> tag bound to a <Text> tag"
         raise LabelingConfigError(f"unsupported labeling config: {detail}")
     return controls
+
+
+def build_choices_config(*, text_field: str, labels: list[str], multiple: bool = False,
+                         instructions: str = "", from_name: str = "label", to_name: str = "text") -> str:
+    """A Label Studio labeling config for text classification, as the task file describes it."""
+    from xml.sax.saxutils import quoteattr
+
+    if not labels:
+        raise LabelingConfigError("a classification task needs at least one label")
+    choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in labels)
+    header = f"  <Header value={quoteattr(instructions)}/>\n" if instructions else ""
+    return (f"<View>\n{header}  <Text name={quoteattr(to_name)} value={quoteattr('$' + text_field)}/>\n"
+            f"  <Choices name={quoteattr(from_name)} toName={quoteattr(to_name)} "
+            f"choice=\"{'multiple' if multiple else 'single-radio'}\" showInLine=\"true\">\n{choices}\n"
+            f"  </Choices>\n</View>")

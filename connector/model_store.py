@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ class ModelStore:
             },
             metrics=metrics or {},
             hyperparameters={"C": clf.C, "calibration_fraction": clf.calibration_fraction},
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parent=parent,
         )
         tmp = self.versions_dir / f".{name}.tmp"

@@ -208,5 +208,5 @@ async def _poll_versions(app: FastAPI) -> None:
         await asyncio.sleep(settings.reload_interval_s)
         try:
             await asyncio.to_thread(app.state.service.reload_if_changed)
-        except Exception:  # noqa: BLE001 - a bad version must not stop serving the current one
+        except Exception:
             log.exception("could not switch model version")

@@ -50,3 +50,11 @@ def test_choices_bound_to_non_text_tag_are_skipped_but_text_ones_kept():
 def test_unsupported_configs_raise_with_reason(cfg, message):
     with pytest.raises(LabelingConfigError, match=message.replace("$", r"\$")):
         parse_labeling_config(cfg)
+
+
+def test_generated_config_round_trips_through_the_parser():
+    from connector.labeling_config import build_choices_config
+
+    cfg = build_choices_config(text_field="body", labels=["a & b", 'say "hi"'], multiple=True, instructions="Pick <all>")
+    (c,) = parse_labeling_config(cfg)
+    assert (c.data_key, c.labels, c.multiple, c.from_name, c.to_name) == ("body", ("a & b", 'say "hi"'), True, "label", "text")

@@ -1,0 +1,88 @@
+"""The task file: one description drives the model, the router and both annotation tools.
+
+A TOML file, e.g.::
+
+    name = "reviews"
+    tool = "label_studio"            # or "argilla": switching tools is this one setting
+    text_field = "text"
+    labels = ["fresh", "rotten"]
+    multi_label = false
+    instructions = "Is the review fresh or rotten?"
+    overlap = 1                      # answers wanted per item
+
+    [label_studio]
+    url = "http://127.0.0.1:8080"
+    api_key_env = "HITL_LS_API_KEY"
+
+    [routing]
+    accept_threshold = 0.95
+    spot_check_rate = 0.05
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from connector.labeling_config import build_choices_config
+
+
+class LabelStudioTarget(BaseModel):
+    url: str = "http://127.0.0.1:8080"
+    api_key_env: str = "HITL_LS_API_KEY"
+    project_title: str | None = None
+    label_config: str | None = Field(None, description="use this config instead of generating one")
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(f"set {self.api_key_env} to a Label Studio API token")
+        return key
+
+
+class ArgillaTarget(BaseModel):
+    url: str = "http://127.0.0.1:6900"
+    api_key_env: str = "HITL_ARGILLA_API_KEY"
+    workspace: str = "default"
+    dataset: str | None = None
+
+
+class TaskSpec(BaseModel):
+    """What is being labelled, by whom, and where."""
+
+    name: str
+    tool: Literal["label_studio", "argilla"] = "label_studio"
+    text_field: str = "text"
+    labels: list[str]
+    multi_label: bool = False
+    instructions: str = ""
+    overlap: int = Field(1, ge=1)
+    label_studio: LabelStudioTarget = LabelStudioTarget()
+    argilla: ArgillaTarget = ArgillaTarget()
+    routing: dict[str, Any] = Field(default_factory=dict, description="RoutingPolicy fields")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, v: list[str]) -> list[str]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("labels must be at least two distinct strings")
+        return v
+
+    @property
+    def project_name(self) -> str:
+        if self.tool == "argilla":
+            return self.argilla.dataset or self.name
+        return self.label_studio.project_title or self.name
+
+    def label_config(self) -> str:
+        return self.label_studio.label_config or build_choices_config(
+            text_field=self.text_field, labels=self.labels, multiple=self.multi_label, instructions=self.instructions)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskSpec:
+        with open(path, "rb") as fh:
+            return cls.model_validate(tomllib.load(fh))
