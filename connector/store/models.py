@@ -1,0 +1,201 @@
+"""Tables of the state store (SQLAlchemy 2 declarative).
+
+One row per item version says where the item is in the loop (``state``) and which model version
+scored it. The schema itself is created by the Alembic revisions in ``migrations/``, never by
+``create_all``; ``tests`` check that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+ITEM_STATES = ("ingested", "predicted", "routed", "pushed", "annotated", "consolidated")
+TOOLS = ("label_studio", "argilla")
+PUSH_STATUSES = ("pending", "confirmed")
+ANNOTATION_STATUSES = ("submitted", "skipped", "deleted")
+
+# Constraint names are fixed so the migrations can name (and later drop) them on both databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always returned timezone-aware in UTC.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite has none, so naive UTC is stored there.
+    A naive value passed in is taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Item(Base):
+    """One version of one item. A changed record is a new version; the old one is kept."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("external_id", "version"),
+        # at most one current version per external id (a partial index on both databases)
+        Index("uq_items_current_external_id", "external_id", unique=True,
+              sqlite_where=text("is_current"), postgresql_where=text("is_current")),
+        CheckConstraint(_one_of("state", ITEM_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    is_current: Mapped[bool] = mapped_column(Boolean)
+    data: Mapped[dict[str, Any]]
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata")
+    is_gold: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id}, external_id={self.external_id!r}, version={self.version}, state={self.state!r})"
+
+
+class Prediction(Base):
+    """A model version's calibrated prediction for one item version; one per (item, model version)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("item_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoutingDecision(Base):
+    """Where the router sent an item and why; appended, never rewritten (the latest one counts)."""
+
+    __tablename__ = "routing_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    priority: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Push(Base):
+    """An item sent to a tool's project (Label Studio) or dataset (Argilla).
+
+    Written ``pending`` before the remote call and ``confirmed`` with the remote id after it, so a
+    crash in between leaves a ``pending`` row that the next pass reconciles.
+    """
+
+    __tablename__ = "pushes"
+    __table_args__ = (
+        UniqueConstraint("item_id", "tool", "project"),
+        Index("ix_pushes_tool_project_status", "tool", "project", "status"),
+        CheckConstraint(_one_of("tool", TOOLS), name="tool"),
+        CheckConstraint(_one_of("status", PUSH_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    tool: Mapped[str] = mapped_column(String(32))
+    project: Mapped[str] = mapped_column(String(255))
+    remote_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+
+
+class Annotation(Base):
+    """One annotator's answer in a tool, keyed by the tool's own id for it."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("tool", "project", "remote_id"),
+        CheckConstraint(_one_of("tool", TOOLS), name="tool"),
+        CheckConstraint(_one_of("status", ANNOTATION_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    tool: Mapped[str] = mapped_column(String(32))
+    project: Mapped[str] = mapped_column(String(255))
+    remote_id: Mapped[str] = mapped_column(String(255))
+    annotator: Mapped[str] = mapped_column(String(255))
+    value: Mapped[Any] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    remote_updated_at: Mapped[datetime]
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Cursor(Base):
+    """A named position in a tool's project (e.g. the last ``updated_at`` pulled)."""
+
+    __tablename__ = "cursors"
+
+    tool: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

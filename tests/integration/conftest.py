@@ -1,0 +1,27 @@
+"""Integration fixtures: a throwaway PostgreSQL cluster for the session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A PostgreSQL cluster on loopback for the whole session, stopped at the end.
+
+    Fails (never skips) when the server binaries are missing: CI installs them.
+    """
+    try:
+        cluster = PostgresCluster.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """URL of the ``hitl`` database: ``postgresql+psycopg://postgres@127.0.0.1:PORT/hitl``."""
+    return postgres_cluster.create_database("hitl")

@@ -1,0 +1,43 @@
+"""The state store on SQLite (the shared cases in ``tests/store_cases.py``), and the file readers."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.ingest import read_records
+from connector.store import DEFAULT_URL, StateStore
+from tests.store_cases import StoreCases, write_csv, write_jsonl
+
+
+class TestStoreOnSQLite(StoreCases):
+    @pytest.fixture
+    def empty_store(self, tmp_path):
+        store = StateStore(f"sqlite:///{tmp_path}/state.db")
+        yield store
+        store.close()
+
+
+def test_the_default_store_is_a_sqlite_file_under_var_created_with_its_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with StateStore() as store:
+        store.migrate()
+        assert DEFAULT_URL == "sqlite:///var/state.db" and (tmp_path / "var" / "state.db").is_file()
+
+
+def test_read_records_reads_jsonl_and_csv_by_extension(tmp_path):
+    jsonl = write_jsonl(tmp_path / "a.ndjson", [{"id": 1, "text": "x"}, "", {"id": 2, "text": "y"}])
+    csv = write_csv(tmp_path / "a.CSV", ["id,text", "1,x", "", "2,y"])
+    assert list(read_records(jsonl)) == [{"id": 1, "text": "x"}, {"id": 2, "text": "y"}]
+    assert list(read_records(csv)) == [{"id": "1", "text": "x"}, {"id": "2", "text": "y"}]
+
+
+def test_read_records_names_the_line_of_bad_json_and_refuses_other_extensions(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "text": "x"}, "{oops"])
+    with pytest.raises(ValueError, match=r"bad\.jsonl line 2: invalid JSON"):
+        list(read_records(bad))
+    (tmp_path / "items.txt").write_text("x\n")
+    with pytest.raises(ValueError, match="unsupported file type '.txt'"):
+        list(read_records(tmp_path / "items.txt"))
+    dup = write_csv(tmp_path / "dup.csv", ["id,text,text", "1,x,y"])
+    with pytest.raises(ValueError, match="duplicate column names"):
+        list(read_records(dup))
