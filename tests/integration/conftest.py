@@ -25,3 +25,13 @@ def postgres_cluster():
 def postgres_url(postgres_cluster) -> str:
     """URL of the ``hitl`` database: ``postgresql+psycopg://postgres@127.0.0.1:PORT/hitl``."""
     return postgres_cluster.create_database("hitl")
+
+
+@pytest.fixture(scope="session")
+def backend(model_root, tmp_path_factory):
+    """The ML backend as a real subprocess on the session's model, stopped at the end."""
+    from tests.support.backend import start_backend
+
+    proc = start_backend(model_root, tmp_path_factory.mktemp("backend"))
+    yield proc
+    proc.stop()

@@ -21,13 +21,6 @@ def ls_client(label_studio):
 
 
 @pytest.fixture(scope="module")
-def backend(model_root, tmp_path_factory):
-    proc = start_backend(model_root, tmp_path_factory.mktemp("backend"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def backend_with_basic_auth(model_root, tmp_path_factory):
     proc = start_backend(model_root, tmp_path_factory.mktemp("backend-auth"),
                          env={"HITL_BASIC_AUTH_USER": "label-studio", "HITL_BASIC_AUTH_PASSWORD": "s3cret-pass"})

@@ -1,0 +1,219 @@
+"""The sync passes: predict, route, push to Label Studio, pull annotations back, exactly once.
+
+Each pass reads what to do from the state store and writes what it did back, so a restart at any
+point resumes: a push is recorded ``pending`` before the remote call and ``confirmed`` after it;
+pending pushes found on the next pass are reconciled by our external id in the tool (found:
+confirmed; not found: pushed again). Pulls upsert by the annotation's remote id and move the
+cursor only after the upsert, so a crash between the two re-reads and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+from tenacity import before_sleep_log, retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from connector.label_studio_client import LabelStudioClient, PushItem, TaskSnapshot
+from connector.labeling_config import parse_labeling_config
+from connector.routing import Batch, Router
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+TOOL = "label_studio"
+
+
+class Predictor(Protocol):
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """One dict per text: ``label``, ``confidence``, ``probabilities``, ``model_version``."""
+
+
+class HttpPredictor:
+    """The ML backend's ``POST /v1/predict``, in chunks, with retries on connection errors and 5xx."""
+
+    def __init__(self, url: str, *, token: str | None = None, chunk: int = 256, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.chunk = chunk
+
+    @retry(retry=retry_if_exception_type((httpx.TransportError, httpx.HTTPStatusError)),
+           stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.5, max=10), reraise=True,
+           before_sleep=before_sleep_log(log, logging.WARNING))
+    def _post(self, texts: list[str]) -> list[dict[str, Any]]:
+        r = self._http.post("/v1/predict", json={"texts": texts})
+        if r.status_code >= 500:
+            r.raise_for_status()
+        if r.status_code != 200:
+            raise ValueError(f"ML backend refused the batch ({r.status_code}): {r.text[:300]}")
+        return r.json()["predictions"]
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(texts), self.chunk):
+            out.extend(self._post(list(texts[i:i + self.chunk])))
+        return out
+
+
+@dataclass
+class PassReport:
+    """What one pass did, for the CLI's summary table and the logs."""
+
+    name: str
+    counts: Counter = field(default_factory=Counter)
+
+
+class LabelStudioSync:
+    """Predict → route → push → pull for one task file and one Label Studio project."""
+
+    def __init__(self, store: StateStore, spec: TaskSpec, client: LabelStudioClient,
+                 predictor: Predictor | None = None, *, progress: Callable[[str, int], None] | None = None) -> None:
+        self.store = store
+        self.spec = spec
+        self.client = client
+        self.predictor = predictor
+        self.router = Router(spec.routing)
+        self.control = parse_labeling_config(spec.label_config())[0]
+        self._project_id: int | None = None
+        self._progress = progress or (lambda name, n: None)
+
+    @property
+    def project_id(self) -> int:
+        if self._project_id is None:
+            self._project_id = self.client.ensure_project(self.spec.project_name, self.spec.label_config(),
+                                                          description=self.spec.instructions)
+        return self._project_id
+
+    @property
+    def project(self) -> str:
+        return str(self.project_id)
+
+    # -- predict and route --------------------------------------------------------------------
+
+    def predict_pass(self, *, batch: int = 512) -> PassReport:
+        """Score every ingested item with the ML backend."""
+        if self.predictor is None:
+            raise RuntimeError("no predictor configured (set the ML backend URL)")
+        report = PassReport("predict")
+        while items := self.store.items(state="ingested", limit=batch):
+            preds = self.predictor.predict([it.text for it in items])
+            self.store.record_predictions([
+                {"item_id": it.id, "model_version": p["model_version"], "label": p["label"],
+                 "confidence": p["confidence"], "probabilities": p["probabilities"]}
+                for it, p in zip(items, preds)])
+            report.counts["predicted"] += len(items)
+            self._progress("predict", len(items))
+        return report
+
+    def route_pass(self, *, batch: int = 2048) -> PassReport:
+        """Route every predicted item; each decision keeps its reason."""
+        report = PassReport("route")
+        labels = list(self.spec.labels)
+        while items := self.store.items(state="predicted", limit=batch):
+            preds = {p.item_id: p for p in self.store.predictions([it.id for it in items])}
+            latest = [preds[it.id] for it in items]
+            probs = np.array([[p.probabilities.get(label, 0.0) for label in labels] for p in latest])
+            metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
+            decisions = self.router.route(Batch([str(it.id) for it in items], probs, labels, metadata))
+            by_id = {it.id: it for it in items}
+            self.store.record_decisions([
+                {"item_id": int(d.item_id), "model_version": preds[int(d.item_id)].model_version,
+                 "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score}
+                for d in decisions if int(d.item_id) in by_id])
+            report.counts.update(d.action for d in decisions)
+        return report
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def reconcile(self) -> PassReport:
+        """Settle pushes a crash left pending: confirm those the tool has, drop the others."""
+        report = PassReport("reconcile")
+        pending = self.store.pending_pushes(TOOL, self.project)
+        if not pending:
+            return report
+        items = {p.item_id: self.store.get_item(p.item_id) for p in pending}
+        by_ext = {it.external_id: it.id for it in items.values() if it is not None}
+        found = self.client.task_ids_by_external_id(self.project_id, by_ext)
+        if found:
+            report.counts["confirmed"] += self.store.confirm_push({by_ext[e]: t for e, t in found.items()},
+                                                                  TOOL, self.project)
+        missing = [i for e, i in by_ext.items() if e not in found]
+        if missing:
+            report.counts["re-queued"] += self.store.cancel_push(missing, TOOL, self.project)
+        log.info("reconciled %d pending pushes: %s", len(pending), dict(report.counts))
+        return report
+
+    def push_pass(self, *, batch: int = 500) -> PassReport:
+        """Create a task (with the model's suggestion) for every item routed to review."""
+        report = PassReport("push")
+        report.counts.update(self.reconcile().counts)
+        routed = self.store.routed(action="review")
+        preds = {p.item_id: p for p in self.store.predictions([it.id for it, _ in routed])}
+        for i in range(0, len(routed), batch):
+            chunk = routed[i:i + batch]
+            begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], TOOL, self.project)}
+            todo = [(it, d) for it, d in chunk if it.id in begun]
+            if not todo:
+                continue
+            push_items = [self._push_item(it, d, preds.get(it.id)) for it, d in todo]
+            mapping = self.client.import_items(self.project_id, push_items)
+            ext_to_id = {it.external_id: it.id for it, _ in todo}
+            report.counts["pushed"] += self.store.confirm_push({ext_to_id[e]: t for e, t in mapping.items()},
+                                                               TOOL, self.project)
+            self._progress("push", len(todo))
+        return report
+
+    def _push_item(self, item: Any, decision: Any, pred: Any) -> PushItem:
+        data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
+        data[self.control.data_key] = item.text
+        data["hitl_reason"] = decision.reason
+        data["hitl_priority"] = round(float(decision.priority), 4)
+        if pred is None:
+            return PushItem(item.external_id, data)
+        return PushItem(item.external_id, data, [self.control.result([pred.label])], float(pred.confidence),
+                        pred.model_version)
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    def pull_pass(self) -> PassReport:
+        """Upsert every annotation changed since the cursor, then move the cursor."""
+        report = PassReport("pull")
+        cursor = self.store.get_cursor(TOOL, self.project, "updated_at")
+        snaps = list(self.client.changed_tasks(self.project_id, cursor))
+        if not snaps:
+            return report
+        rows = self._annotation_rows(snaps)
+        result = self.store.upsert_annotations(rows)
+        report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
+                             deleted=sum(r["status"] == "deleted" for r in rows))
+        self.store.set_cursor(TOOL, self.project, "updated_at", max(s.updated_at for s in snaps))
+        self._progress("pull", len(rows))
+        return report
+
+    def _annotation_rows(self, snaps: list[TaskSnapshot]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for snap in snaps:
+            push = self.store.find_push(TOOL, self.project, snap.task_id)
+            if push is None:
+                log.warning("task %s (hitl_id %s) was not pushed by us; its annotations are ignored",
+                            snap.task_id, snap.external_id)
+                continue
+            seen = set()
+            for a in snap.annotations:
+                seen.add(a.remote_id)
+                rows.append({"item_id": push.item_id, "tool": TOOL, "project": self.project, "remote_id": a.remote_id,
+                             "annotator": a.annotator, "value": a.value, "status": a.status,
+                             "remote_updated_at": a.updated_at, "lead_time": a.lead_time})
+            for old in self.store.annotations([push.item_id], tool=TOOL, project=self.project):
+                if old.remote_id not in seen and old.status != "deleted":
+                    rows.append({"item_id": push.item_id, "tool": TOOL, "project": self.project,
+                                 "remote_id": old.remote_id, "annotator": old.annotator, "value": old.value,
+                                 "status": "deleted", "remote_updated_at": snap.updated_at,
+                                 "lead_time": old.lead_time})
+        return rows
