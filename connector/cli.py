@@ -117,6 +117,85 @@ def down() -> None:
     run_down()
 
 
+sync_app = typer.Typer(help="Move items to the annotation tool and annotations back.", no_args_is_help=True)
+app.add_typer(sync_app, name="sync")
+
+
+def _summary(reports) -> None:
+    table = Table(title="sync")
+    table.add_column("pass")
+    table.add_column("result")
+    for r in reports:
+        table.add_row(r.name, ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing to do")
+    console.print(table)
+
+
+def _run_sync(names: list[str]) -> None:
+    from rich.progress import Progress
+
+    from sync.runner import build_sync, open_store, run_passes
+    from sync.settings import SyncSettings
+
+    settings = SyncSettings()
+    with open_store(settings) as store, Progress(transient=True, console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(name: str, n: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=None)
+            progress.advance(tasks[name], n)
+
+        reports = run_passes(build_sync(settings, store, progress=advance), names)
+    _summary(reports)
+
+
+@app.command()
+def ingest(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV with an id and a text column"),
+    text_field: str = typer.Option("text"),
+    id_field: str = typer.Option("id"),
+) -> None:
+    """Add items to the state store (idempotent by id; a changed text becomes a new version)."""
+    from connector.ingest import ingest_file
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    with open_store(SyncSettings()) as store:
+        result = ingest_file(store, file, text_field=text_field, id_field=id_field)
+    console.print(f"added {result.added}, new versions {result.new_versions}, unchanged {result.unchanged}, "
+                  f"errors {len(result.errors)}")
+    for line in result.errors[:20]:
+        console.print(f"  [red]{line}[/red]")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@sync_app.command("push")
+def sync_push() -> None:
+    """Predict, route and push items routed to review."""
+    _run_sync(["predict", "route", "push"])
+
+
+@sync_app.command("pull")
+def sync_pull() -> None:
+    """Pull annotations changed since the last pull."""
+    _run_sync(["pull"])
+
+
+@sync_app.command("run")
+def sync_run() -> None:
+    """All passes in a loop, with the webhook receiver (HITL_SYNC_PORT) that wakes it."""
+    import logging
+
+    from sync.runner import build_sync, open_store, run_forever
+    from sync.settings import SyncSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = SyncSettings()
+    with open_store(settings) as store:
+        run_forever(settings, build_sync(settings, store), on_cycle=_summary)
+
+
 def main() -> None:
     app()
 

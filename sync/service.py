@@ -81,6 +81,7 @@ class LabelStudioSync:
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
         self._project_id: int | None = None
+        self.push_batch = 500
         self._progress = progress or (lambda name, n: None)
 
     @property

@@ -1,0 +1,73 @@
+"""Build the sync service from settings and run its passes, once or in a loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+
+from connector.label_studio_client import LabelStudioClient
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from sync.service import HttpPredictor, LabelStudioSync, PassReport
+from sync.settings import SyncSettings
+from sync.webhooks import PullRequests, create_webhook_app
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: SyncSettings) -> StateStore:
+    store = StateStore(settings.db_url)
+    store.migrate()
+    return store
+
+
+def build_sync(settings: SyncSettings, store: StateStore, *,
+               progress: Callable[[str, int], None] | None = None) -> LabelStudioSync:
+    spec = TaskSpec.load(settings.task)
+    if spec.tool != "label_studio":
+        raise NotImplementedError(f"tool {spec.tool!r}: only label_studio is wired into the sync passes so far")
+    client = LabelStudioClient(spec.label_studio.url, spec.label_studio.api_key())
+    token = settings.backend_token.get_secret_value() if settings.backend_token else None
+    sync = LabelStudioSync(store, spec, client, HttpPredictor(settings.backend_url, token=token), progress=progress)
+    sync.push_batch = settings.push_batch
+    return sync
+
+
+def run_passes(sync: LabelStudioSync, names: Iterable[str]) -> list[PassReport]:
+    passes = {"predict": sync.predict_pass, "route": sync.route_pass,
+              "push": lambda: sync.push_pass(batch=sync.push_batch), "pull": sync.pull_pass}
+    return [passes[n]() for n in names]
+
+
+def run_forever(settings: SyncSettings, sync: LabelStudioSync, *, stop: threading.Event | None = None,
+                on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
+    """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
+    the loop goes on, so a tool that is down only delays the work."""
+    import uvicorn
+
+    stop = stop or threading.Event()
+    requests = PullRequests()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    server = uvicorn.Server(uvicorn.Config(create_webhook_app(requests, secret=secret), host=settings.sync_host,
+                                           port=settings.sync_port, log_level="warning", access_log=False))
+    server.install_signal_handlers = lambda: None  # the loop owns SIGINT/SIGTERM
+    web = threading.Thread(target=server.run, name="webhooks", daemon=True)
+    web.start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: (stop.set(), requests.wake.set()))
+    try:
+        while not stop.is_set():
+            requests.take()
+            try:
+                reports = run_passes(sync, ("predict", "route", "push", "pull"))
+                if on_cycle:
+                    on_cycle(reports)
+            except Exception:  # noqa: BLE001 - logged; the next cycle retries
+                log.exception("sync cycle failed; retrying in %.0f s", settings.sync_interval_s)
+            requests.wake.wait(settings.sync_interval_s)
+    finally:
+        server.should_exit = True
+        web.join(5)

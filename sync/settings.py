@@ -1,0 +1,22 @@
+"""Configuration of the sync service, from ``HITL_*`` environment variables or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SyncSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
+
+    db_url: str = Field("sqlite:///var/state.db", description="state store; postgresql+psycopg://… for PostgreSQL")
+    task: Path = Field(Path("task.toml"), description="the task file")
+    backend_url: str = Field("http://127.0.0.1:9090", description="the ML backend")
+    backend_token: SecretStr | None = None
+    push_batch: int = Field(500, ge=1, le=5000, description="tasks per bulk import call")
+    sync_interval_s: float = Field(30.0, gt=0, description="seconds between passes (webhooks wake it earlier)")
+    webhook_secret: SecretStr | None = Field(None, description="shared secret Label Studio sends in X-Hitl-Secret")
+    sync_host: str = "127.0.0.1"
+    sync_port: int = 9091

@@ -1,0 +1,73 @@
+"""Webhook receivers: answer at once, then wake the sync loop to pull that project.
+
+Label Studio gives a webhook 1 s and no retry, and sends no signature: we require a shared secret
+in a header configured on the webhook (``X-Hitl-Secret``). Payloads carry the project's token and
+are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Hitl-Secret"
+PULL_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                          "ANNOTATION_DELETED", "TASKS_DELETED"})
+
+
+class PullRequests:
+    """Projects whose pull was asked for by a webhook, and an event that wakes the loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._projects: set[str] = set()
+        self.wake = threading.Event()
+
+    def add(self, project: str) -> None:
+        with self._lock:
+            self._projects.add(project)
+        self.wake.set()
+
+    def take(self) -> set[str]:
+        with self._lock:
+            out, self._projects = self._projects, set()
+        self.wake.clear()
+        return out
+
+
+def create_webhook_app(requests: PullRequests, *, secret: str | None) -> FastAPI:
+    app = FastAPI(title="hitl sync webhooks")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "UP"}
+
+    @app.post("/webhooks/label-studio")
+    async def label_studio(request: Request) -> JSONResponse:
+        if secret is not None and not secrets.compare_digest(request.headers.get(SECRET_HEADER, "").encode(),
+                                                             secret.encode()):
+            return JSONResponse({"detail": f"missing or wrong {SECRET_HEADER}"}, status_code=401)
+        try:
+            payload: Any = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"detail": "body is not JSON"}, status_code=400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            return JSONResponse({"detail": "body must be a JSON object with an 'action' string"}, status_code=400)
+        project = payload.get("project")
+        project_id = project.get("id") if isinstance(project, dict) else project
+        if project_id is None:
+            return JSONResponse({"detail": "body has no project"}, status_code=400)
+        queued = payload["action"] in PULL_ACTIONS
+        if queued:
+            requests.add(str(project_id))
+        return JSONResponse({"status": "ok", "pull_queued": queued})
+
+    return app

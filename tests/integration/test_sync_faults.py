@@ -1,0 +1,130 @@
+"""Fault injection: SIGKILL ``hitl sync push`` / ``hitl sync pull`` at random moments, restart,
+and check that Label Studio holds each item once and the store each annotation once.
+
+Also: the CLI end to end (ingest, push, pull) and a Label Studio that is down during a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from connector.label_studio_client import LabelStudioClient
+from connector.store import StateStore
+from sync.service import TOOL
+
+pytestmark = pytest.mark.slow
+
+KILLS = int(os.environ.get("HITL_FAULT_KILLS", "10"))
+
+
+def _choice(label):
+    return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, label_studio, backend, rt_sample):
+    root = tmp_path_factory.mktemp("sync-cli")
+    (root / "task.toml").write_text(
+        'name = "fault injection"\nlabels = ["fresh", "rotten"]\n'
+        f'[label_studio]\nurl = "{label_studio.url}"\n'
+        '[routing]\naccept_threshold = 0.999\nspot_check_rate = 0.0\n')
+    (root / "items.jsonl").write_text("\n".join(json.dumps({"id": f"rt-{i}", "text": t})
+                                                for i, t in enumerate(rt_sample[0][:260])) + "\n")
+    env = {**os.environ, "HITL_DB_URL": f"sqlite:///{root / 'state.db'}", "HITL_TASK": str(root / "task.toml"),
+           "HITL_LS_API_KEY": label_studio.token, "HITL_BACKEND_URL": backend.url, "HITL_PUSH_BATCH": "10"}
+    return root, env
+
+
+def _hitl(env, *args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "connector.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _kill_at_random(env, args, rng, *, max_delay):
+    """Start the command and SIGKILL it after a random delay; returns whether it was killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=rng.uniform(0.5, max_delay))
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def _project(label_studio, env):
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    return client, client.ensure_project("fault injection", "<View/>")
+
+
+def test_cli_push_survives_sigkill_at_random_points(workspace, label_studio):
+    root, env = workspace
+    r = _hitl(env, "ingest", str(root / "items.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert "added 260" in r.stdout
+    assert "unchanged 260" in _hitl(env, "ingest", str(root / "items.jsonl")).stdout  # idempotent
+    rng = random.Random(7)
+    killed = 0
+    for _ in range(KILLS):
+        killed += _kill_at_random(env, ["sync", "push"], rng, max_delay=6.0)
+    done = _hitl(env, "sync", "push")
+    assert done.returncode == 0, done.stderr
+    assert killed >= KILLS // 2  # most runs really died mid-way
+    client, pid = _project(label_studio, env)
+    tasks = list(client._iter_tasks(pid, include="id,data"))
+    ext_ids = [t.data["hitl_id"] for t in tasks]
+    assert len(ext_ids) == len(set(ext_ids))  # no task twice
+    with StateStore(env["HITL_DB_URL"]) as store:
+        review = store.routed(action="review")  # items still waiting (should be none)
+        assert review == []
+        assert store.pending_pushes(TOOL, str(pid)) == []
+        pushed = {i.external_id for i in store.items(state="pushed")}
+    assert pushed == set(ext_ids) and len(pushed) > 100
+
+
+def test_cli_pull_survives_sigkill_at_random_points(workspace, label_studio):
+    root, env = workspace
+    client, pid = _project(label_studio, env)
+    tasks = sorted(client.task_ids_by_external_id(pid).values())[:40]
+    users = [client._ls.users.create(username=f"f-ann-{k}", email=f"f-ann-{k}@example.com", password="pw-123456789")
+             for k in range(2)]
+    rng = random.Random(11)
+    expected = 0
+    for round_ in range(KILLS):
+        for t in tasks[round_ * 4:(round_ + 1) * 4]:
+            for k, u in enumerate(users):
+                client.annotate(t, _choice("fresh" if k else "rotten"), completed_by=u.id)
+                expected += 1
+        _kill_at_random(env, ["sync", "pull"], rng, max_delay=4.0)
+    done = _hitl(env, "sync", "pull")
+    assert done.returncode == 0, done.stderr
+    with StateStore(env["HITL_DB_URL"]) as store:
+        anns = store.annotations(tool=TOOL, project=str(pid))
+    assert len(anns) == expected == len({a.remote_id for a in anns})  # none lost, none doubled
+    assert {a.annotator for a in anns} == {u.email for u in users}
+
+
+def test_a_label_studio_that_is_down_fails_the_pass_clearly_and_loses_nothing(workspace, label_studio):
+    root, env = workspace
+    down = {**env, "HITL_TASK": str(root / "task-down.toml")}
+    (root / "task-down.toml").write_text((root / "task.toml").read_text().replace(label_studio.url,
+                                                                                  "http://127.0.0.1:9"))
+    t0 = time.monotonic()
+    r = _hitl(down, "sync", "pull", timeout=120)
+    assert r.returncode != 0
+    assert "ConnectError" in r.stderr or "Connection refused" in r.stderr
+    assert time.monotonic() - t0 < 110  # retried with backoff, then gave up
+    with StateStore(env["HITL_DB_URL"]) as store:
+        before = len(store.annotations(tool=TOOL))
+    assert _hitl(env, "sync", "pull").returncode == 0
+    with StateStore(env["HITL_DB_URL"]) as store:
+        assert len(store.annotations(tool=TOOL)) == before
