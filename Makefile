@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 HITL_TOOLS_DIR ?= $(HOME)/.cache/hitl
 LS_VERSION := 1.23.2
 LS_VENV := $(HITL_TOOLS_DIR)/label-studio-$(LS_VERSION)
+ARGILLA_SERVER_VERSION := 2.8.0
+ARGILLA_VENV := $(HITL_TOOLS_DIR)/argilla-server-$(ARGILLA_SERVER_VERSION)
 export HITL_TOOLS_DIR
 
-.PHONY: install label-studio test test-fast up down bench lint clean
+.PHONY: install label-studio argilla-server test test-fast up down bench lint clean
 
 install: $(VENV)/.installed
 
@@ -29,13 +31,24 @@ $(LS_VENV)/bin/label-studio:
 	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
 	test -x $@
 
+# argilla-server for the integration tests, in its own venv, never a dependency of our package;
+# osmem-server (an in-memory OpenSearch emulator) stands in for Elasticsearch/OpenSearch there.
+# Its CLI needs click<8.2; osmem-server is pinned to the version the tests were checked on.
+# A failed install removes the venv, so the next run tries again.
+argilla-server: $(ARGILLA_VENV)/bin/python
+
+$(ARGILLA_VENV)/bin/python:
+	$(PYTHON) -m venv $(ARGILLA_VENV)
+	$(ARGILLA_VENV)/bin/python -m pip install -q argilla-server==$(ARGILLA_SERVER_VERSION) "click<8.2" osmem-server==0.1.6 \
+		|| (rm -rf $(ARGILLA_VENV); exit 1)
+
 up: install label-studio
 	$(VENV)/bin/hitl up
 
 down:
 	@test -x $(VENV)/bin/hitl && $(VENV)/bin/hitl down || true
 
-test: install label-studio
+test: install label-studio argilla-server
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -159,6 +159,13 @@ class LabelStudioClient:
             ext = (task.data or {}).get(EXTERNAL_ID_KEY)
             yield TaskSnapshot(int(task.id), str(ext) if ext is not None else None, _iso(task.updated_at), anns)
 
+    def server_time(self) -> datetime:
+        """Label Studio's clock (its HTTP ``Date`` header, 1 s resolution), immune to our clock's skew."""
+        from email.utils import parsedate_to_datetime
+
+        r = self._call(httpx.get, f"{self.url}/health", timeout=10)
+        return parsedate_to_datetime(r.headers["date"]).astimezone(UTC)
+
     def _iter_tasks(self, project: int, **kwargs: Any) -> Iterator[Any]:
         page = 1
         while True:

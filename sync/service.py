@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from datetime import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,6 +83,7 @@ class LabelStudioSync:
         self.control = parse_labeling_config(spec.label_config())[0]
         self._project_id: int | None = None
         self.push_batch = 500
+        self.overlap_s = 1.0
         self._progress = progress or (lambda name, n: None)
 
     @property
@@ -183,17 +185,28 @@ class LabelStudioSync:
     # -- pull ---------------------------------------------------------------------------------
 
     def pull_pass(self) -> PassReport:
-        """Upsert every annotation changed since the cursor, then move the cursor."""
+        """Upsert every annotation changed since the cursor, then move the cursor.
+
+        A task saved just before the cursor may still be in an uncommitted transaction when we
+        read, so reads overlap the previous one by ``overlap_s`` until the cursor has settled: once
+        Label Studio's clock is well past it, everything up to it is committed and the next read
+        starts exactly there (so a quiet project is not re-read).
+        """
         report = PassReport("pull")
         cursor = self.store.get_cursor(TOOL, self.project, "updated_at")
-        snaps = list(self.client.changed_tasks(self.project_id, cursor))
-        if not snaps:
-            return report
+        settled = self.store.get_cursor(TOOL, self.project, "settled") == "1"
+        server_now = self.client.server_time()
+        snaps = list(self.client.changed_tasks(self.project_id, cursor, overlap_s=0.0 if settled else self.overlap_s))
         rows = self._annotation_rows(snaps)
-        result = self.store.upsert_annotations(rows)
-        report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
-                             deleted=sum(r["status"] == "deleted" for r in rows))
-        self.store.set_cursor(TOOL, self.project, "updated_at", max(s.updated_at for s in snaps))
+        if rows:
+            result = self.store.upsert_annotations(rows)
+            report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
+                                 deleted=sum(r["status"] == "deleted" for r in rows))
+        new_cursor = max([cursor] * (cursor is not None) + [s.updated_at for s in snaps], default=None)
+        if new_cursor is not None:
+            lag = (server_now - datetime.fromisoformat(new_cursor)).total_seconds()
+            self.store.set_cursor(TOOL, self.project, "updated_at", new_cursor)
+            self.store.set_cursor(TOOL, self.project, "settled", "1" if lag > self.overlap_s + 2.0 else "0")
         self._progress("pull", len(rows))
         return report
 

@@ -35,3 +35,22 @@ def backend(model_root, tmp_path_factory):
     proc = start_backend(model_root, tmp_path_factory.mktemp("backend"))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def argilla(tmp_path_factory):
+    """A real argilla-server (with Redis, the osmem OpenSearch emulator and a webhook worker) for the session.
+
+    Yields an ``ArgillaStack`` (``url``, ``api_key`` of the owner ``argilla``); stopped at the end.
+    Fails (never skips) when a component is not installed: ``make argilla-server`` and CI install them.
+    """
+    from tests.support.argilla_stack import ArgillaUnavailable, start
+
+    try:
+        stack, missing = start(tmp_path_factory.mktemp("argilla")), None
+    except ArgillaUnavailable as exc:
+        stack, missing = None, str(exc)
+    if stack is None:  # failed outside the handler, so the message is shown once
+        pytest.fail(missing, pytrace=False)
+    yield stack
+    stack.stop()

@@ -1,0 +1,122 @@
+"""Sync throughput against a real Label Studio started for the run (run by hand, not in CI).
+
+1. Push 10,000 routed items through ``LabelStudioSync.push_pass`` (store bookkeeping, pending →
+   confirmed, 500 tasks per import) versus one bare ``projects.import_tasks`` bulk call of the
+   same tasks, into fresh projects, in the same run; prints the ratio.
+2. Pull 100 new annotations from a project of 10,000 tasks and from one of 1,000 tasks (the
+   incremental cursor should make both cost about the same).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/sync.py [--n 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from connector.label_studio_client import LabelStudioClient  # noqa: E402
+from connector.store import StateStore  # noqa: E402
+from connector.task_spec import TaskSpec  # noqa: E402
+from sync.label_studio_server import start_from_template  # noqa: E402
+from sync.service import LabelStudioSync  # noqa: E402
+
+
+def _texts(n: int) -> list[str]:
+    try:
+        from connector.datasets import rotten_tomatoes
+
+        base = rotten_tomatoes(full=True).texts
+    except FileNotFoundError:
+        base = [f"synthetic review number {i}" for i in range(1000)]
+    return [f"{base[i % len(base)]} [{i}]" for i in range(n)]
+
+
+def _prepared_sync(workdir: Path, client: LabelStudioClient, title: str, n: int) -> LabelStudioSync:
+    """A store with ``n`` items predicted and routed to review, and a sync bound to a new project."""
+    store = StateStore(f"sqlite:///{workdir / (title.replace(' ', '_') + '.db')}")
+    store.migrate()
+    store.ingest([{"id": f"b-{i}", "text": t} for i, t in enumerate(_texts(n))])
+    rng = np.random.default_rng(0)
+    items = store.items(state="ingested")
+    p = rng.uniform(0.5, 0.9, size=len(items))
+    store.record_predictions([{"item_id": it.id, "model_version": "bench", "label": "fresh", "confidence": float(c),
+                               "probabilities": {"fresh": float(c), "rotten": float(1 - c)}}
+                              for it, c in zip(items, p)])
+    spec = TaskSpec(name=title, labels=["fresh", "rotten"], routing={"accept_threshold": 1.0, "spot_check_rate": 0.0})
+    sync = LabelStudioSync(store, spec, client)
+    sync.route_pass()
+    return sync
+
+
+def bench_push(workdir: Path, client: LabelStudioClient, n: int) -> dict[str, float]:
+    sync = _prepared_sync(workdir, client, "bench push sync", n)
+    routed = sync.store.routed(action="review")
+    preds = {p.item_id: p for p in sync.store.predictions([it.id for it, _ in routed])}
+    bare_tasks = [{"data": {**sync._push_item(it, d, preds[it.id]).data, "hitl_id": it.external_id},
+                   "predictions": [{"result": [sync.control.result([preds[it.id].label])],
+                                    "score": preds[it.id].confidence, "model_version": "bench"}]}
+                  for it, d in routed]
+    bare_project = client.ensure_project("bench push bare", sync.spec.label_config())
+    t0 = time.perf_counter()
+    client._ls.projects.import_tasks(bare_project, request=bare_tasks, return_task_ids=True)
+    bare = time.perf_counter() - t0
+    _ = sync.project_id  # create the project outside the timing, as the bare path did
+    t0 = time.perf_counter()
+    report = sync.push_pass(batch=500)
+    ours = time.perf_counter() - t0
+    assert report.counts["pushed"] == n, report.counts
+    out = {"n": n, "bare_s": bare, "ours_s": ours, "bare_per_s": n / bare, "ours_per_s": n / ours,
+           "ratio": (n / ours) / (n / bare)}
+    print(f"push {n} items: bare import_tasks {n / bare:8.0f} tasks/s ({bare:.1f} s) | "
+          f"push_pass {n / ours:8.0f} tasks/s ({ours:.1f} s) | ours / bare = {out['ratio']:.2f}")
+    return out
+
+
+def bench_pull(workdir: Path, client: LabelStudioClient, n_tasks: int, n_annotations: int = 100) -> float:
+    sync = _prepared_sync(workdir, client, f"bench pull {n_tasks}", n_tasks)
+    sync.push_pass(batch=1000)
+    sync.pull_pass()  # sets the cursor past the import
+    time.sleep(4)
+    sync.pull_pass()  # the periodic loop's next pass: the cursor has settled
+    tasks = sorted(client.task_ids_by_external_id(sync.project_id).values())
+    rng = np.random.default_rng(1)
+    for t in rng.choice(tasks, size=n_annotations, replace=False):
+        client.annotate(int(t), [sync.control.result(["fresh"])])
+    t0 = time.perf_counter()
+    report = sync.pull_pass()
+    secs = time.perf_counter() - t0
+    assert report.counts["inserted"] == n_annotations, report.counts
+    print(f"pull {n_annotations} new annotations from a project of {n_tasks:6d} tasks: {secs:.2f} s")
+    return secs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10_000)
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="hitl-bench-sync-"))
+    server = start_from_template(workdir)
+    try:
+        client = LabelStudioClient(server.url, server.token)
+        results = {"push": bench_push(workdir, client, args.n)}
+        small, large = bench_pull(workdir, client, 1_000), bench_pull(workdir, client, args.n)
+        results["pull"] = {"1000_s": small, f"{args.n}_s": large, "ratio": large / small}
+        print(f"pull cost, {args.n} vs 1,000 tasks: {large / small:.2f}x")
+    finally:
+        server.stop()
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sync.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Argilla behind the same small interface as Label Studio: ensure a dataset, push items, pull responses.
+
+Built on the ``argilla`` SDK (2.8). Every remote call is retried with exponential backoff
+(tenacity) on connection errors, timeouts and 5xx answers, with one log line per retry; a 4xx
+is raised at once. Our external id is the record's ``id`` in the SDK (the server's
+``external_id``), so logging the same item twice updates one record instead of adding another.
+
+Responses are pulled with a search on ``response.status`` (submitted or discarded), never on the
+record's ``updated_at``: a new response bumps ``updated_at`` in the database, but the search
+index keeps the old timestamp, so a filter on it misses exactly the records that changed. The
+caller passes the ``updated_at`` it already holds per (record, user) and gets back only what is
+new or newer; webhooks (``response.created``/``response.updated``) tell it when to pull.
+
+The SDK's response objects carry neither the response id nor its ``updated_at``, so the pull
+posts the SDK-built query through the SDK's own HTTP client and reads the server's JSON.
+Webhook deliveries are signed the Standard Webhooks way: ``verify_webhook`` checks them.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+QUESTION = "label"
+MAX_PER_REQUEST = 500  # argilla-server's bulk upsert limit
+SEARCH_PAGE = 500  # the server allows up to 1,000
+PULLED_STATUSES = ("submitted", "discarded")
+
+
+class WebhookError(ValueError):
+    """A webhook delivery whose Standard Webhooks signature is missing, malformed, stale or wrong."""
+
+
+@dataclass
+class ResponseRow:
+    """One annotator's submitted (or discarded) answer to one record, as the server holds it now."""
+
+    remote_id: str  # the response id
+    record_id: str
+    external_id: str | None
+    user_id: str
+    annotator: str  # username
+    value: list[str]
+    status: str  # "submitted" | "skipped" (Argilla's "discarded")
+    updated_at: str  # ISO-8601 UTC
+
+
+def _retryable(exc: BaseException) -> bool:
+    from argilla._exceptions import ArgillaAPIError
+
+    if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, ArgillaAPIError) and (exc.status_code or 0) >= 500
+
+
+def _with_retries(attempts: int):
+    return retry(retry=retry_if_exception(_retryable), stop=stop_after_attempt(attempts),
+                 wait=wait_exponential(multiplier=0.5, max=10), reraise=True,
+                 before_sleep=before_sleep_log(log, logging.WARNING))
+
+
+def suggested_labels(result: Any) -> list[str]:
+    """The labels in a suggestion given as a string, a list of strings, or Label Studio choices."""
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return [result]
+    labels: list[str] = []
+    for r in result:
+        if isinstance(r, str):
+            labels.append(r)
+        elif isinstance(r, dict) and r.get("type") == "choices":
+            labels.extend(r.get("value", {}).get("choices", []))
+    return labels
+
+
+class ArgillaClient:
+    """The calls the sync service needs, with retries; ``api_key`` belongs to an owner or admin."""
+
+    def __init__(self, url: str, api_key: str, *, workspace: str = "default", attempts: int = 5,
+                 timeout: float = 60.0) -> None:
+        import argilla as rg
+
+        self.url = url.rstrip("/")
+        self.workspace = workspace
+        self._call = _with_retries(attempts)(lambda fn, *a, **kw: fn(*a, **kw))
+        self._rg = self._call(rg.Argilla, api_url=self.url, api_key=api_key, timeout=int(timeout))
+        self._users: dict[str, str] = {}
+
+    # -- datasets -----------------------------------------------------------------------------
+
+    def ensure_dataset(self, name: str, *, text_field: str, labels: list[str], multi_label: bool = False,
+                       instructions: str = "", min_submitted: int = 1):
+        """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
+
+        Settings: one text field, one required question ``label`` (single or multi label),
+        metadata ``reason`` (terms), ``priority`` and ``confidence`` (floats), and a task
+        distribution that completes a record after ``min_submitted`` submitted responses.
+        An existing dataset is reused as it is, after checking that it has the ``label`` question.
+        """
+        import argilla as rg
+
+        with warnings.catch_warnings():  # the SDK warns when the dataset is not found
+            warnings.simplefilter("ignore")
+            existing = self._call(self._rg.datasets, name=name, workspace=self._ensure_workspace())
+        if existing is not None:
+            if QUESTION not in [q.name for q in existing.settings.questions]:
+                raise ValueError(f"Argilla dataset {name!r} exists without a {QUESTION!r} question")
+            return existing
+        question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
+        settings = rg.Settings(
+            guidelines=instructions or None,
+            fields=[rg.TextField(name=text_field)],
+            questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
+                                    required=True)],
+            metadata=[rg.TermsMetadataProperty(name="reason"), rg.FloatMetadataProperty(name="priority"),
+                      rg.FloatMetadataProperty(name="confidence")],
+            distribution=rg.TaskDistribution(min_submitted=min_submitted),
+        )
+        dataset = rg.Dataset(name=name, workspace=self.workspace, settings=settings, client=self._rg)
+        self._call(dataset.create)
+        log.info("created Argilla dataset %r in workspace %r", name, self.workspace)
+        return dataset
+
+    def _ensure_workspace(self) -> str:
+        import argilla as rg
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = self._call(self._rg.workspaces, self.workspace)
+        if found is None:
+            self._call(rg.Workspace(name=self.workspace, client=self._rg).create)
+            log.info("created Argilla workspace %r", self.workspace)
+        return self.workspace
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def log_items(self, dataset, items: Iterable[Any]) -> dict[str, str]:
+        """Upsert one record per item (by external id), with its suggestion; external id → record id.
+
+        ``items`` are ``PushItem``-like: ``external_id``, ``data`` (the text field and any of the
+        metadata keys ``reason``/``priority``/``confidence``), ``result`` (the suggested label or
+        labels: a string, a list, or Label Studio choices), ``score``, ``model_version``, and
+        optionally a ``metadata`` dict. ``confidence`` defaults to ``score``. At most 500 records
+        go in one request; logging an item again updates its record in place.
+        """
+        import argilla as rg
+
+        text_field = dataset.settings.fields[0].name
+        metadata_names = {m.name for m in dataset.settings.metadata}
+        multi = isinstance(dataset.settings.questions[QUESTION], rg.MultiLabelQuestion)
+        items = list(items)
+        mapping: dict[str, str] = {}
+        for start in range(0, len(items), MAX_PER_REQUEST):
+            models = []
+            for it in items[start:start + MAX_PER_REQUEST]:
+                data = dict(it.data)
+                metadata = {k: data.pop(k) for k in list(data) if k in metadata_names}
+                metadata.update(getattr(it, "metadata", None) or {})
+                metadata = {k: v for k, v in metadata.items() if v is not None}
+                if "confidence" not in metadata and it.score is not None:
+                    metadata["confidence"] = float(it.score)
+                suggestions = []
+                labels = suggested_labels(it.result)
+                if labels:
+                    suggestions.append(rg.Suggestion(QUESTION, labels if multi else labels[0], score=it.score,
+                                                     agent=it.model_version))
+                record = rg.Record(id=it.external_id, fields={text_field: data[text_field]}, metadata=metadata,
+                                   suggestions=suggestions)
+                record.dataset = dataset  # suggestions resolve their question id through it
+                models.append(record.api_model())
+            upserted, _ = self._call(self._rg.api.records.bulk_upsert, dataset.id, models)
+            mapping.update({str(m.external_id): str(m.id) for m in upserted})
+        missing = [it.external_id for it in items if it.external_id not in mapping]
+        if missing:
+            raise RuntimeError(f"Argilla returned no record for {len(missing)} logged items, e.g. {missing[:3]}")
+        return mapping
+
+    def record_ids_by_external_id(self, dataset, external_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Map our external ids to record ids in ``dataset`` (all of them, or only those asked for)."""
+        import argilla as rg
+
+        if external_ids is None:
+            records = self._call(lambda: list(dataset.records(with_suggestions=False, with_responses=False)))
+            return {str(r.id): str(r._server_id) for r in records}
+        wanted = list(dict.fromkeys(external_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), SEARCH_PAGE):
+            query = rg.Query(filter=rg.Filter([("id", "in", wanted[start:start + SEARCH_PAGE])]))
+            for raw in self._search(dataset, query, include=()):
+                found[str(raw["external_id"])] = str(raw["id"])
+        return found
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    def submitted_responses(self, dataset, known: Mapping[tuple[str, str], str] | None = None) -> list[ResponseRow]:
+        """Submitted and discarded responses, oldest record first; with ``known``, only new or changed ones.
+
+        ``known`` maps (record external id, user id) to the ``updated_at`` already stored for that
+        response; a response is returned when its pair is absent or its ``updated_at`` is newer.
+        Drafts are never returned.
+        """
+        import argilla as rg
+
+        query = rg.Query(filter=rg.Filter([("response.status", "in", list(PULLED_STATUSES))]))
+        known_at = {k: _parse(v) for k, v in (known or {}).items()}
+        rows: list[ResponseRow] = []
+        for raw in self._search(dataset, query, include=("responses",)):
+            external_id = raw.get("external_id")
+            for resp in raw.get("responses") or []:
+                if resp.get("status") not in PULLED_STATUSES:
+                    continue
+                user_id = str(resp["user_id"])
+                updated = _parse(resp.get("updated_at") or resp.get("inserted_at"))
+                seen = known_at.get((str(external_id), user_id))
+                if seen is not None and updated <= seen:
+                    continue
+                value = ((resp.get("values") or {}).get(QUESTION) or {}).get("value")
+                rows.append(ResponseRow(
+                    remote_id=str(resp["id"]), record_id=str(raw["id"]),
+                    external_id=str(external_id) if external_id is not None else None, user_id=user_id,
+                    annotator=self._username(user_id), value=suggested_labels(value),
+                    status="skipped" if resp["status"] == "discarded" else "submitted",
+                    updated_at=updated.isoformat()))
+        return rows
+
+    def _search(self, dataset, query, *, include: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+        """Raw records matching an SDK query, page by page in a stable order (by record id)."""
+        body = query.api_model().model_dump(by_alias=True)
+        body["sort"] = [{"scope": {"entity": "record", "property": "id"}, "order": "asc"}]
+        offset = 0
+        while True:
+            params = {"offset": offset, "limit": SEARCH_PAGE, "include": list(include)}
+
+            def page(params=params) -> dict[str, Any]:
+                resp = self._rg.http_client.post(f"/api/v1/datasets/{dataset.id}/records/search", json=body,
+                                                 params=params)
+                resp.raise_for_status()
+                return resp.json()
+
+            answer = self._call(page)
+            items = answer.get("items") or []
+            for item in items:
+                yield item["record"]
+            offset += len(items)
+            if not items or offset >= int(answer.get("total", 0)):
+                return
+
+    def _username(self, user_id: str) -> str:
+        if user_id not in self._users:
+            user = self._call(self._rg.users, id=user_id)
+            self._users[user_id] = user.username if user is not None else user_id
+        return self._users[user_id]
+
+
+def _parse(value: Any) -> datetime:
+    """A timezone-aware UTC datetime from Argilla's naive-UTC ISO strings (or any ISO form)."""
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """Check a delivery's Standard Webhooks signature against the raw ``body``; the parsed JSON payload.
+
+    ``secret`` is the webhook's secret as Argilla shows it (``whsec_…``). Raises ``WebhookError``
+    when a header is missing, the timestamp is more than 5 minutes off, or no signature matches.
+    """
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    try:
+        return Webhook(secret).verify(body, dict(headers))
+    except (WebhookVerificationError, ValueError, binascii.Error) as exc:
+        raise WebhookError(f"webhook rejected: {exc}") from exc
