@@ -50,6 +50,12 @@ class ArgillaTarget(BaseModel):
     workspace: str = "default"
     dataset: str | None = None
 
+    def api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(f"set {self.api_key_env} to an Argilla API key")
+        return key
+
 
 class TaskSpec(BaseModel):
     """What is being labelled, by whom, and where."""

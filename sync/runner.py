@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from sync.service import HttpPredictor, LabelStudioSync, PassReport
+from sync.service import ArgillaSync, HttpPredictor, LabelStudioSync, PassReport, SyncService
 from sync.settings import SyncSettings
 from sync.webhooks import PullRequests, create_webhook_app
 
@@ -24,24 +24,31 @@ def open_store(settings: SyncSettings) -> StateStore:
 
 
 def build_sync(settings: SyncSettings, store: StateStore, *,
-               progress: Callable[[str, int], None] | None = None) -> LabelStudioSync:
+               progress: Callable[[str, int], None] | None = None) -> SyncService:
+    """The sync for the task file's tool: switching tools is the task file's ``tool`` setting."""
     spec = TaskSpec.load(settings.task)
-    if spec.tool != "label_studio":
-        raise NotImplementedError(f"tool {spec.tool!r}: only label_studio is wired into the sync passes so far")
-    client = LabelStudioClient(spec.label_studio.url, spec.label_studio.api_key())
     token = settings.backend_token.get_secret_value() if settings.backend_token else None
-    sync = LabelStudioSync(store, spec, client, HttpPredictor(settings.backend_url, token=token), progress=progress)
+    predictor = HttpPredictor(settings.backend_url, token=token)
+    sync: SyncService
+    if spec.tool == "argilla":
+        from connector.argilla_client import ArgillaClient
+
+        client = ArgillaClient(spec.argilla.url, spec.argilla.api_key(), workspace=spec.argilla.workspace)
+        sync = ArgillaSync(store, spec, client, predictor, progress=progress)
+    else:
+        sync = LabelStudioSync(store, spec, LabelStudioClient(spec.label_studio.url, spec.label_studio.api_key()),
+                               predictor, progress=progress)
     sync.push_batch = settings.push_batch
     return sync
 
 
-def run_passes(sync: LabelStudioSync, names: Iterable[str]) -> list[PassReport]:
+def run_passes(sync: SyncService, names: Iterable[str]) -> list[PassReport]:
     passes = {"predict": sync.predict_pass, "route": sync.route_pass,
               "push": lambda: sync.push_pass(batch=sync.push_batch), "pull": sync.pull_pass}
     return [passes[n]() for n in names]
 
 
-def run_forever(settings: SyncSettings, sync: LabelStudioSync, *, stop: threading.Event | None = None,
+def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
                 on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
     """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
     the loop goes on, so a tool that is down only delays the work."""
@@ -50,7 +57,8 @@ def run_forever(settings: SyncSettings, sync: LabelStudioSync, *, stop: threadin
     stop = stop or threading.Event()
     requests = PullRequests()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    server = uvicorn.Server(uvicorn.Config(create_webhook_app(requests, secret=secret), host=settings.sync_host,
+    argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
+    server = uvicorn.Server(uvicorn.Config(create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret), host=settings.sync_host,
                                            port=settings.sync_port, log_level="warning", access_log=False))
     server.install_signal_handlers = lambda: None  # the loop owns SIGINT/SIGTERM
     web = threading.Thread(target=server.run, name="webhooks", daemon=True)

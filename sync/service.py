@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,32 +70,38 @@ class PassReport:
     counts: Counter = field(default_factory=Counter)
 
 
-class LabelStudioSync:
-    """Predict → route → push → pull for one task file and one Label Studio project."""
+class SyncService:
+    """Predict → route → push → pull for one task file; subclasses speak to one tool.
 
-    def __init__(self, store: StateStore, spec: TaskSpec, client: LabelStudioClient,
-                 predictor: Predictor | None = None, *, progress: Callable[[str, int], None] | None = None) -> None:
+    A subclass names its ``tool``, its ``project`` key, and implements ``_remote_ids`` (our
+    external ids → remote ids already in the tool), ``_push_remote`` (create them) and
+    ``pull_pass``. Reconciliation and the pending → confirmed bookkeeping live here, once.
+    """
+
+    tool: str = ""
+
+    def __init__(self, store: StateStore, spec: TaskSpec, predictor: Predictor | None = None, *,
+                 progress: Callable[[str, int], None] | None = None) -> None:
         self.store = store
         self.spec = spec
-        self.client = client
         self.predictor = predictor
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
-        self._project_id: int | None = None
         self.push_batch = 500
-        self.overlap_s = 1.0
         self._progress = progress or (lambda name, n: None)
 
     @property
-    def project_id(self) -> int:
-        if self._project_id is None:
-            self._project_id = self.client.ensure_project(self.spec.project_name, self.spec.label_config(),
-                                                          description=self.spec.instructions)
-        return self._project_id
-
-    @property
     def project(self) -> str:
-        return str(self.project_id)
+        raise NotImplementedError
+
+    def _remote_ids(self, external_ids: Sequence[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def pull_pass(self) -> PassReport:
+        raise NotImplementedError
 
     # -- predict and route --------------------------------------------------------------------
 
@@ -137,18 +143,18 @@ class LabelStudioSync:
     def reconcile(self) -> PassReport:
         """Settle pushes a crash left pending: confirm those the tool has, drop the others."""
         report = PassReport("reconcile")
-        pending = self.store.pending_pushes(TOOL, self.project)
+        pending = self.store.pending_pushes(self.tool, self.project)
         if not pending:
             return report
         items = {p.item_id: self.store.get_item(p.item_id) for p in pending}
         by_ext = {it.external_id: it.id for it in items.values() if it is not None}
-        found = self.client.task_ids_by_external_id(self.project_id, by_ext)
+        found = self._remote_ids(list(by_ext))
         if found:
             report.counts["confirmed"] += self.store.confirm_push({by_ext[e]: t for e, t in found.items()},
-                                                                  TOOL, self.project)
+                                                                  self.tool, self.project)
         missing = [i for e, i in by_ext.items() if e not in found]
         if missing:
-            report.counts["re-queued"] += self.store.cancel_push(missing, TOOL, self.project)
+            report.counts["re-queued"] += self.store.cancel_push(missing, self.tool, self.project)
         log.info("reconciled %d pending pushes: %s", len(pending), dict(report.counts))
         return report
 
@@ -160,29 +166,58 @@ class LabelStudioSync:
         preds = {p.item_id: p for p in self.store.predictions([it.id for it, _ in routed])}
         for i in range(0, len(routed), batch):
             chunk = routed[i:i + batch]
-            begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], TOOL, self.project)}
+            begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], self.tool, self.project)}
             todo = [(it, d) for it, d in chunk if it.id in begun]
             if not todo:
                 continue
             push_items = [self._push_item(it, d, preds.get(it.id)) for it, d in todo]
-            mapping = self.client.import_items(self.project_id, push_items)
+            mapping = self._push_remote(push_items)
             ext_to_id = {it.external_id: it.id for it, _ in todo}
             report.counts["pushed"] += self.store.confirm_push({ext_to_id[e]: t for e, t in mapping.items()},
-                                                               TOOL, self.project)
+                                                               self.tool, self.project)
             self._progress("push", len(todo))
         return report
 
     def _push_item(self, item: Any, decision: Any, pred: Any) -> PushItem:
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
         data[self.control.data_key] = item.text
-        data["hitl_reason"] = decision.reason
-        data["hitl_priority"] = round(float(decision.priority), 4)
+        data["reason"] = decision.reason
+        data["priority"] = round(float(decision.priority), 4)
         if pred is None:
             return PushItem(item.external_id, data)
         return PushItem(item.external_id, data, [self.control.result([pred.label])], float(pred.confidence),
                         pred.model_version)
 
-    # -- pull ---------------------------------------------------------------------------------
+
+
+class LabelStudioSync(SyncService):
+    """The passes against one Label Studio project (created from the task file if absent)."""
+
+    tool = TOOL
+
+    def __init__(self, store: StateStore, spec: TaskSpec, client: LabelStudioClient,
+                 predictor: Predictor | None = None, *, progress: Callable[[str, int], None] | None = None) -> None:
+        super().__init__(store, spec, predictor, progress=progress)
+        self.client = client
+        self.overlap_s = 1.0
+        self._project_id: int | None = None
+
+    @property
+    def project_id(self) -> int:
+        if self._project_id is None:
+            self._project_id = self.client.ensure_project(self.spec.project_name, self.spec.label_config(),
+                                                          description=self.spec.instructions)
+        return self._project_id
+
+    @property
+    def project(self) -> str:
+        return str(self.project_id)
+
+    def _remote_ids(self, external_ids: Sequence[str]) -> dict[str, Any]:
+        return self.client.task_ids_by_external_id(self.project_id, external_ids)
+
+    def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
+        return self.client.import_items(self.project_id, items)
 
     def pull_pass(self) -> PassReport:
         """Upsert every annotation changed since the cursor, then move the cursor.
@@ -231,3 +266,66 @@ class LabelStudioSync:
                                  "status": "deleted", "remote_updated_at": snap.updated_at,
                                  "lead_time": old.lead_time})
         return rows
+
+
+class ArgillaSync(SyncService):
+    """The passes against one Argilla dataset (created from the task file if absent).
+
+    Responses are pulled by status, not by ``updated_at`` (DESIGN.md §4: a submitted response
+    does not move the record's indexed timestamp); the upsert keyed by response id and its
+    ``updated_at`` makes each answer count once, and a stored answer the server no longer returns
+    is recorded as deleted.
+    """
+
+    tool = "argilla"
+
+    def __init__(self, store: StateStore, spec: TaskSpec, client: Any, predictor: Predictor | None = None, *,
+                 progress: Callable[[str, int], None] | None = None) -> None:
+        super().__init__(store, spec, predictor, progress=progress)
+        self.client = client
+        self._dataset: Any = None
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            self._dataset = self.client.ensure_dataset(
+                self.spec.project_name, text_field=self.control.data_key, labels=list(self.spec.labels),
+                multi_label=self.spec.multi_label, instructions=self.spec.instructions,
+                min_submitted=self.spec.overlap)
+        return self._dataset
+
+    @property
+    def project(self) -> str:
+        return self.spec.project_name
+
+    def _remote_ids(self, external_ids: Sequence[str]) -> dict[str, Any]:
+        return self.client.record_ids_by_external_id(self.dataset, external_ids)
+
+    def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
+        return self.client.log_items(self.dataset, items)
+
+    def pull_pass(self) -> PassReport:
+        report = PassReport("pull")
+        responses = self.client.submitted_responses(self.dataset)
+        rows, seen = [], set()
+        for r in responses:
+            push = self.store.find_push(self.tool, self.project, r.record_id)
+            if push is None:
+                log.warning("record %s (external id %s) was not pushed by us; ignored", r.record_id, r.external_id)
+                continue
+            seen.add(str(r.remote_id))
+            rows.append({"item_id": push.item_id, "tool": self.tool, "project": self.project,
+                         "remote_id": str(r.remote_id), "annotator": r.annotator, "value": r.value,
+                         "status": r.status, "remote_updated_at": r.updated_at})
+        now = datetime.now(UTC).isoformat()
+        for old in self.store.annotations(tool=self.tool, project=self.project):
+            if old.remote_id not in seen and old.status != "deleted":
+                rows.append({"item_id": old.item_id, "tool": self.tool, "project": self.project,
+                             "remote_id": old.remote_id, "annotator": old.annotator, "value": old.value,
+                             "status": "deleted", "remote_updated_at": now})
+        if rows:
+            result = self.store.upsert_annotations(rows)
+            report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
+                                 deleted=sum(r["status"] == "deleted" for r in rows))
+        self._progress("pull", len(rows))
+        return report

@@ -18,5 +18,6 @@ class SyncSettings(BaseSettings):
     push_batch: int = Field(500, ge=1, le=5000, description="tasks per bulk import call")
     sync_interval_s: float = Field(30.0, gt=0, description="seconds between passes (webhooks wake it earlier)")
     webhook_secret: SecretStr | None = Field(None, description="shared secret Label Studio sends in X-Hitl-Secret")
+    argilla_webhook_secret: SecretStr | None = Field(None, description="the Standard Webhooks secret of the Argilla webhook")
     sync_host: str = "127.0.0.1"
     sync_port: int = 9091

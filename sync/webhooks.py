@@ -43,8 +43,35 @@ class PullRequests:
         return out
 
 
-def create_webhook_app(requests: PullRequests, *, secret: str | None) -> FastAPI:
+ARGILLA_PULL_EVENTS = frozenset({"response.created", "response.updated", "response.deleted", "record.completed"})
+
+
+def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_secret: str | None = None) -> FastAPI:
     app = FastAPI(title="hitl sync webhooks")
+
+    @app.post("/webhooks/argilla")
+    async def argilla(request: Request) -> JSONResponse:
+        """Standard Webhooks: the signature over the raw body is checked before anything else;
+        Argilla retries up to 3 times, and a repeated delivery only asks for a pull again."""
+        from connector.argilla_client import WebhookError, verify_webhook
+
+        if argilla_secret is None:
+            return JSONResponse({"detail": "no Argilla webhook secret configured"}, status_code=503)
+        body = await request.body()
+        try:
+            payload = verify_webhook(argilla_secret, dict(request.headers), body)
+        except WebhookError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=401)
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            return JSONResponse({"detail": "payload must be an object with a 'type'"}, status_code=400)
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        record = data.get("record") if isinstance(data.get("record"), dict) else data
+        dataset = (record.get("dataset") or {}) if isinstance(record, dict) else {}
+        name = dataset.get("name") if isinstance(dataset, dict) else None
+        queued = payload["type"] in ARGILLA_PULL_EVENTS
+        if queued:
+            requests.add(str(name or "argilla"))
+        return JSONResponse({"status": "ok", "pull_queued": queued})
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -38,3 +38,39 @@ def test_malformed_bodies_are_refused_with_400():
     assert client.post("/webhooks/label-studio", json=["a"], headers=h).status_code == 400
     assert client.post("/webhooks/label-studio", json={"action": "ANNOTATION_CREATED"}, headers=h).status_code == 400
     assert client.post("/webhooks/label-studio", json={"action": 5, "project": 1}, headers=h).status_code == 400
+
+
+def _signed(secret, payload):
+    import json
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    body = json.dumps(payload).encode()
+    ts = datetime.now(UTC)
+    sig = Webhook(secret).sign("msg_1", ts, body.decode())
+    return body, {"webhook-id": "msg_1", "webhook-timestamp": str(int(ts.timestamp())), "webhook-signature": sig,
+                  "content-type": "application/json"}
+
+
+ARGILLA_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_a_signed_argilla_response_event_queues_a_pull_of_its_dataset():
+    requests = PullRequests()
+    client = TestClient(create_webhook_app(requests, secret=None, argilla_secret=ARGILLA_SECRET))
+    body, headers = _signed(ARGILLA_SECRET, {"type": "response.created", "timestamp": "2026-11-27T00:00:00Z",
+                                             "data": {"record": {"dataset": {"name": "reviews"}}}})
+    r = client.post("/webhooks/argilla", content=body, headers=headers)
+    assert r.status_code == 200 and r.json()["pull_queued"] is True and requests.take() == {"reviews"}
+
+
+def test_argilla_deliveries_with_a_bad_or_missing_signature_are_refused():
+    requests = PullRequests()
+    client = TestClient(create_webhook_app(requests, secret=None, argilla_secret=ARGILLA_SECRET))
+    body, headers = _signed(ARGILLA_SECRET, {"type": "response.created", "data": {}})
+    tampered = body.replace(b"response.created", b"response.deleted")
+    assert client.post("/webhooks/argilla", content=tampered, headers=headers).status_code == 401
+    assert client.post("/webhooks/argilla", content=body,
+                       headers={"content-type": "application/json"}).status_code == 401
+    assert requests.take() == set()
