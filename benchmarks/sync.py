@@ -99,20 +99,73 @@ def bench_pull(workdir: Path, client: LabelStudioClient, n_tasks: int, n_annotat
     return secs
 
 
+def bench_argilla_push(workdir: Path, n: int) -> dict[str, float]:
+    """``ArgillaSync.push_pass`` against bare ``dataset.records.log`` of the same records."""
+    import argilla as rg
+
+    from connector.argilla_client import ArgillaClient
+    from sync.service import ArgillaSync
+    from tests.support.argilla_stack import start as start_argilla
+
+    stack = start_argilla(workdir / "argilla")
+    try:
+        client = ArgillaClient(stack.url, stack.api_key)
+        prepared = _prepared_sync(workdir, _NoTool(), "argilla bench", n)  # fills a store, routes to review
+        spec = TaskSpec(name="bench-argilla-ours", tool="argilla", labels=["fresh", "rotten"])
+        sync = ArgillaSync(prepared.store, spec, client)
+        bare_ds = client.ensure_dataset("bench-argilla-bare", text_field="text", labels=["fresh", "rotten"])
+        routed = prepared.store.routed(action="review")
+        preds = {p.item_id: p for p in prepared.store.predictions([it.id for it, _ in routed])}
+        records = [rg.Record(id=it.external_id, fields={"text": it.text},
+                             metadata={"reason": d.reason, "priority": float(d.priority),
+                                       "confidence": float(preds[it.id].confidence)},
+                             suggestions=[rg.Suggestion("label", preds[it.id].label,
+                                                        score=float(preds[it.id].confidence), agent="bench")])
+                   for it, d in routed]
+        t0 = time.perf_counter()
+        bare_ds.records.log(records, batch_size=500)
+        bare = time.perf_counter() - t0
+        _ = sync.dataset
+        t0 = time.perf_counter()
+        report = sync.push_pass(batch=500)
+        ours = time.perf_counter() - t0
+        assert report.counts["pushed"] == n, report.counts
+    finally:
+        stack.stop()
+    ratio = bare / ours
+    print(f"argilla push {n} items: bare records.log {n / bare:6.0f} records/s ({bare:.1f} s) | "
+          f"push_pass {n / ours:6.0f} records/s ({ours:.1f} s) | ours / bare = {ratio:.2f}")
+    return {"n": n, "bare_s": bare, "ours_s": ours, "ratio": ratio}
+
+
+class _NoTool:
+    """Stands in for a tool client while a store is prepared (nothing is sent anywhere)."""
+
+    def ensure_project(self, *args, **kwargs) -> int:
+        return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--argilla-n", type=int, default=None, help="items for the Argilla push (default: --n)")
+    ap.add_argument("--skip-label-studio", action="store_true")
+    ap.add_argument("--skip-argilla", action="store_true")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="hitl-bench-sync-"))
-    server = start_from_template(workdir)
-    try:
-        client = LabelStudioClient(server.url, server.token)
-        results = {"push": bench_push(workdir, client, args.n)}
-        small, large = bench_pull(workdir, client, 1_000), bench_pull(workdir, client, args.n)
-        results["pull"] = {"1000_s": small, f"{args.n}_s": large, "ratio": large / small}
-        print(f"pull cost, {args.n} vs 1,000 tasks: {large / small:.2f}x")
-    finally:
-        server.stop()
+    results: dict = {}
+    if not args.skip_label_studio:
+        server = start_from_template(workdir)
+        try:
+            client = LabelStudioClient(server.url, server.token)
+            results["push"] = bench_push(workdir, client, args.n)
+            small, large = bench_pull(workdir, client, 1_000), bench_pull(workdir, client, args.n)
+            results["pull"] = {"1000_s": small, f"{args.n}_s": large, "ratio": large / small}
+            print(f"pull cost, {args.n} vs 1,000 tasks: {large / small:.2f}x")
+        finally:
+            server.stop()
+    if not args.skip_argilla:
+        results["argilla_push"] = bench_argilla_push(workdir, args.argilla_n or args.n)
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sync.json").write_text(json.dumps(results, indent=2))
