@@ -128,3 +128,41 @@ def test_a_label_studio_that_is_down_fails_the_pass_clearly_and_loses_nothing(wo
     assert _hitl(env, "sync", "pull").returncode == 0
     with StateStore(env["HITL_DB_URL"]) as store:
         assert len(store.annotations(tool=TOOL)) == before
+
+
+def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplicates(tmp_path, rt_sample, backend):
+    from sync import label_studio_server as lss
+
+    server = lss.start_from_template(tmp_path)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        (tmp_path / "task.toml").write_text(
+            'name = "tool stops"\nlabels = ["fresh", "rotten"]\n'
+            f'[label_studio]\nurl = "{server.url}"\n[routing]\naccept_threshold = 0.999\nspot_check_rate = 0.0\n')
+        (tmp_path / "items.jsonl").write_text("\n".join(json.dumps({"id": f"s-{i}", "text": t})
+                                                        for i, t in enumerate(rt_sample[0][300:600])) + "\n")
+        env = {**os.environ, "HITL_DB_URL": f"sqlite:///{tmp_path / 'state.db'}", "HITL_TASK": str(tmp_path / "task.toml"),
+               "HITL_LS_API_KEY": server.token, "HITL_BACKEND_URL": backend.url, "HITL_PUSH_BATCH": "10"}
+        assert _hitl(env, "ingest", str(tmp_path / "items.jsonl")).returncode == 0
+        assert _hitl(env, "sync", "pull").returncode == 0  # creates the project; nothing to pull yet
+        push = subprocess.Popen([sys.executable, "-m", "connector.cli", "sync", "push"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = LabelStudioClient(server.url, server.token)
+        pid = client.ensure_project("tool stops", "<View/>")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(client.task_ids_by_external_id(pid)) < 30:
+            time.sleep(0.3)
+        server.stop()  # Label Studio goes away in the middle of the pass
+        _, err = push.communicate(timeout=120)
+        assert push.returncode != 0 and ("ConnectError" in err or "Connection refused" in err)
+        server = lss.start(server.data_dir, port=port)  # back, same data
+        done = _hitl(env, "sync", "push")
+        assert done.returncode == 0, done.stderr
+        tasks = list(LabelStudioClient(server.url, server.token)._iter_tasks(pid, include="id,data"))
+        ext = [t.data["hitl_id"] for t in tasks]
+        assert len(ext) == len(set(ext))
+        with StateStore(env["HITL_DB_URL"]) as store:
+            assert store.pending_pushes(TOOL, str(pid)) == [] and store.routed(action="review") == []
+            assert {i.external_id for i in store.items(state="pushed")} == set(ext)
+    finally:
+        server.stop()
