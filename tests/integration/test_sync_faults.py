@@ -166,3 +166,44 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
             assert {i.external_id for i in store.items(state="pushed")} == set(ext)
     finally:
         server.stop()
+
+
+def test_argilla_push_and_pull_survive_sigkill_at_random_points(tmp_path, argilla, backend, rt_sample):
+    from connector.argilla_client import ArgillaClient
+    from tests.integration.test_argilla_client import _annotator, _submit
+
+    (tmp_path / "task.toml").write_text(
+        'name = "argilla-faults"\ntool = "argilla"\nlabels = ["fresh", "rotten"]\n'
+        f'[argilla]\nurl = "{argilla.url}"\n[routing]\naccept_threshold = 0.999\nspot_check_rate = 0.0\n')
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps({"id": f"a-{i}", "text": t})
+                                                    for i, t in enumerate(rt_sample[0][:150])) + "\n")
+    env = {**os.environ, "HITL_DB_URL": f"sqlite:///{tmp_path / 'state.db'}", "HITL_TASK": str(tmp_path / "task.toml"),
+           "HITL_ARGILLA_API_KEY": argilla.api_key, "HITL_BACKEND_URL": backend.url, "HITL_PUSH_BATCH": "10"}
+    assert _hitl(env, "ingest", str(tmp_path / "items.jsonl")).returncode == 0
+    rng = random.Random(5)
+    for _ in range(KILLS):
+        _kill_at_random(env, ["sync", "push"], rng, max_delay=5.0)
+    done = _hitl(env, "sync", "push")
+    assert done.returncode == 0, done.stderr
+    client = ArgillaClient(argilla.url, argilla.api_key)
+    dataset = client.ensure_dataset("argilla-faults", text_field="text", labels=["fresh", "rotten"])
+    records = client.record_ids_by_external_id(dataset)
+    with StateStore(env["HITL_DB_URL"]) as store:
+        pushed = {i.external_id for i in store.items(state="pushed")}
+        assert store.pending_pushes("argilla", "argilla-faults") == []
+    assert set(records) == pushed and len(pushed) > 50  # one record per pushed item, none missing
+
+    users = [_annotator(client, argilla.url, f"fault-ann-{k}", dataset.workspace.name) for k in range(2)]
+    targets = sorted(records.values())[:2 * KILLS]
+    expected = 0
+    for round_ in range(KILLS):
+        for rid in targets[round_ * 2:(round_ + 1) * 2]:
+            for k, (user, rg_client) in enumerate(users):
+                _submit(rg_client, rid, "fresh" if k else "rotten", user.id)
+                expected += 1
+        _kill_at_random(env, ["sync", "pull"], rng, max_delay=4.0)
+    assert _hitl(env, "sync", "pull").returncode == 0
+    with StateStore(env["HITL_DB_URL"]) as store:
+        anns = store.annotations(tool="argilla", project="argilla-faults")
+    assert len(anns) == expected == len({a.remote_id for a in anns})
+    assert {a.annotator for a in anns} == {"fault-ann-0", "fault-ann-1"}

@@ -1,0 +1,44 @@
+"""The route pass over a real SQLite store (no tool needed: routing happens before any push)."""
+
+import numpy as np
+
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from sync.service import LabelStudioSync
+
+
+def _store(tmp_path, n, n_gold, seed=0):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    store.ingest([{"id": f"i{i}", "text": f"text {i}"} for i in range(n)]
+                 + [{"id": f"g{i}", "text": f"gold {i}", "is_gold": True} for i in range(n_gold)])
+    rng = np.random.default_rng(seed)
+    items = store.items(state="ingested")
+    conf = rng.uniform(0.5, 1.0, size=len(items))
+    store.record_predictions([{"item_id": it.id, "model_version": "v1", "label": "a", "confidence": float(c),
+                               "probabilities": {"a": float(c), "b": float(1 - c)}} for it, c in zip(items, conf)])
+    return store
+
+
+def test_route_pass_mixes_gold_items_at_the_set_rate_and_keeps_the_rest_for_later(tmp_path):
+    store = _store(tmp_path, 400, 30)
+    spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.9, "spot_check_rate": 0.0,
+                                                         "gold_rate": 0.1})
+    sync = LabelStudioSync(store, spec, client=None)
+    counts = sync.route_pass().counts
+    assert counts["review"] + counts["auto_accept"] == 400  # every ordinary item routed once
+    assert counts["gold"] == round(0.1 * counts["review"])
+    routed = store.routed()
+    gold_routed = [it for it, d in routed if it.is_gold]
+    assert len(gold_routed) == counts["gold"] and all(d.reason == "gold" for it, d in routed if it.is_gold)
+    still_waiting = [it for it in store.items(state="predicted") if it.is_gold]
+    assert len(still_waiting) == 30 - counts["gold"]  # the others stay in the pool
+    assert sync.route_pass().counts == {}  # nothing ordinary left: no gold drawn for an empty batch
+
+
+def test_route_pass_records_a_reason_for_every_decision(tmp_path):
+    store = _store(tmp_path, 100, 0, seed=3)
+    spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.8, "review_budget": 10})
+    LabelStudioSync(store, spec, client=None).route_pass()
+    reasons = {d.reason for _, d in store.routed()}
+    assert reasons <= {"confident", "spot_check", "active_learning", "over_budget"} and "over_budget" in reasons
