@@ -87,7 +87,7 @@ class SyncService:
         self.predictor = predictor
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
-        self.push_batch = 500
+        self.push_batch = 2000
         self._progress = progress or (lambda name, n: None)
 
     @property
@@ -176,23 +176,41 @@ class SyncService:
         return report
 
     def push_pass(self, *, batch: int = 500) -> PassReport:
-        """Create a task (with the model's suggestion) for every item routed to review."""
+        """Create a task (with the model's suggestion) for every item routed to review.
+
+        Per chunk: ``begin_push`` (pending) → remote create → ``confirm_push``. The remote call of
+        one chunk runs on a worker thread while this thread records the previous chunk's
+        confirmation and begins the next one, so the store's bookkeeping hides behind the tool's
+        own time; the order per chunk, which makes a crash recoverable, is unchanged.
+        """
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         report = PassReport("push")
         report.counts.update(self.reconcile().counts)
         routed = self.store.routed(action="review")
         preds = {p.item_id: p for p in self.store.predictions([it.id for it, _ in routed])}
-        for i in range(0, len(routed), batch):
-            chunk = routed[i:i + batch]
-            begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], self.tool, self.project)}
-            todo = [(it, d) for it, d in chunk if it.id in begun]
-            if not todo:
-                continue
-            push_items = [self._push_item(it, d, preds.get(it.id)) for it, d in todo]
-            mapping = self._push_remote(push_items)
-            ext_to_id = {it.external_id: it.id for it, _ in todo}
+
+        def confirm(fut: Future, ext_to_id: dict[str, int]) -> None:
+            mapping = fut.result()
             report.counts["pushed"] += self.store.confirm_push({ext_to_id[e]: t for e, t in mapping.items()},
                                                                self.tool, self.project)
-            self._progress("push", len(todo))
+            self._progress("push", len(ext_to_id))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as pool:
+            inflight: tuple[Future, dict[str, int]] | None = None
+            for i in range(0, len(routed), batch):
+                chunk = routed[i:i + batch]
+                begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], self.tool, self.project)}
+                todo = [(it, d) for it, d in chunk if it.id in begun]
+                if not todo:
+                    continue
+                push_items = [self._push_item(it, d, preds.get(it.id)) for it, d in todo]
+                fut = pool.submit(self._push_remote, push_items)
+                if inflight is not None:
+                    confirm(*inflight)
+                inflight = (fut, {it.external_id: it.id for it, _ in todo})
+            if inflight is not None:
+                confirm(*inflight)
         return report
 
     def _push_item(self, item: Any, decision: Any, pred: Any) -> PushItem:

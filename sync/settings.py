@@ -15,7 +15,7 @@ class SyncSettings(BaseSettings):
     task: Path = Field(Path("task.toml"), description="the task file")
     backend_url: str = Field("http://127.0.0.1:9090", description="the ML backend")
     backend_token: SecretStr | None = None
-    push_batch: int = Field(500, ge=1, le=5000, description="tasks per bulk import call")
+    push_batch: int = Field(2000, ge=1, le=10000, description="tasks or records per bulk create call")
     sync_interval_s: float = Field(30.0, gt=0, description="seconds between passes (webhooks wake it earlier)")
     webhook_secret: SecretStr | None = Field(None, description="shared secret Label Studio sends in X-Hitl-Secret")
     argilla_webhook_secret: SecretStr | None = Field(None, description="the Standard Webhooks secret of the Argilla webhook")
