@@ -31,30 +31,30 @@ from pydantic import BaseModel, Field, field_validator
 from connector.labeling_config import build_choices_config
 
 
-class LabelStudioTarget(BaseModel):
+class _Target(BaseModel):
+    url: str
+    api_key_env: str
+
+    def api_key(self) -> str:
+        """The key, read from the environment variable the task file names (never from the file)."""
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(f"set {self.api_key_env} to the {type(self).__name__[:-6]} API key")
+        return key
+
+
+class LabelStudioTarget(_Target):
     url: str = "http://127.0.0.1:8080"
     api_key_env: str = "HITL_LS_API_KEY"
     project_title: str | None = None
     label_config: str | None = Field(None, description="use this config instead of generating one")
 
-    def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise RuntimeError(f"set {self.api_key_env} to a Label Studio API token")
-        return key
 
-
-class ArgillaTarget(BaseModel):
+class ArgillaTarget(_Target):
     url: str = "http://127.0.0.1:6900"
     api_key_env: str = "HITL_ARGILLA_API_KEY"
     workspace: str = "default"
     dataset: str | None = None
-
-    def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise RuntimeError(f"set {self.api_key_env} to an Argilla API key")
-        return key
 
 
 class TaskSpec(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.label_studio import free_port
+from sync.label_studio_server import free_port, stop_process_group
 
 
 @dataclass
@@ -22,13 +21,7 @@ class BackendProcess:
     log_path: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_process_group(self.process)
 
 
 def start_backend(model_root: Path, workdir: Path, *, env: dict[str, str] | None = None,
