@@ -72,6 +72,28 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 15.0) -> None
             process.wait(5)
 
 
+def is_healthy(url: str, *, timeout: float = 1.0) -> bool:
+    """``GET {url}/health`` answers 200."""
+    try:
+        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for_health(url: str, process: subprocess.Popen, *, timeout: float, log_path: Path, name: str) -> None:
+    """Poll ``/health`` until it answers; stop the process and raise with the log's path when it
+    exits first or does not answer within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; log: {log_path}")
+        if is_healthy(url):
+            return
+        time.sleep(0.3)
+    stop_process_group(process)
+    raise TimeoutError(f"{name} did not answer {url}/health within {timeout:.0f} s; log: {log_path}")
+
+
 def _env(data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "POSTGRE_", "LABEL_STUDIO_"))}
     env.update(
@@ -107,19 +129,8 @@ def start(data_dir: Path, *, port: int | None = None, username: str = USERNAME, 
          "--port", str(port), "--host", url],
         env=_env(data_dir, username, password, token), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, cwd=data_dir.parent)
-    server = LabelStudioServer(url, token, username, password, data_dir, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Label Studio exited with {proc.returncode}; log: {log_path}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise TimeoutError(f"Label Studio did not answer /health within {timeout} s; log: {log_path}")
+    wait_for_health(url, proc, timeout=timeout, log_path=log_path, name="Label Studio")
+    return LabelStudioServer(url, token, username, password, data_dir, proc, log_path)
 
 
 def template_dir() -> Path:

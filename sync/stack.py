@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.panel import Panel
@@ -81,24 +80,6 @@ def _alive(pid_file: Path) -> int | None:
     return pid
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}; see {log}")
-        if _healthy(url):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy in {timeout:.0f} s; see {log}")
-
-
 def _ensure_model(s: StackSettings) -> None:
     from connector.model_store import ModelStore
 
@@ -112,7 +93,7 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
     run = s.var_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{s.ls_port}"
-    if _alive(run / "label-studio.pid") and _healthy(url):
+    if _alive(run / "label-studio.pid") and label_studio_server.is_healthy(url, timeout=2):
         return url
     console.print(f"starting Label Studio on {url} (first start migrates its database: about a minute)")
     server = label_studio_server.start(s.var_dir / "label-studio", port=s.ls_port, username=creds.username,
@@ -125,7 +106,7 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
 def _ensure_backend(s: StackSettings) -> str:
     run = s.var_dir / "run"
     url = f"http://127.0.0.1:{s.backend_port}"
-    if _alive(run / "ml-backend.pid") and _healthy(url):
+    if _alive(run / "ml-backend.pid") and label_studio_server.is_healthy(url, timeout=2):
         return url
     log = s.var_dir / "log-ml-backend.txt"
     env = {**os.environ, "HITL_MODEL_ROOT": str((s.var_dir / "models").resolve()), "HITL_PORT": str(s.backend_port),
@@ -135,7 +116,7 @@ def _ensure_backend(s: StackSettings) -> str:
                             stderr=subprocess.STDOUT, start_new_session=True)
     (run / "ml-backend.pid").write_text(str(proc.pid))
     console.print(f"starting the ML backend on {url}")
-    _wait_healthy(url, proc, log, 120)
+    label_studio_server.wait_for_health(url, proc, timeout=120, log_path=log, name="ML backend")
     return url
 
 

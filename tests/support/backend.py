@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 
-from sync.label_studio_server import free_port, stop_process_group
+from sync.label_studio_server import free_port, stop_process_group, wait_for_health
 
 
 @dataclass
@@ -35,16 +33,8 @@ def start_backend(model_root: Path, workdir: Path, *, env: dict[str, str] | None
     proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=full_env, cwd=workdir,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    backend = BackendProcess(url, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"backend exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return backend
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    backend.stop()
-    raise TimeoutError(f"backend did not answer /health in {timeout} s: {log_path}")
+    try:
+        wait_for_health(url, proc, timeout=timeout, log_path=log_path, name="ML backend")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{log_path.read_text()[-2000:]}") from None
+    return BackendProcess(url, proc, log_path)
