@@ -129,31 +129,27 @@ class SyncService:
         """
         report = PassReport("route")
         predicted = self.store.items(state="predicted")
+        preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]
         gold = [it for it in predicted if it.is_gold]
         for i in range(0, len(ordinary), batch):
             chunk = ordinary[i:i + batch]
-            decisions = self.router.route(self._batch(chunk), gold_pool=self._batch(gold) if gold else None)
-            self._record(decisions, chunk + gold)
+            decisions = self.router.route(self._batch(chunk, preds),
+                                          gold_pool=self._batch(gold, preds) if gold else None)
+            self.store.record_decisions([
+                {"item_id": int(d.item_id), "model_version": preds[int(d.item_id)].model_version,
+                 "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score}
+                for d in decisions])
             drawn = {d.item_id for d in decisions if d.reason == "gold"}
             gold = [it for it in gold if str(it.id) not in drawn]
             report.counts.update(d.action if d.reason != "gold" else "gold" for d in decisions)
         return report
 
-    def _batch(self, items: list[Any]) -> Batch:
+    def _batch(self, items: list[Any], preds: dict[int, Any]) -> Batch:
         labels = list(self.spec.labels)
-        preds = {p.item_id: p for p in self.store.predictions([it.id for it in items])}
         probs = np.array([[preds[it.id].probabilities.get(label, 0.0) for label in labels] for it in items])
         metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
         return Batch([str(it.id) for it in items], probs, labels, metadata)
-
-    def _record(self, decisions: list[Any], items: list[Any]) -> None:
-        versions = {it.id: it for it in items}
-        preds = {p.item_id: p for p in self.store.predictions([int(d.item_id) for d in decisions])}
-        self.store.record_decisions([
-            {"item_id": int(d.item_id), "model_version": preds[int(d.item_id)].model_version,
-             "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score}
-            for d in decisions if int(d.item_id) in versions])
 
     # -- push ---------------------------------------------------------------------------------
 
