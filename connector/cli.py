@@ -196,6 +196,66 @@ def sync_run() -> None:
         run_forever(settings, build_sync(settings, store), on_cycle=_summary)
 
 
+scheduler_app = typer.Typer(help="The scheduler: sync, metrics and retraining jobs.", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+
+
+@scheduler_app.command("run")
+def scheduler_run() -> None:
+    """Run the jobs on their schedules until stopped (SIGINT/SIGTERM), with the webhook receivers
+    and /metrics on HITL_SYNC_PORT. Safe to start twice on one database: each job run happens once."""
+    import logging
+
+    from sync.runner import open_store, run_scheduler
+    from sync.settings import SyncSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = SyncSettings()
+    with open_store(settings) as store:
+        run_scheduler(settings, store)
+
+
+@scheduler_app.command("once")
+def scheduler_once(job: str = typer.Argument(..., help="sync, metrics, retrain or thresholds")) -> None:
+    """Run one job now (through the same lock and run record as the scheduler)."""
+    from sync.runner import build_scheduler, open_store
+    from sync.settings import SyncSettings
+
+    settings = SyncSettings()
+    with open_store(settings) as store:
+        scheduler = build_scheduler(settings, store)
+        if job not in scheduler.jobs:
+            raise typer.BadParameter(f"unknown job {job!r}; jobs: {', '.join(scheduler.jobs)}")
+        outcome = scheduler.execute(job)
+        run = store.job_runs(job, limit=1)
+    console.print(f"{job}: {outcome}" + (f" - {run[0].error or run[0].detail}" if run else ""))
+    if outcome == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def jobs() -> None:
+    """List the scheduled jobs: trigger, last run, next run, last error."""
+    from sync.runner import open_store
+    from sync.scheduler import stored_jobs
+    from sync.settings import SyncSettings
+
+    with open_store(SyncSettings()) as store:
+        stored = {j["id"]: j for j in stored_jobs(store.engine)}
+        summary = store.job_summary()
+    table = Table(title="jobs")
+    for col in ("job", "trigger", "runs", "failures", "last run", "next run", "last error"):
+        table.add_column(col)
+    for job_id in sorted(set(stored) | set(summary)):
+        j, s = stored.get(job_id, {}), summary.get(job_id, {})
+        last, err = s.get("last_run"), s.get("last_error")
+        table.add_row(job_id, j.get("trigger", "-"), str(s.get("runs", 0)), str(s.get("failures", 0)),
+                      f"{last.started_at:%Y-%m-%d %H:%M:%S} {last.status}" if last else "-",
+                      f"{j['next_run_time']:%Y-%m-%d %H:%M:%S}" if j.get("next_run_time") else "-",
+                      f"{err.started_at:%Y-%m-%d %H:%M:%S} {err.error}" if err else "-")
+    console.print(table)
+
+
 def main() -> None:
     app()
 

@@ -199,6 +199,11 @@ class LabelStudioClient:
                 self._users[uid] = str(uid)
         return self._users[uid]
 
+    def request_more_answers(self, task_id: int, overlap: int) -> None:
+        """Put a task back in the labeling queue until it has ``overlap`` annotations (Label
+        Studio serves it to annotators who have not answered it yet)."""
+        self._call(self._ls.tasks.update, id=task_id, overlap=overlap, is_labeled=False)
+
     # -- annotations (used by tests and the simulator) -------------------------------------------
 
     def annotate(self, task_id: int, result: list[dict[str, Any]], *, completed_by: int | None = None,

@@ -26,9 +26,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connector.consolidation import ConsensusPolicy
 from connector.labeling_config import build_choices_config
+from connector.retraining import RetrainPolicy
 
 
 class _Target(BaseModel):
@@ -57,6 +59,20 @@ class ArgillaTarget(_Target):
     dataset: str | None = None
 
 
+class ThresholdPolicy(BaseModel):
+    """How the auto-accept threshold adapts (the task file's ``[thresholds]`` table): keep the
+    error among auto-accepted items under ``target_error`` with confidence ``1 - delta``, and the
+    review rate inside ``review_band`` when the data allows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapt: bool = True
+    target_error: float = Field(0.02, gt=0.0, lt=1.0)
+    delta: float = Field(0.05, gt=0.0, lt=1.0)
+    review_band: tuple[float, float] = (0.0, 1.0)
+    min_evidence: int = Field(30, ge=1, description="labeled items needed before the threshold moves")
+
+
 class TaskSpec(BaseModel):
     """What is being labelled, by whom, and where."""
 
@@ -70,6 +86,9 @@ class TaskSpec(BaseModel):
     label_studio: LabelStudioTarget = LabelStudioTarget()
     argilla: ArgillaTarget = ArgillaTarget()
     routing: dict[str, Any] = Field(default_factory=dict, description="RoutingPolicy fields")
+    consensus: ConsensusPolicy = ConsensusPolicy()
+    retraining: RetrainPolicy = RetrainPolicy()
+    thresholds: ThresholdPolicy = ThresholdPolicy()
 
     @field_validator("labels")
     @classmethod

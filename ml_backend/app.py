@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from connector.batching import QueueFull
 from connector.labeling_config import LabelingConfigError
 from ml_backend.auth import require_auth
 from ml_backend.events import TRAINING_ACTIONS, EventSpool, summarize_event
+from ml_backend.metrics import CONTENT_TYPE, BackendMetrics, MetricsMiddleware
 from ml_backend.schemas import (
     LSPredictRequest,
     LSPredictResponse,
@@ -106,6 +107,10 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     app.state.settings = settings
     app.state.spool = EventSpool(settings.events_path)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    # one registry per app; added last, so it is outermost and also counts BodySizeLimit's 413s
+    metrics = app.state.metrics = BackendMetrics(lambda: getattr(app.state, "service", None))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    texts_predicted = metrics.texts_predicted
     auth = [Depends(require_auth)]
 
     @app.exception_handler(QueueFull)
@@ -128,6 +133,11 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         s = svc(request)
         return {"status": "UP", "model_class": "TextClassifier", "model_version": s.model_version,
                 "queue": s.batcher.queue_size, "batches_run": s.batcher.batches_run, "items_run": s.batcher.items_run}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text() -> Response:
+        # open like /health (a probe); the model version is read from the service at each scrape
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.post("/setup", response_model=SetupResponse, dependencies=auth)
     async def setup(body: SetupRequest, request: Request) -> SetupResponse:
@@ -162,6 +172,7 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         if problems:
             return _error(422, problems[:50])
         preds = await s.predict(texts)
+        texts_predicted["/predict"].inc(len(preds))
         thr = settings.multi_label_threshold
         results, warnings = [], ps.warnings()
         for task, p in zip(body.tasks, preds):
@@ -196,6 +207,7 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     async def predict_json(body: PredictRequest, request: Request) -> JSONResponse:
         s = svc(request)
         preds = await s.predict(body.texts)
+        texts_predicted["/v1/predict"].inc(len(preds))
         return JSONResponse({"predictions": [p.__dict__ for p in preds], "model_version": s.model_version})
 
     return app

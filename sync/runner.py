@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
+from sync.jobs import JobContext
+from sync.scheduler import Scheduler
 from sync.service import ArgillaSync, HttpPredictor, LabelStudioSync, PassReport, SyncService
 from sync.settings import SyncSettings
 from sync.webhooks import PullRequests, create_webhook_app
@@ -48,21 +50,31 @@ def run_passes(sync: SyncService, names: Iterable[str]) -> list[PassReport]:
     return [passes[n]() for n in names]
 
 
+def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests) -> tuple[object, threading.Thread]:
+    """The webhook receivers and ``/metrics`` on ``sync_host:sync_port``, on a daemon thread."""
+    import uvicorn
+
+    from sync.metrics import SyncMetricsCollector
+
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
+    app = create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret,
+                             metrics=SyncMetricsCollector(store))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.sync_host, port=settings.sync_port,
+                                           log_level="warning", access_log=False))
+    server.install_signal_handlers = lambda: None  # the caller owns SIGINT/SIGTERM
+    web = threading.Thread(target=server.run, name="webhooks", daemon=True)
+    web.start()
+    return server, web
+
+
 def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
                 on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
     """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
     the loop goes on, so a tool that is down only delays the work."""
-    import uvicorn
-
     stop = stop or threading.Event()
     requests = PullRequests()
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
-    server = uvicorn.Server(uvicorn.Config(create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret), host=settings.sync_host,
-                                           port=settings.sync_port, log_level="warning", access_log=False))
-    server.install_signal_handlers = lambda: None  # the loop owns SIGINT/SIGTERM
-    web = threading.Thread(target=server.run, name="webhooks", daemon=True)
-    web.start()
+    server, web = start_http(settings, sync.store, requests)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: (stop.set(), requests.wake.set()))
@@ -73,9 +85,59 @@ def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Ev
                 reports = run_passes(sync, ("predict", "route", "push", "pull"))
                 if on_cycle:
                     on_cycle(reports)
-            except Exception:  # noqa: BLE001 - logged; the next cycle retries
+            except Exception:
                 log.exception("sync cycle failed; retrying in %.0f s", settings.sync_interval_s)
             requests.wake.wait(settings.sync_interval_s)
     finally:
-        server.should_exit = True
+        server.should_exit = True  # type: ignore[attr-defined]
         web.join(5)
+
+
+def run_scheduler(settings: SyncSettings, store: StateStore, *, stop: threading.Event | None = None) -> None:
+    """The scheduler with the webhook receivers and ``/metrics``: a webhook runs the sync job at
+    once (as its own slot), besides its interval."""
+    from datetime import UTC, datetime
+
+    stop = stop or threading.Event()
+    requests = PullRequests()
+    server, web = start_http(settings, store, requests)
+    scheduler = build_scheduler(settings, store)
+    scheduler.start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: (stop.set(), requests.wake.set()))
+    log.info("scheduler running: jobs %s; webhooks and /metrics on %s:%d", ", ".join(scheduler.triggers),
+             settings.sync_host, settings.sync_port)
+    try:
+        while not stop.is_set():
+            requests.wake.wait(1.0)
+            if requests.take() and not stop.is_set():
+                scheduler.execute("sync", slot=f"webhook {datetime.now(UTC).isoformat()}")
+    finally:
+        scheduler.shutdown()
+        server.should_exit = True  # type: ignore[attr-defined]
+        web.join(5)
+
+
+def build_context(settings: SyncSettings, store: StateStore) -> JobContext:
+    """The scheduler's jobs' context: the sync service is built when a job first needs it."""
+    from connector.model_store import ModelStore
+
+    return JobContext(store, TaskSpec.load(settings.task), ModelStore(settings.model_root),
+                      make_sync=lambda: build_sync(settings, store))
+
+
+def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext | None = None) -> Scheduler:
+    """The scheduler with the sync, metrics and retrain jobs at the configured intervals."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    from sync import jobs
+    from sync.scheduler import interval
+
+    ctx = ctx or build_context(settings, store)
+    retrain_trigger = (CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC") if settings.retrain_cron
+                       else interval(settings.retrain_interval_s))
+    return Scheduler(store, {"sync": lambda: jobs.sync_job(ctx), "metrics": lambda: jobs.metrics_job(ctx),
+                             "retrain": lambda: jobs.retrain_job(ctx), "thresholds": lambda: jobs.threshold_job(ctx)},
+                     {"sync": interval(settings.sync_interval_s), "metrics": interval(settings.metrics_interval_s),
+                      "retrain": retrain_trigger}, retries=settings.job_retries)

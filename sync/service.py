@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -54,6 +54,12 @@ class HttpPredictor:
         if r.status_code != 200:
             raise ValueError(f"ML backend refused the batch ({r.status_code}): {r.text[:300]}")
         return r.json()["predictions"]
+
+    def serving_version(self) -> str | None:
+        """The model version the backend serves now (``GET /versions``)."""
+        r = self._http.get("/versions")
+        r.raise_for_status()
+        return r.json().get("serving")
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -103,14 +109,28 @@ class SyncService:
     def pull_pass(self) -> PassReport:
         raise NotImplementedError
 
+    def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
+        """Ask the tool for more answers: ``(item_id, answers wanted, reason)``; returns how many."""
+        raise NotImplementedError
+
     # -- predict and route --------------------------------------------------------------------
 
     def predict_pass(self, *, batch: int = 512) -> PassReport:
-        """Score every ingested item with the ML backend."""
+        """Score every ingested item with the ML backend, and score again the items not yet pushed
+        that an older model version scored (after a promotion they are routed afresh)."""
         if self.predictor is None:
             raise RuntimeError("no predictor configured (set the ML backend URL)")
         report = PassReport("predict")
-        while items := self.store.items(state="ingested", limit=batch):
+        serving = getattr(self.predictor, "serving_version", None)
+        version = serving() if serving is not None else None
+        stale = self.store.stale_items(version) if version is not None else []
+        report.counts["rescored"] += len(stale)
+        while True:
+            items = self.store.items(state="ingested", limit=batch)
+            if not items:  # each stale item is scored once per pass, whatever the backend answers
+                items, stale = stale[:batch], stale[batch:]
+            if not items:
+                break
             preds = self.predictor.predict([it.text for it in items])
             self.store.record_predictions([
                 {"item_id": it.id, "model_version": p["model_version"], "label": p["label"],
@@ -128,6 +148,7 @@ class SyncService:
         later batches.
         """
         report = PassReport("route")
+        self._adapt_threshold()
         predicted = self.store.items(state="predicted")
         preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]
@@ -144,6 +165,20 @@ class SyncService:
             gold = [it for it in gold if str(it.id) not in drawn]
             report.counts.update(d.action if d.reason != "gold" else "gold" for d in decisions)
         return report
+
+    def _adapt_threshold(self) -> None:
+        """Use the scheduler's latest threshold review when the task lets the threshold adapt."""
+        if not self.spec.thresholds.adapt:
+            return
+        review = self.store.latest_snapshot("thresholds")
+        if review is None or review.payload.get("threshold") is None:
+            return
+        t = min(float(review.payload["threshold"]), 1.0)
+        if t != self.router.policy.accept_threshold:
+            log.info("auto-accept threshold %.4f -> %.4f (threshold review)", self.router.policy.accept_threshold, t)
+            overrides = {k: max(v, t) for k, v in self.router.policy.label_overrides.items()}
+            self.router = Router(self.router.policy.model_copy(update={"accept_threshold": t,
+                                                                        "label_overrides": overrides}))
 
     def _batch(self, items: list[Any], preds: dict[int, Any]) -> Batch:
         labels = list(self.spec.labels)
@@ -276,6 +311,17 @@ class LabelStudioSync(SyncService):
         self._progress("pull", len(rows))
         return report
 
+    def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
+        """Raise each task's overlap to the answers wanted and return it to the queue."""
+        tasks = self.store.remote_ids([i for i, _, _ in wanted], TOOL, self.project)
+        sent = 0
+        for item_id, n, reason in wanted:
+            if item_id in tasks:
+                self.client.request_more_answers(int(tasks[item_id]), n)
+                log.info("task %s sent back for answer %d (%s)", tasks[item_id], n, reason)
+                sent += 1
+        return sent
+
     def _annotation_rows(self, snaps: list[TaskSnapshot]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for snap in snaps:
@@ -334,6 +380,15 @@ class ArgillaSync(SyncService):
 
     def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
         return self.client.log_items(self.dataset, items)
+
+    def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
+        """Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record
+        setting to ask for one more answer: the items stay unsettled (their label row says why)
+        and are listed in the log for a reviewer; raise the task's ``overlap`` to ask for more."""
+        if wanted:
+            log.warning("%d Argilla records need more answers (e.g. item %s: %s); Argilla has no per-record "
+                        "overlap: raise the task's overlap", len(wanted), wanted[0][0], wanted[0][2])
+        return 0
 
     def pull_pass(self) -> PassReport:
         report = PassReport("pull")

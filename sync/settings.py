@@ -21,3 +21,8 @@ class SyncSettings(BaseSettings):
     argilla_webhook_secret: SecretStr | None = Field(None, description="the Standard Webhooks secret of the Argilla webhook")
     sync_host: str = "127.0.0.1"
     sync_port: int = 9091
+    model_root: Path = Field(Path("var/models"), description="model versions, shared with the ML backend")
+    metrics_interval_s: float = Field(300.0, gt=0, description="seconds between agreement/quality snapshots")
+    retrain_interval_s: float = Field(600.0, gt=0, description="seconds between checks for enough new labels")
+    retrain_cron: str | None = Field(None, description="crontab line for retraining instead of the interval")
+    job_retries: int = Field(2, ge=0, description="retries of a failing job within one run")

@@ -14,7 +14,10 @@ import threading
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,14 @@ class PullRequests:
 ARGILLA_PULL_EVENTS = frozenset({"response.created", "response.updated", "response.deleted", "record.completed"})
 
 
-def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_secret: str | None = None) -> FastAPI:
+def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_secret: str | None = None,
+                       metrics: Collector | None = None) -> FastAPI:
+    """``metrics`` (e.g. ``sync.metrics.SyncMetricsCollector(store)``) is served on ``GET /metrics``,
+    from a registry of this app's own; without it the exposition is empty."""
     app = FastAPI(title="hitl sync webhooks")
+    registry = CollectorRegistry()
+    if metrics is not None:
+        registry.register(metrics)
 
     @app.post("/webhooks/argilla")
     async def argilla(request: Request) -> JSONResponse:
@@ -76,6 +85,11 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "UP"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_text() -> Response:
+        # a plain def: the collector queries the store, so it runs in the thread pool, off the event loop
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     @app.post("/webhooks/label-studio")
     async def label_studio(request: Request) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -19,7 +20,8 @@ from connector.ingest import ingest_file
 from connector.store import ITEM_STATES, StateStore, alembic_config, content_hash
 from connector.store.models import Base
 
-TABLES = {"items", "predictions", "routing_decisions", "pushes", "annotations", "cursors", "alembic_version"}
+TABLES = {"items", "predictions", "routing_decisions", "pushes", "annotations", "cursors", "alembic_version",
+          "labels", "job_runs", "embeddings", "snapshots"}
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
@@ -62,7 +64,7 @@ class StoreCases:
         assert empty_store.schema_revision() is None
         assert set(inspect(empty_store.engine).get_table_names()) == set()
         empty_store.migrate()
-        assert empty_store.schema_revision() == head == "0001"
+        assert empty_store.schema_revision() == head == "0002"
         assert set(inspect(empty_store.engine).get_table_names()) == TABLES
         with empty_store.engine.connect() as conn:  # the revision and the models agree, column by column
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -70,9 +72,9 @@ class StoreCases:
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
         store.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
-        assert store.schema_revision() == "0001"
+        assert store.schema_revision() == "0002"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
         assert [i.external_id for i in store.items()] == ["a"]
 
     # ------------------------------------------------------------ ingest
@@ -128,22 +130,25 @@ class StoreCases:
 
     def test_malformed_csv_rows_are_reported_with_their_line_and_the_rest_ingested(self, store, tmp_path):
         path = write_csv(tmp_path / "mixed.csv", [
-            "id,text,is_gold",
-            "1,fine,false",
-            "2,too,many,fields",
+            "id,text,is_gold,gold_label",
+            "1,fine,false,",
+            "2,too,many,fields,x",
             '3,"a quoted text',
-            'over two lines",true',
-            "4,,false",
-            "5,gold?,perhaps",
-            "6,last,",
+            'over two lines",true,pos',
+            "4,,false,",
+            "5,gold?,perhaps,",
+            "6,last,,",
+            "7,gold without answer,true,",
         ])
         result = ingest_file(store, path)
-        assert result.errors == ["line 3: 4 fields; the header has 3",
+        assert result.errors == ["line 3: 5 fields; the header has 4",
                                  "line 6: text field 'text' is empty",
-                                 "line 7: gold field 'is_gold' is 'perhaps'; expected true or false"]
+                                 "line 7: gold field 'is_gold' is 'perhaps'; expected true or false",
+                                 "line 9: gold item without its answer in 'gold_label'"]
         items = {i.external_id: i for i in store.items()}
         assert sorted(items) == ["1", "3", "6"]
         assert items["3"].text == "a quoted text\nover two lines" and items["3"].is_gold
+        assert items["3"].meta == {"gold_label": "pos"} and "gold_label" not in items["3"].data
         assert not items["1"].is_gold and "is_gold" not in items["1"].data
 
     def test_api_records_bad_ones_are_errors_and_lose_nothing_else(self, store):
@@ -161,15 +166,16 @@ class StoreCases:
         assert ids == [f"sha256-{content_hash('no id here')[:16]}", f"sha256-{content_hash('empty id')[:16]}"]
 
     def test_metadata_fields_and_gold_flag_are_kept_apart_from_the_data(self, store):
-        store.ingest([{"doc": 7, "body": "text", "source": "web", "split": "test", "is_gold": True, "gold": "pos"}],
+        store.ingest([{"doc": 7, "body": "text", "source": "web", "split": "test", "is_gold": True,
+                      "gold_label": "pos"}],
                      text_field="body", id_field="doc", metadata_fields=["source", "split"])
         (item,) = store.items()
         assert (item.external_id, item.text, item.is_gold) == ("7", "text", True)
-        assert item.data == {"body": "text", "gold": "pos"}
-        assert item.meta == {"source": "web", "split": "test"}
+        assert item.data == {"body": "text"}  # the gold answer never reaches what annotators see
+        assert item.meta == {"source": "web", "split": "test", "gold_label": "pos"}
         # a change in metadata alone is a new version too: nothing is overwritten in place
         result = store.ingest([{"doc": 7, "body": "text", "source": "api", "split": "test", "is_gold": True,
-                                "gold": "pos"}], text_field="body", id_field="doc", metadata_fields=["source", "split"])
+                                "gold_label": "pos"}], text_field="body", id_field="doc", metadata_fields=["source", "split"])
         assert result.new_versions == 1 and [v.meta["source"] for v in store.versions("7")] == ["web", "api"]
 
     def test_a_repeated_id_within_one_call_is_versioned_in_order(self, store):
@@ -311,3 +317,46 @@ class StoreCases:
         assert [i.external_id for i in store.items(state="consolidated", limit=1)] == ["a"]
         with pytest.raises(ValueError, match="unknown state"):
             store.set_state([ids["c"]], "done")
+
+    # ------------------------------------------------------------ scheduler tables
+
+    def test_labels_replace_per_item_and_move_items_between_consolidated_and_annotated(self, store):
+        ids = ingest_three(store)
+        row = {"item_id": ids["a"], "label": "pos", "status": "settled", "method": "majority", "n_answers": 3,
+               "reason": "agreed", "agreement": np.float64(2 / 3)}
+        assert store.save_labels([row, {**row, "item_id": ids["b"], "label": None, "status": "unsettled",
+                                        "reason": "tie"}]) == 2
+        assert [(lb.label, lb.agreement) for lb in store.labels()] == [("pos", pytest.approx(2 / 3))]
+        assert store.get_item(ids["a"]).state == "consolidated" and store.get_item(ids["b"]).state == "ingested"
+        store.save_labels([{**row, "label": None, "status": "unsettled", "reason": "tie"}])
+        assert store.labels() == [] and store.get_item(ids["a"]).state == "annotated"
+        assert {lb.reason for lb in store.labels(status=None)} == {"tie"}
+        with pytest.raises(ValueError, match="unknown label status"):
+            store.save_labels([{**row, "status": "maybe"}])
+
+    def test_the_embedding_cache_keeps_the_first_vector_per_encoder_and_hash(self, store):
+        v1, v2 = np.arange(3, dtype=np.float32).tobytes(), np.ones(3, dtype=np.float32).tobytes()
+        assert store.put_embeddings("enc", {"h1": v1, "h2": v2}) == 2
+        assert store.put_embeddings("enc", {"h1": v2, "h3": v1}) == 1
+        assert store.get_embeddings("enc", ["h1", "h3", "missing"]) == {"h1": v1, "h3": v1}
+        assert store.get_embeddings("other", ["h1"]) == {}
+
+    def test_a_job_slot_is_claimed_once_and_the_summary_keeps_the_last_error(self, store):
+        first = store.claim_job_run("sync", "2026-11-27T10:00:00+00:00", "host-a")
+        assert first is not None and store.claim_job_run("sync", "2026-11-27T10:00:00+00:00", "host-b") is None
+        store.finish_job_run(first, "failed", error="boom", detail={"n": np.int64(3)})
+        second = store.claim_job_run("sync", "2026-11-27T10:01:00+00:00", "host-b")
+        store.finish_job_run(second, "ok", detail={"pushed": 2})
+        summary = store.job_summary()["sync"]
+        assert (summary["runs"], summary["failures"]) == (2, 1)
+        assert summary["last_run"].id == second and summary["last_error"].error == "boom"
+        assert [r.host for r in store.job_runs("sync")] == ["host-b", "host-a"]
+
+    def test_snapshots_are_dated_and_listed_oldest_first(self, store):
+        assert store.latest_snapshot("agreement") is None
+        store.add_snapshot("agreement", {"fleiss": np.float64(0.5), "matrix": np.eye(2)})
+        store.add_snapshot("agreement", {"fleiss": 0.7})
+        store.add_snapshot("other", {"x": 1})
+        assert [s.payload["fleiss"] for s in store.snapshots("agreement")] == [0.5, 0.7]
+        assert store.latest_snapshot("agreement").payload == {"fleiss": 0.7}
+        assert store.snapshots("agreement")[0].payload["matrix"] == [[1.0, 0.0], [0.0, 1.0]]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     Boolean,
+    LargeBinary,
     CheckConstraint,
     DateTime,
     Float,
@@ -33,6 +34,8 @@ ITEM_STATES = ("ingested", "predicted", "routed", "pushed", "annotated", "consol
 TOOLS = ("label_studio", "argilla")
 PUSH_STATUSES = ("pending", "confirmed")
 ANNOTATION_STATUSES = ("submitted", "skipped", "deleted")
+LABEL_STATUSES = ("settled", "unsettled")
+JOB_STATUSES = ("running", "ok", "failed")
 
 # Constraint names are fixed so the migrations can name (and later drop) them on both databases.
 NAMING_CONVENTION = {
@@ -199,3 +202,68 @@ class Cursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Label(Base):
+    """The label an item settled on (or why it has not): one row per item, rewritten by each
+    consolidation. ``method`` is how it was reached (``majority``, ``dawid_skene``, ``gold``)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        UniqueConstraint("item_id"),
+        CheckConstraint(_one_of("status", LABEL_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    label: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    agreement: Mapped[float | None] = mapped_column(Float)
+    n_answers: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class JobRun(Base):
+    """One run of a scheduled job. ``(job_id, slot)`` is unique: the scheduler that inserts the
+    row for a slot runs the job; any other scheduler finds it taken and skips."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        UniqueConstraint("job_id", "slot"),
+        CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]]
+
+
+class Embedding(Base):
+    """A frozen encoder's vector for one text, keyed by the text's content hash."""
+
+    __tablename__ = "embeddings"
+
+    encoder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Snapshot(Base):
+    """A dated measurement (agreement, annotator quality, thresholds, model evaluation...)."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

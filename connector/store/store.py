@@ -20,18 +20,25 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from connector.store.models import (
     ANNOTATION_STATUSES,
     ITEM_STATES,
+    JOB_STATUSES,
+    LABEL_STATUSES,
     TOOLS,
     Annotation,
     Cursor,
+    Embedding,
     Item,
+    JobRun,
+    Label,
     Prediction,
     Push,
     RoutingDecision,
+    Snapshot,
     utcnow,
 )
 
@@ -200,21 +207,23 @@ class StateStore:
 
     def ingest(self, records: Iterable[Mapping[str, Any]], *, text_field: str = "text", id_field: str = "id",
                metadata_fields: Iterable[str] | None = None, gold_field: str = "is_gold",
-               line_numbers: Iterable[int] | None = None) -> IngestResult:
+               gold_label_field: str = "gold_label", line_numbers: Iterable[int] | None = None) -> IngestResult:
         """Add records as items, idempotently by external id.
 
         - ``id_field`` gives the external id (a string or an integer); a record without one gets
           ``sha256-<16 hex digits of the text's hash>``, stable across runs.
         - ``text_field`` must be a non-empty string. ``metadata_fields`` go to ``Item.meta``;
           ``gold_field`` (a bool, 0/1 or ``true``/``false``/``yes``/``no``) sets ``Item.is_gold``;
-          every other field stays in ``Item.data`` (the text included).
+          a gold item's known answer, ``gold_label_field``, goes to ``Item.meta["gold_label"]``
+          (never to ``data``, which is what annotators see); every other field stays in
+          ``Item.data`` (the text included).
         - A record identical to its current version is ``unchanged``; any difference makes a new
           version (the old one is kept, ``is_current`` false): nothing is overwritten.
         - A bad record is reported in ``errors`` as ``"record N: why"`` (or ``"line N: why"``
           when ``line_numbers`` numbers the records) and skipped; the others are still ingested.
         """
         meta_keys = tuple(metadata_fields or ())
-        skip_keys = {id_field, gold_field, *meta_keys}
+        skip_keys = {id_field, gold_field, gold_label_field, *meta_keys}
         where = "record" if line_numbers is None else "line"
         numbers = itertools.count(1) if line_numbers is None else iter(line_numbers)
         result = IngestResult()
@@ -222,7 +231,8 @@ class StateStore:
             batch: list[_Prepared] = []
             for record, number in zip(records, numbers, strict=line_numbers is not None):
                 try:
-                    batch.append(self._prepare(record, text_field, id_field, meta_keys, gold_field, skip_keys))
+                    batch.append(self._prepare(record, text_field, id_field, meta_keys, gold_field, skip_keys,
+                                               gold_label_field))
                 except (TypeError, ValueError) as exc:
                     result.errors.append(f"{where} {number}: {exc}")
                 if len(batch) >= _CHUNK:
@@ -233,7 +243,7 @@ class StateStore:
 
     @staticmethod
     def _prepare(record: Any, text_field: str, id_field: str, meta_keys: tuple[str, ...], gold_field: str,
-                 skip_keys: set[str]) -> _Prepared:
+                 skip_keys: set[str], gold_label_field: str = "gold_label") -> _Prepared:
         if not isinstance(record, Mapping):
             raise TypeError(f"expected an object, got {type(record).__name__}")
         text = record.get(text_field)
@@ -260,6 +270,11 @@ class StateStore:
             raise ValueError(f"gold field {gold_field!r} is {gold!r}; expected true or false")
         data = {k: v for k, v in record.items() if k not in skip_keys}
         meta = {k: record[k] for k in meta_keys if k in record}
+        gold_label = record.get(gold_label_field)
+        if gold_label is not None and str(gold_label).strip():
+            meta["gold_label"] = str(gold_label).strip()
+        elif is_gold:
+            raise ValueError(f"gold item without its answer in {gold_label_field!r}")
         try:
             canonical = _canonical([data, meta, is_gold])
         except (TypeError, ValueError) as exc:
@@ -496,6 +511,20 @@ class StateStore:
                 select(Push).where(Push.tool == tool, Push.project == project, Push.item_id.in_(chunk))))
         return found
 
+    def remote_ids(self, item_ids: Iterable[int], tool: str, project: str) -> dict[int, str]:
+        """Item id -> remote id (task or record id) of its confirmed push to ``project``."""
+        _check_tool(tool)
+        with self._sessions() as s:
+            pushes = self._pushes(s, tool, project, item_ids)
+        return {i: p.remote_id for i, p in pushes.items() if p.status == "confirmed" and p.remote_id is not None}
+
+    def stale_items(self, model_version: str, *, limit: int | None = None) -> list[Item]:
+        """Current items scored by another model version and not yet pushed (to score again)."""
+        stmt = (select(Item).where(Item.is_current, Item.state.in_(("predicted", "routed")),
+                                   Item.model_version != model_version).order_by(Item.id).limit(limit))
+        with self._sessions() as s:
+            return list(s.scalars(stmt))
+
     def pending_pushes(self, tool: str, project: str) -> list[Push]:
         """Pushes begun but never confirmed (what a crash between the two left behind), oldest first."""
         _check_tool(tool)
@@ -592,3 +621,189 @@ class StateStore:
                 s.add(Cursor(tool=tool, project=project, name=name, value=str(value)))
             else:
                 cursor.value = str(value)
+
+    # ---------------------------------------------------------------- consolidated labels
+
+    def save_labels(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Write each item's consolidated label, replacing the previous one; returns the count.
+
+        Each row: ``item_id, label`` (None when unsettled), ``status`` (settled|unsettled),
+        ``method``, ``n_answers``, ``reason`` and optionally ``confidence`` and ``agreement``. A
+        settled label moves its item to ``consolidated``; an unsettled one moves it back to
+        ``annotated`` (it waits for more answers).
+        """
+        rows = list(rows)
+        for r in rows:
+            if r["status"] not in LABEL_STATUSES:
+                raise ValueError(f"unknown label status {r['status']!r}; expected one of {', '.join(LABEL_STATUSES)}")
+        with self._sessions.begin() as s:
+            items = self._load_items(s, (r["item_id"] for r in rows))
+            old: dict[int, Label] = {}
+            for chunk in _chunks(sorted(items)):
+                old.update((lb.item_id, lb) for lb in s.scalars(select(Label).where(Label.item_id.in_(chunk))))
+            for r in rows:
+                item_id = int(r["item_id"])
+                values = {"label": None if r.get("label") is None else str(r["label"]), "status": r["status"],
+                          "method": str(r["method"]), "n_answers": int(r["n_answers"]), "reason": str(r["reason"]),
+                          "confidence": _opt_float(r.get("confidence")), "agreement": _opt_float(r.get("agreement"))}
+                label = old.get(item_id)
+                if label is None:
+                    label = Label(item_id=item_id, **values)
+                    s.add(label)
+                    old[item_id] = label
+                else:
+                    for name, value in values.items():
+                        setattr(label, name, value)
+                item = items[item_id]
+                if r["status"] == "settled":
+                    item.state = "consolidated"
+                elif item.state == "consolidated":
+                    item.state = "annotated"
+            return len(rows)
+
+    def labels(self, *, status: str | None = "settled", item_ids: Iterable[int] | None = None) -> list[Label]:
+        """Consolidated labels (settled ones by default; ``status=None`` for all), by item id."""
+        stmt = select(Label).order_by(Label.item_id)
+        if status is not None:
+            stmt = stmt.where(Label.status == status)
+        with self._sessions() as s:
+            if item_ids is None:
+                return list(s.scalars(stmt))
+            out: list[Label] = []
+            for chunk in _chunks(sorted({int(i) for i in item_ids})):
+                out.extend(s.scalars(stmt.where(Label.item_id.in_(chunk))))
+        return sorted(out, key=lambda lb: lb.item_id)
+
+    def items_by_id(self, item_ids: Iterable[int]) -> dict[int, Item]:
+        """Item versions by row id (unknown ids are left out)."""
+        out: dict[int, Item] = {}
+        with self._sessions() as s:
+            for chunk in _chunks(sorted({int(i) for i in item_ids})):
+                out.update((it.id, it) for it in s.scalars(select(Item).where(Item.id.in_(chunk))))
+        return out
+
+    def latest_decisions(self, item_ids: Iterable[int] | None = None) -> dict[int, RoutingDecision]:
+        """Each item's latest routing decision (all items with one, or those in ``item_ids``)."""
+        latest = (select(func.max(RoutingDecision.id).label("id")).group_by(RoutingDecision.item_id)).subquery()
+        stmt = select(RoutingDecision).join(latest, latest.c.id == RoutingDecision.id)
+        with self._sessions() as s:
+            if item_ids is None:
+                return {d.item_id: d for d in s.scalars(stmt)}
+            out: dict[int, RoutingDecision] = {}
+            for chunk in _chunks(sorted({int(i) for i in item_ids})):
+                out.update((d.item_id, d) for d in s.scalars(stmt.where(RoutingDecision.item_id.in_(chunk))))
+            return out
+
+    # ---------------------------------------------------------------- embedding cache
+
+    def get_embeddings(self, encoder: str, hashes: Iterable[str]) -> dict[str, bytes]:
+        """Cached vectors (raw float32 bytes) by content hash; missing hashes are left out."""
+        out: dict[str, bytes] = {}
+        with self._sessions() as s:
+            for chunk in _chunks(sorted(set(hashes))):
+                out.update(s.execute(select(Embedding.content_hash, Embedding.vector)
+                                     .where(Embedding.encoder == encoder, Embedding.content_hash.in_(chunk))).tuples().all())
+        return out
+
+    def put_embeddings(self, encoder: str, vectors: Mapping[str, bytes]) -> int:
+        """Cache vectors by content hash (ones already cached are kept); returns how many were new."""
+        have = self.get_embeddings(encoder, vectors)
+        new = [{"encoder": encoder, "content_hash": h, "vector": v} for h, v in vectors.items() if h not in have]
+        if new:
+            with self._sessions.begin() as s:
+                for chunk in _chunks(new):
+                    s.execute(insert(Embedding), list(chunk))
+        return len(new)
+
+    # ---------------------------------------------------------------- job runs
+
+    def claim_job_run(self, job_id: str, slot: str, host: str) -> int | None:
+        """Insert the ``running`` row for ``(job_id, slot)``; ``None`` when another run holds it."""
+        try:
+            with self._sessions.begin() as s:
+                run = JobRun(job_id=job_id, slot=slot, host=host, status="running", detail={})
+                s.add(run)
+                s.flush()
+                return run.id
+        except IntegrityError:
+            return None
+
+    def finish_job_run(self, run_id: int, status: str, *, error: str | None = None,
+                       detail: Mapping[str, Any] | None = None) -> None:
+        """Close a run as ``ok`` or ``failed`` with its error text and what it did."""
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(JOB_STATUSES)}")
+        with self._sessions.begin() as s:
+            run = s.get(JobRun, run_id)
+            if run is None:
+                raise ValueError(f"unknown job run {run_id}")
+            run.status, run.error, run.finished_at = status, error, utcnow()
+            run.detail = json.loads(json.dumps(dict(detail or {}), default=str))
+
+    def job_runs(self, job_id: str | None = None, *, limit: int | None = None) -> list[JobRun]:
+        """Job runs, newest first."""
+        stmt = select(JobRun).order_by(JobRun.id.desc()).limit(limit)
+        if job_id is not None:
+            stmt = stmt.where(JobRun.job_id == job_id)
+        with self._sessions() as s:
+            return list(s.scalars(stmt))
+
+    def job_summary(self) -> dict[str, dict[str, Any]]:
+        """Per job: ``last_run`` (the newest run), ``last_error`` (the newest failed run) and
+        ``runs``/``failures`` counts."""
+        with self._sessions() as s:
+            counts = s.execute(select(JobRun.job_id, JobRun.status, func.count())
+                               .group_by(JobRun.job_id, JobRun.status)).tuples().all()
+            newest = select(func.max(JobRun.id)).group_by(JobRun.job_id)
+            failed = select(func.max(JobRun.id)).where(JobRun.status == "failed").group_by(JobRun.job_id)
+            last = {r.job_id: r for r in s.scalars(select(JobRun).where(JobRun.id.in_(newest)))}
+            errors = {r.job_id: r for r in s.scalars(select(JobRun).where(JobRun.id.in_(failed)))}
+        out: dict[str, dict[str, Any]] = {}
+        for job_id, status, n in counts:
+            entry = out.setdefault(job_id, {"runs": 0, "failures": 0, "last_run": last.get(job_id),
+                                            "last_error": errors.get(job_id)})
+            entry["runs"] += n
+            entry["failures"] += n if status == "failed" else 0
+        return out
+
+    # ---------------------------------------------------------------- snapshots
+
+    def add_snapshot(self, kind: str, payload: Mapping[str, Any]) -> int:
+        """Keep a dated measurement (JSON-serializable; numpy values are converted)."""
+        with self._sessions.begin() as s:
+            snap = Snapshot(kind=kind, payload=json.loads(json.dumps(dict(payload), default=_jsonable)))
+            s.add(snap)
+            s.flush()
+            return snap.id
+
+    def snapshots(self, kind: str, *, limit: int | None = None) -> list[Snapshot]:
+        """Snapshots of one kind, oldest first (the newest ``limit`` when given)."""
+        stmt = select(Snapshot).where(Snapshot.kind == kind).order_by(Snapshot.id.desc()).limit(limit)
+        with self._sessions() as s:
+            return list(reversed(list(s.scalars(stmt))))
+
+    def latest_snapshot(self, kind: str) -> Snapshot | None:
+        """The newest snapshot of ``kind``, or ``None``."""
+        found = self.snapshots(kind, limit=1)
+        return found[0] if found else None
+
+    def decision_counts(self) -> dict[str, int]:
+        """How many current items' latest routing decision is each action."""
+        latest = (select(func.max(RoutingDecision.id).label("id")).group_by(RoutingDecision.item_id)).subquery()
+        stmt = (select(RoutingDecision.action, func.count()).join(latest, latest.c.id == RoutingDecision.id)
+                .group_by(RoutingDecision.action))
+        with self._sessions() as s:
+            return dict(s.execute(stmt).tuples().all())
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback: numpy scalars and arrays, datetimes, anything else as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

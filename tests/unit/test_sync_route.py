@@ -11,7 +11,7 @@ def _store(tmp_path, n, n_gold, seed=0):
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     store.migrate()
     store.ingest([{"id": f"i{i}", "text": f"text {i}"} for i in range(n)]
-                 + [{"id": f"g{i}", "text": f"gold {i}", "is_gold": True} for i in range(n_gold)])
+                 + [{"id": f"g{i}", "text": f"gold {i}", "is_gold": True, "gold_label": "pos"} for i in range(n_gold)])
     rng = np.random.default_rng(seed)
     items = store.items(state="ingested")
     conf = rng.uniform(0.5, 1.0, size=len(items))

@@ -1,0 +1,217 @@
+"""From stored answers to one label per item: consensus, annotator quality and agreement.
+
+:func:`answer_table` turns the store's submitted annotations into the ratings matrix of
+:mod:`connector.agreement` (items × annotators, class codes, ``-1`` missing; an annotator's latest
+answer per item counts). :func:`consolidate` settles each item by the task's
+:class:`ConsensusPolicy` and says which items need more answers; :func:`annotator_quality` scores
+each annotator against gold items and against the consensus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from connector.agreement import MISSING, agreement_report
+from connector.consensus import ConsensusResult, dawid_skene, majority_vote
+
+#: Reasons for which an unsettled item is sent back for another answer.
+SEND_BACK_REASONS = frozenset({"tie", "low_agreement", "too_few_answers", "low_confidence"})
+
+
+class ConsensusPolicy(BaseModel):
+    """How an item's label is settled (the task file's ``[consensus]`` table).
+
+    - ``method``: ``majority`` (majority vote with a minimum agreement) or ``dawid_skene``
+      (annotators weighted by their estimated confusion matrices).
+    - ``min_answers``: answers an item needs before it can settle.
+    - ``min_agreement``: share of an item's answers the winner needs (majority vote).
+    - ``min_confidence``: posterior the winner needs (Dawid–Skene).
+    - ``max_answers``: an item still unsettled with this many answers is left for adjudication
+      (reason ``needs_adjudication``) instead of being sent back again.
+    - ``gold_min_accuracy`` / ``gold_min_answers``: an annotator whose accuracy on at least
+      ``gold_min_answers`` gold items is below ``gold_min_accuracy`` is flagged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["majority", "dawid_skene"] = "majority"
+    min_answers: int = Field(1, ge=1)
+    min_agreement: float = Field(0.5, ge=0.0, le=1.0)
+    min_confidence: float = Field(0.9, ge=0.0, le=1.0)
+    max_answers: int = Field(5, ge=1)
+    gold_min_accuracy: float = Field(0.8, ge=0.0, le=1.0)
+    gold_min_answers: int = Field(5, ge=1)
+
+
+@dataclass
+class AnswerTable:
+    """Submitted answers as a ratings matrix: ``R[i, a]`` is annotator ``annotators[a]``'s class
+    code (an index into ``labels``) for item ``item_ids[i]``, ``-1`` when missing. ``invalid``
+    lists answers left out, as ``(item_id, annotator, why)``."""
+
+    item_ids: np.ndarray
+    annotators: list[str]
+    labels: list[str]
+    R: np.ndarray
+    invalid: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def row_of(self) -> dict[int, int]:
+        return {int(i): r for r, i in enumerate(self.item_ids)}
+
+
+def answer_table(annotations: Iterable[Any], labels: Sequence[str]) -> AnswerTable:
+    """Build the ratings matrix from annotation rows (``item_id, annotator, value, status,
+    remote_updated_at``). Only ``submitted`` answers count; of several answers by one annotator to
+    one item the latest counts. An answer that is not exactly one known label is left out and
+    listed in ``invalid`` (it loses nothing: the stored annotation stays)."""
+    index = {label: k for k, label in enumerate(labels)}
+    latest: dict[tuple[int, str], Any] = {}
+    for a in annotations:
+        if a.status != "submitted":
+            continue
+        key = (int(a.item_id), str(a.annotator))
+        if key not in latest or a.remote_updated_at >= latest[key].remote_updated_at:
+            latest[key] = a
+    invalid: list[tuple[int, str, str]] = []
+    cells: list[tuple[int, str, int]] = []
+    for (item_id, annotator), a in latest.items():
+        value = a.value if isinstance(a.value, list) else [a.value]
+        if len(value) != 1:
+            invalid.append((item_id, annotator, f"expected one label, got {value!r}"))
+        elif str(value[0]) not in index:
+            invalid.append((item_id, annotator, f"unknown label {value[0]!r}"))
+        else:
+            cells.append((item_id, annotator, index[str(value[0])]))
+    item_ids = np.array(sorted({c[0] for c in cells}), dtype=np.int64)
+    annotators = sorted({c[1] for c in cells})
+    rows = {int(i): r for r, i in enumerate(item_ids)}
+    cols = {name: c for c, name in enumerate(annotators)}
+    R = np.full((len(item_ids), len(annotators)), MISSING, dtype=np.int64)
+    for item_id, annotator, code in cells:
+        R[rows[item_id], cols[annotator]] = code
+    return AnswerTable(item_ids, annotators, list(labels), R, invalid)
+
+
+@dataclass
+class Consolidation:
+    """What :func:`consolidate` decided.
+
+    ``rows``: one label row per answered item (``StateStore.save_labels`` format);
+    ``send_back``: ``(item_id, answers wanted, reason)`` for items that need another answer;
+    ``result``: the consensus over ``table``; ``gold``: gold item id -> class code.
+    """
+
+    table: AnswerTable
+    result: ConsensusResult
+    rows: list[dict[str, Any]]
+    send_back: list[tuple[int, int, str]]
+    gold: dict[int, int]
+
+
+def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
+                gold: Mapping[int, str] | None = None) -> Consolidation:
+    """Settle each answered item. Gold items (``gold``: item id -> known label) keep their known
+    label (method ``gold``); the others follow ``policy``. Unsettled items with fewer than
+    ``max_answers`` answers are listed in ``send_back`` with the count of answers they now need."""
+    k = len(table.labels)
+    index = {label: c for c, label in enumerate(table.labels)}
+    gold_codes = {int(i): index[str(v)] for i, v in (gold or {}).items() if str(v) in index}
+    if policy.method == "dawid_skene" and len(table.item_ids):
+        result = dawid_skene(table.R, n_classes=k, min_confidence=policy.min_confidence)
+        too_few = result.n_answers < policy.min_answers
+        for i in np.flatnonzero(too_few & (result.n_answers > 0)):
+            result.label[i] = MISSING
+            result.reason[i] = "too_few_answers"
+    else:
+        result = majority_vote(table.R, n_classes=k, min_answers=policy.min_answers,
+                               min_agreement=policy.min_agreement)
+    rows: list[dict[str, Any]] = []
+    send_back: list[tuple[int, int, str]] = []
+    for r, item_id in enumerate(table.item_ids.tolist()):
+        n = int(result.n_answers[r])
+        agreement = float(result.agreement[r]) if np.isfinite(result.agreement[r]) else None
+        if item_id in gold_codes:
+            rows.append({"item_id": item_id, "label": table.labels[gold_codes[item_id]], "status": "settled",
+                         "method": "gold", "n_answers": n, "agreement": agreement, "confidence": 1.0,
+                         "reason": "gold"})
+            continue
+        reason = result.reason[r]
+        if reason == "settled":
+            rows.append({"item_id": item_id, "label": table.labels[int(result.label[r])], "status": "settled",
+                         "method": policy.method, "n_answers": n, "agreement": agreement,
+                         "confidence": agreement, "reason": "settled"})
+            continue
+        if reason in SEND_BACK_REASONS and n < policy.max_answers:
+            send_back.append((item_id, max(n + 1, policy.min_answers), reason))
+        elif reason in SEND_BACK_REASONS:
+            reason = f"needs_adjudication ({reason} after {n} answers)"
+        rows.append({"item_id": item_id, "label": None, "status": "unsettled", "method": policy.method,
+                     "n_answers": n, "agreement": agreement, "confidence": None, "reason": reason})
+    return Consolidation(table, result, rows, send_back, gold_codes)
+
+
+def annotator_quality(consolidation: Consolidation, policy: ConsensusPolicy) -> list[dict[str, Any]]:
+    """One row per annotator:
+
+    - ``gold_n`` / ``gold_correct`` / ``gold_accuracy``: answers on gold items, right ones, and
+      their share (``None`` without gold answers);
+    - ``consensus_n`` / ``consensus_agreement``: answers on settled non-gold items answered by at
+      least two people, and the share that matches the consensus;
+    - ``answers``: all of the annotator's counted answers;
+    - ``flagged``: ``gold_accuracy < gold_min_accuracy`` on at least ``gold_min_answers`` gold answers.
+    """
+    table, result, gold = consolidation.table, consolidation.result, consolidation.gold
+    R = table.R
+    answered = R != MISSING
+    rows = table.row_of()
+    gold_rows = np.array([rows[i] for i in gold if i in rows], dtype=np.int64)
+    gold_truth = np.array([gold[i] for i in gold if i in rows], dtype=np.int64)
+    is_gold = np.zeros(len(R), dtype=bool)
+    is_gold[gold_rows] = True
+    shared = result.settled & ~is_gold & (answered.sum(axis=1) >= 2)
+    out: list[dict[str, Any]] = []
+    for a, name in enumerate(table.annotators):
+        g = answered[gold_rows, a] if len(gold_rows) else np.zeros(0, dtype=bool)
+        gold_n = int(g.sum())
+        gold_correct = int((R[gold_rows[g], a] == gold_truth[g]).sum()) if gold_n else 0
+        c = shared & answered[:, a]
+        consensus_n = int(c.sum())
+        gold_accuracy = gold_correct / gold_n if gold_n else None
+        out.append({
+            "annotator": name,
+            "answers": int(answered[:, a].sum()),
+            "gold_n": gold_n,
+            "gold_correct": gold_correct,
+            "gold_accuracy": gold_accuracy,
+            "consensus_n": consensus_n,
+            "consensus_agreement": float((R[c, a] == result.label[c]).mean()) if consensus_n else None,
+            "flagged": bool(gold_accuracy is not None and gold_n >= policy.gold_min_answers
+                            and gold_accuracy < policy.gold_min_accuracy),
+        })
+    return out
+
+
+def agreement_snapshot(table: AnswerTable) -> dict[str, Any]:
+    """:func:`connector.agreement.agreement_report` over the table, JSON-ready (NaN -> None)."""
+    if not len(table.item_ids):
+        return {"n_items": 0, "n_annotators": 0, "annotators": [], "labels": table.labels}
+    report = agreement_report(table.R, n_classes=len(table.labels), annotators=table.annotators)
+    report["labels"] = table.labels
+    return {key: _clean(value) for key, value in report.items()}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_clean(v) for v in value.tolist()]
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

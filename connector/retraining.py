@@ -1,0 +1,235 @@
+"""Retrain on human labels, recalibrate, and promote only a better model.
+
+The candidate is a new linear head on the frozen encoder. Human labels are split by a hash of the
+item's external id, so an item stays on the same side across retrainings: ``test_fraction`` of
+them is the held-out set both the candidate and the current model are scored on, and is never
+trained on. The candidate's temperature is fitted on out-of-fold logits of the training labels
+(``folds``-fold cross-fitting: every training label is a held-out label once), then its head is
+fitted on all of them. Embeddings are cached in the state store by content hash, so a retraining
+encodes only texts it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from connector.calibration import TemperatureScaler, expected_calibration_error, log_loss, softmax
+from connector.classifier import TextClassifier, fit_softmax_head
+from connector.encoder import TextEncoder
+from connector.model_store import ModelStore
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"log_loss": True, "ece": True, "accuracy": False, "macro_f1": False}
+
+
+class RetrainPolicy(BaseModel):
+    """When to retrain and what counts as better (the task file's ``[retraining]`` table).
+
+    - ``min_new_labels``: settled human labels added since the last retraining that trigger one.
+    - ``test_fraction``: share of human labels held out (by hash of the external id) for the
+      comparison; ``min_test``: fewer held-out labels than this and nothing is promoted.
+    - ``folds``: cross-fitting folds for the temperature.
+    - ``metric`` / ``min_improvement``: the candidate must beat the current model on ``metric`` by
+      at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this.
+    - ``include_auto_accepted``: also train on the model's own auto-accepted labels (off by default).
+    - ``C``: the head's inverse L2 strength.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_new_labels: int = Field(50, ge=1)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    min_test: int = Field(10, ge=1)
+    folds: int = Field(5, ge=2)
+    metric: Literal["log_loss", "accuracy", "macro_f1", "ece"] = "log_loss"
+    min_improvement: float = Field(0.0, ge=0.0)
+    max_accuracy_drop: float = Field(0.0, ge=0.0)
+    include_auto_accepted: bool = False
+    C: float = Field(10.0, gt=0.0)
+
+
+def in_test_split(external_id: str, fraction: float) -> bool:
+    """Whether an item is held out: a stable hash of its external id, not a random draw."""
+    h = int.from_bytes(hashlib.sha256(external_id.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1, ECE (15 bins) and log loss of probabilities against class codes."""
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(axis=1)
+    return {"accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1_score(y, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0)),
+            "ece": expected_calibration_error(probs, y), "log_loss": log_loss(probs, y), "n": len(y)}
+
+
+def is_better(candidate: dict[str, float], current: dict[str, float] | None, policy: RetrainPolicy) -> tuple[bool, str]:
+    """The promotion rule; returns ``(promote, why)`` in words."""
+    if current is None:
+        return True, "no current model to compare with"
+    m = policy.metric
+    gain = current[m] - candidate[m] if LOWER_IS_BETTER[m] else candidate[m] - current[m]
+    drop = current["accuracy"] - candidate["accuracy"]
+    if gain <= 0 or gain < policy.min_improvement:
+        return False, f"{m} {candidate[m]:.4f} vs current {current[m]:.4f}: not better"
+    if drop > policy.max_accuracy_drop:
+        return False, f"accuracy {candidate['accuracy']:.4f} vs current {current['accuracy']:.4f}: drops {drop:.4f}"
+    return True, f"{m} {candidate[m]:.4f} vs current {current[m]:.4f} (better by {gain:.4f})"
+
+
+class EmbeddingCache:
+    """A frozen encoder's embeddings, cached in the state store by content hash."""
+
+    def __init__(self, store: Any, encoder: TextEncoder, key: str) -> None:
+        self.store, self.encoder, self.key = store, encoder, key
+
+    def encode(self, texts: Sequence[str], hashes: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts`` and how many were encoded (not found in the cache)."""
+        found = self.store.get_embeddings(self.key, hashes)
+        missing = [i for i, h in enumerate(hashes) if h not in found]
+        if missing:
+            x = self.encoder.encode([texts[i] for i in missing]).astype(np.float32)
+            new = {hashes[i]: x[j].tobytes() for j, i in enumerate(missing)}
+            self.store.put_embeddings(self.key, new)
+            found.update(new)
+        dim = self.encoder.dim
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = np.frombuffer(found[h], dtype=np.float32, count=dim)
+        return out, len(missing)
+
+
+def encoder_key(encoder_meta: dict[str, Any]) -> str:
+    """The cache key of an encoder: which weights, how many tokens, whether normalized."""
+    return f"{encoder_meta.get('model', 'default')}|{encoder_meta.get('max_length')}|{encoder_meta.get('normalize', True)}"
+
+
+def cross_fitted_logits(x: np.ndarray, y: np.ndarray, k: int, *, folds: int, C: float, seed: int = 0) -> np.ndarray:
+    """Out-of-fold logits: each row from a head fitted without it (stratified folds)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y, minlength=k)
+    n_splits = int(min(folds, counts[counts > 0].min())) if len(y) else 0
+    out = np.zeros((len(y), k))
+    if n_splits < 2:
+        return out
+    for train, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y):
+        coef, intercept = fit_softmax_head(x[train], y[train], k, C=C)
+        out[held] = x[held] @ coef.T + intercept
+    return out
+
+
+@dataclass
+class RetrainResult:
+    """What one retraining did: the candidate version (saved whether promoted or not), both
+    models' held-out metrics, the decision and its reason, and honest predictions for the
+    threshold rule (``evidence``: held-out and out-of-fold confidence/correctness)."""
+
+    candidate: str | None
+    current: str | None
+    promoted: bool
+    reason: str
+    n_train: int
+    n_test: int
+    encoded: int
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    current_metrics: dict[str, float] | None = None
+    evidence: dict[str, list[float]] = field(default_factory=dict)
+    reliability: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[str], hashes: Sequence[str], *,
+            classes: Sequence[str], models: ModelStore, cache_store: Any, policy: RetrainPolicy,
+            encoder: TextEncoder | None = None, seed: int = 0,
+            transform_labels: Callable[[list[str]], list[str]] | None = None) -> RetrainResult:
+    """Train a candidate on ``labels`` (human labels, one per item), compare it with the current
+    model on the held-out split, save it as a new version and promote it only if it is better.
+
+    ``transform_labels`` changes the training labels only (the tests use it to shuffle them).
+    """
+    current_name = models.current()
+    current_clf = None
+    if current_name is not None:
+        current_clf, current_meta = models.load(current_name, encoder=encoder)
+        encoder = current_clf.encoder
+        enc_meta = current_meta.encoder
+    else:
+        encoder = encoder or TextEncoder()
+        enc_meta = {"model": "default", "max_length": encoder.max_length, "normalize": encoder.normalize}
+    classes = list(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({lb for lb in labels if lb not in index})
+    if unknown:
+        raise ValueError(f"labels not in the task's label set: {unknown}")
+    x, encoded = EmbeddingCache(cache_store, encoder, encoder_key(enc_meta)).encode(list(texts), list(hashes))
+    y = np.array([index[lb] for lb in labels], dtype=np.int64)
+    test = np.array([in_test_split(e, policy.test_fraction) for e in external_ids], dtype=bool)
+    train = ~test
+    y_train = y[train]
+    if transform_labels is not None:
+        y_train = np.array([index[lb] for lb in transform_labels([classes[c] for c in y_train])], dtype=np.int64)
+    base = RetrainResult(None, current_name, False, "", int(train.sum()), int(test.sum()), encoded)
+    if len(np.unique(y_train)) < 2:
+        base.reason = f"need training labels of at least two classes, have {len(np.unique(y_train))}"
+        return base
+    k = len(classes)
+    oof = cross_fitted_logits(x[train], y_train, k, folds=policy.folds, C=policy.C, seed=seed)
+    coef, intercept = fit_softmax_head(x[train], y_train, k, C=policy.C)
+    temperature = TemperatureScaler().fit(oof, y_train).temperature_ if oof.any() else 1.0
+    clf = TextClassifier(encoder, C=policy.C, calibration_fraction=0.0, random_state=seed)
+    clf.classes_, clf.coef_, clf.intercept_, clf.temperature_ = np.array(classes), coef, intercept, float(temperature)
+
+    candidate_metrics: dict[str, float] = {}
+    current_metrics: dict[str, float] | None = None
+    reliability: dict[str, Any] = {}
+    if test.sum():
+        logits = clf.logits_from_embeddings(x[test])
+        raw, cal = softmax(logits), softmax(logits, temperature)
+        candidate_metrics = evaluate(cal, y[test]) | {"ece_uncalibrated": expected_calibration_error(raw, y[test])}
+        reliability = {"y": y[test].tolist(), "uncalibrated": raw.tolist(), "calibrated": cal.tolist()}
+        if current_clf is not None:
+            current_metrics = evaluate(_aligned(current_clf, x[test], classes), y[test])
+    if test.sum() < policy.min_test:
+        promote, reason = False, f"{int(test.sum())} held-out labels, fewer than min_test={policy.min_test}"
+    else:
+        promote, reason = is_better(candidate_metrics, current_metrics, policy)
+    metrics = {"held_out": candidate_metrics, "current_held_out": current_metrics, "current": current_name,
+               "n_train": int(train.sum()), "n_test": int(test.sum()), "promoted": promote, "decision": reason,
+               "temperature_fit": "cross-fitted out-of-fold logits"}
+    meta = models.save(clf, metrics=metrics, encoder_ref=enc_meta.get("model"), parent=current_name, promote=promote)
+    served = clf if promote else current_clf
+    evidence: dict[str, list[float]] = {"confidence": [], "correct": []}
+    if served is not None:
+        held = _aligned(served, x[test], classes) if test.sum() else np.zeros((0, k))
+        conf, correct = held.max(axis=1).tolist(), (held.argmax(axis=1) == y[test]).tolist()
+        if promote:  # the candidate's out-of-fold predictions are honest for its own training labels
+            p = softmax(oof, temperature)
+            conf += p.max(axis=1).tolist()
+            correct += (p.argmax(axis=1) == y_train).tolist()
+        evidence = {"confidence": conf, "correct": [float(c) for c in correct]}
+    log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
+    return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
+                         candidate_metrics, current_metrics, evidence, reliability)
+
+
+def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str]) -> np.ndarray:
+    """A model's calibrated probabilities with columns in ``classes`` order (0 for labels it lacks)."""
+    p = clf.predict_proba_from_embeddings(x)
+    out = np.zeros((len(x), len(classes)))
+    own = {c: i for i, c in enumerate(clf.classes_.tolist())}
+    for j, c in enumerate(classes):
+        if c in own:
+            out[:, j] = p[:, own[c]]
+    return out

@@ -1,0 +1,189 @@
+"""The scheduler's jobs: sync, consolidation, metrics, retraining and the threshold review.
+
+Each job takes a :class:`JobContext` and returns a small dict of what it did (kept with the job
+run). Jobs read and write the state store only through ``StateStore``; the model versions live
+in the ``ModelStore`` the ML backend also reads, so a promotion here is picked up there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from connector.consolidation import (
+    ConsensusPolicy,
+    agreement_snapshot,
+    annotator_quality,
+    answer_table,
+    consolidate,
+)
+from connector.model_store import ModelStore
+from connector.retraining import RetrainResult, retrain
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """What the jobs share: the store, the task, the model versions and (built on first use, since
+    it needs the tool to be up) the sync service."""
+
+    store: StateStore
+    spec: TaskSpec
+    models: ModelStore
+    make_sync: Callable[[], Any] | None = None
+    _sync: Any = field(default=None, repr=False)
+
+    @property
+    def sync(self) -> Any:
+        if self._sync is None:
+            if self.make_sync is None:
+                raise RuntimeError("no sync service configured")
+            self._sync = self.make_sync()
+        return self._sync
+
+
+def consensus_policy(spec: TaskSpec) -> ConsensusPolicy:
+    """The task's consensus policy; ``min_answers`` defaults to the task's ``overlap``."""
+    if "min_answers" in spec.consensus.model_fields_set:
+        return spec.consensus
+    return spec.consensus.model_copy(update={"min_answers": spec.overlap})
+
+
+def sync_job(ctx: JobContext) -> dict[str, Any]:
+    """One sync cycle: predict, route, push, pull, then settle what came back."""
+    sync = ctx.sync
+    out: dict[str, Any] = {}
+    for name, run in (("predict", sync.predict_pass), ("route", sync.route_pass),
+                      ("push", lambda: sync.push_pass(batch=sync.push_batch)), ("pull", sync.pull_pass)):
+        out[name] = dict(run().counts)
+    out["consolidate"] = consolidate_job(ctx)
+    return out
+
+
+def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
+    """Settle every answered item; send the unsettled ones back for another answer (once per
+    answer count, so repeated runs do not repeat the request)."""
+    store, spec = ctx.store, ctx.spec
+    policy = consensus_policy(spec)
+    table = answer_table(store.annotations(status="submitted"), spec.labels)
+    items = store.items_by_id(table.item_ids.tolist())
+    current = np.array([items[i].is_current for i in table.item_ids.tolist()], dtype=bool)
+    if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
+        table.item_ids, table.R = table.item_ids[current], table.R[current]
+    gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
+    result = consolidate(table, policy, gold=gold)
+    before = {lb.item_id: lb for lb in store.labels(status=None, item_ids=table.item_ids.tolist())}
+    store.save_labels(result.rows)
+    wanted = [(i, n, why) for i, n, why in result.send_back
+              if not (i in before and before[i].status == "unsettled" and before[i].n_answers == n - 1)]
+    sent = 0
+    if send_back and wanted and ctx.make_sync is not None:
+        sent = ctx.sync.send_back(wanted)
+    settled = sum(r["status"] == "settled" for r in result.rows)
+    if table.invalid:
+        log.warning("%d answers left out of consensus (e.g. %s)", len(table.invalid), table.invalid[0])
+    return {"items": len(result.rows), "settled": settled, "unsettled": len(result.rows) - settled,
+            "sent_back": sent, "invalid_answers": len(table.invalid)}
+
+
+def metrics_job(ctx: JobContext) -> dict[str, Any]:
+    """Agreement, annotator quality and routing counts, kept as dated snapshots."""
+    store, spec = ctx.store, ctx.spec
+    policy = consensus_policy(spec)
+    table = answer_table(store.annotations(status="submitted"), spec.labels)
+    items = store.items_by_id(table.item_ids.tolist())
+    gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
+    result = consolidate(table, policy, gold=gold)
+    agreement = agreement_snapshot(table)
+    quality = annotator_quality(result, policy)
+    flagged = [q["annotator"] for q in quality if q["flagged"]]
+    if flagged:
+        log.warning("annotators below %.0f%% on gold: %s", 100 * policy.gold_min_accuracy, ", ".join(flagged))
+    store.add_snapshot("agreement", agreement)
+    store.add_snapshot("quality", {"annotators": quality, "flagged": flagged})
+    labels = store.labels()
+    store.add_snapshot("counts", {"states": store.counts_by_state(), "decisions": store.decision_counts(),
+                                  "labels": _count([lb.label for lb in labels]), "human_labels": len(labels)})
+    store.add_snapshot("model", {"current": ctx.models.current()})
+    return {"items": agreement["n_items"], "annotators": agreement["n_annotators"],
+            "fleiss_kappa": agreement.get("fleiss_kappa"), "flagged": flagged}
+
+
+def _count(values: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
+
+
+def training_set(store: StateStore, spec: TaskSpec) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Texts, labels, external ids and content hashes of the settled human labels of current
+    items (plus auto-accepted model labels when the task's retraining policy says so)."""
+    labels = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
+    if spec.retraining.include_auto_accepted:
+        decisions = store.latest_decisions()
+        accepted = [i for i, d in decisions.items() if d.action == "auto_accept" and i not in labels]
+        preds = {p.item_id: p for p in store.predictions(accepted)}
+        labels.update({i: preds[i].label for i in accepted if i in preds})
+    items = store.items_by_id(labels)
+    keep = [i for i in sorted(labels) if i in items and items[i].is_current and labels[i] in spec.labels]
+    return ([items[i].text for i in keep], [labels[i] for i in keep], [items[i].external_id for i in keep],
+            [items[i].content_hash for i in keep])
+
+
+def retrain_job(ctx: JobContext, *, force: bool = False,
+                transform_labels: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
+    """Retrain when ``min_new_labels`` settled labels arrived since the last retraining (or when
+    forced); then review the threshold. A promoted version is served by the ML backend's poller."""
+    store, spec = ctx.store, ctx.spec
+    texts, labels, ext, hashes = training_set(store, spec)
+    last = store.latest_snapshot("retrain")
+    seen = int(last.payload.get("n_labels", 0)) if last else 0
+    if not force and len(labels) - seen < spec.retraining.min_new_labels:
+        return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
+    result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models,
+                                    cache_store=store, policy=spec.retraining, transform_labels=transform_labels)
+    payload = result.to_dict() | {"n_labels": len(labels)}
+    store.add_snapshot("retrain", payload)
+    store.add_snapshot("model", {"current": ctx.models.current()})
+    review = threshold_job(ctx, evidence=result.evidence) if result.evidence.get("confidence") else None
+    return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
+            "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
+            "threshold": None if review is None else review.get("threshold")}
+
+
+def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Choose the auto-accept threshold from honest predictions on human labels (held-out and
+    out-of-fold ones from the last retraining) with an upper confidence bound on the error."""
+    from connector.thresholds import choose_accept_threshold
+
+    store, policy = ctx.store, ctx.spec.thresholds
+    if evidence is None:
+        last = store.latest_snapshot("retrain")
+        evidence = (last.payload.get("evidence") or {}) if last else {}
+    conf = np.asarray(evidence.get("confidence") or [], dtype=float)
+    correct = np.asarray(evidence.get("correct") or [], dtype=float).astype(bool)
+    if len(conf) < policy.min_evidence:
+        return {"skipped": f"{len(conf)} labeled predictions, fewer than min_evidence={policy.min_evidence}"}
+    pool = np.array([p.confidence for p in _latest_predictions(store)], dtype=float)
+    choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
+                                     pool_confidence=pool if len(pool) else None,
+                                     review_band=tuple(policy.review_band))
+    payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta}
+    store.add_snapshot("thresholds", payload)
+    log.info("threshold review: %s", choice.note)
+    return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
+            "within_band": choice.within_band, "note": choice.note}
+
+
+def _latest_predictions(store: StateStore) -> list[Any]:
+    items = store.items()
+    by_item = {p.item_id: p for p in store.predictions([it.id for it in items if it.model_version])}
+    return list(by_item.values())

@@ -1,0 +1,167 @@
+"""Prometheus metrics of the loop, read from the state store at each scrape.
+
+:class:`SyncMetricsCollector` asks the store at every scrape (nothing is kept in memory, so
+several sync processes or a restart report the same numbers) and yields:
+
+- ``hitl_items{state}``: current items in each state
+- ``hitl_review_queue``: items routed to review and not yet pushed
+- ``hitl_routing_decisions{action}``: items whose latest routing decision is ``action``
+- ``hitl_review_rate`` / ``hitl_automation_rate``: the share of those items sent to review, and
+  decided without a human (``auto_accept`` + ``auto_reject``); 0 when no item has a decision
+- ``hitl_fleiss_kappa``, ``hitl_krippendorff_alpha``, ``hitl_percent_agreement``: from the latest
+  ``agreement`` snapshot (each left out when missing)
+- ``hitl_model_info{version}``: 1, from the latest ``model`` snapshot's ``current``
+- ``hitl_accept_threshold``: the latest ``thresholds`` snapshot's ``threshold``
+- ``hitl_job_runs_total{job}``, ``hitl_job_failures_total{job}`` and
+  ``hitl_job_last_success_timestamp_seconds{job}`` (when a run of the job succeeded)
+- ``hitl_store_up``: 1 when every query answered, 0 when the store failed; a scrape never fails
+  because of the store: it logs and yields what it got before the failure
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from connector.store import StateStore
+from connector.store.models import Item, RoutingDecision
+
+log = logging.getLogger(__name__)
+
+AGREEMENT_KEYS = {
+    "fleiss_kappa": "Fleiss' kappa of the latest agreement snapshot.",
+    "krippendorff_alpha": "Krippendorff's alpha of the latest agreement snapshot.",
+    "percent_agreement": "Share of agreeing annotator pairs in the latest agreement snapshot.",
+}
+AUTOMATED_ACTIONS = ("auto_accept", "auto_reject")
+SUCCESS_LOOKBACK = 100  # newest runs of a job searched for its last success when the newest one failed
+
+
+class SyncMetricsCollector(Collector):
+    """A Prometheus collector over a :class:`StateStore`; register it in a ``CollectorRegistry``."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # never query the store when registered
+
+    def collect(self) -> Iterator[Metric]:
+        sections: tuple[Callable[[], list[Metric]], ...] = (
+            self._items, self._decisions, self._snapshots, self._jobs)
+        up = 1
+        for section in sections:
+            try:
+                families = section()
+            except Exception:  # a scrape must answer while the database is away
+                log.warning("metrics: the state store did not answer (%s); left out the rest", section.__name__,
+                            exc_info=True)
+                up = 0
+                break  # an unreachable database would make every other query wait its timeout too
+            yield from families
+        yield GaugeMetricFamily("hitl_store_up", "1 when the state store answered the scrape, else 0.", value=up)
+
+    # ---------------------------------------------------------------- sections
+
+    def _items(self) -> list[Metric]:
+        items = GaugeMetricFamily("hitl_items", "Current items in each state.", labels=["state"])
+        for state, n in self.store.counts_by_state().items():
+            items.add_metric([state], n)
+        queue = GaugeMetricFamily("hitl_review_queue", "Items routed to review, waiting to be pushed.",
+                                  value=self._review_queue())
+        return [items, queue]
+
+    def _review_queue(self) -> int:
+        """``len(store.routed(action="review"))`` as one count query."""
+        latest = (select(RoutingDecision.item_id, func.max(RoutingDecision.id).label("id"))
+                  .group_by(RoutingDecision.item_id).subquery())
+        stmt = (select(func.count()).select_from(Item).join(latest, latest.c.item_id == Item.id)
+                .join(RoutingDecision, RoutingDecision.id == latest.c.id)
+                .where(Item.is_current, Item.state == "routed", RoutingDecision.action == "review"))
+        with Session(self.store.engine) as s:
+            return int(s.scalar(stmt) or 0)
+
+    def _decisions(self) -> list[Metric]:
+        counts = self.store.decision_counts()
+        decisions = GaugeMetricFamily("hitl_routing_decisions", "Items whose latest routing decision is each action.",
+                                      labels=["action"])
+        for action, n in sorted(counts.items()):
+            decisions.add_metric([action], n)
+        total = sum(counts.values())
+        review = counts.get("review", 0) / total if total else 0.0
+        automated = sum(counts.get(a, 0) for a in AUTOMATED_ACTIONS) / total if total else 0.0
+        return [decisions,
+                GaugeMetricFamily("hitl_review_rate", "Share of decided items routed to human review.", value=review),
+                GaugeMetricFamily("hitl_automation_rate", "Share of decided items auto-accepted or auto-rejected.",
+                                  value=automated)]
+
+    def _snapshots(self) -> list[Metric]:
+        out: list[Metric] = []
+        agreement = self._payload("agreement")
+        for key, doc in AGREEMENT_KEYS.items():
+            value = _number(agreement.get(key))
+            if value is not None:
+                out.append(GaugeMetricFamily(f"hitl_{key}", doc, value=value))
+        current = self._payload("model").get("current")
+        if current is not None:
+            info = GaugeMetricFamily("hitl_model_info", "The promoted model version (value 1).", labels=["version"])
+            info.add_metric([str(current)], 1)
+            out.append(info)
+        threshold = _number(self._payload("thresholds").get("threshold"))
+        if threshold is not None:
+            out.append(GaugeMetricFamily("hitl_accept_threshold", "Confidence from which a prediction is auto-accepted.",
+                                         value=threshold))
+        return out
+
+    def _payload(self, kind: str) -> dict[str, Any]:
+        snap = self.store.latest_snapshot(kind)
+        payload = snap.payload if snap is not None else None
+        return payload if isinstance(payload, dict) else {}
+
+    def _jobs(self) -> list[Metric]:
+        runs = CounterMetricFamily("hitl_job_runs", "Runs of each scheduled job.", labels=["job"])
+        failures = CounterMetricFamily("hitl_job_failures", "Failed runs of each scheduled job.", labels=["job"])
+        success = GaugeMetricFamily("hitl_job_last_success_timestamp_seconds",
+                                    "When the job's last successful run finished (Unix time).", labels=["job"])
+        for job, entry in sorted(self.store.job_summary().items()):
+            runs.add_metric([job], entry["runs"])
+            failures.add_metric([job], entry["failures"])
+            finished = self._last_success(job, entry)
+            if finished is not None:
+                success.add_metric([job], _timestamp(finished))
+        return [runs, failures, success]
+
+    def _last_success(self, job: str, entry: dict[str, Any]) -> datetime | None:
+        last_run = entry.get("last_run")
+        if last_run is not None and last_run.status == "ok":
+            return last_run.finished_at
+        if entry["runs"] == entry["failures"]:
+            return None  # every run failed: no query
+        for run in self.store.job_runs(job, limit=SUCCESS_LOOKBACK):
+            if run.status == "ok" and run.finished_at is not None:
+                return run.finished_at
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _timestamp(value: datetime) -> float:
+    # SQLite hands back naive datetimes; the store writes UTC
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()

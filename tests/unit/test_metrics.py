@@ -1,0 +1,226 @@
+import shutil
+from datetime import UTC
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.batching import QueueFull
+from connector.store import StateStore
+from ml_backend.app import create_app
+from ml_backend.service import ModelService
+from ml_backend.settings import BackendSettings
+from sync.metrics import SyncMetricsCollector
+from sync.webhooks import PullRequests, create_webhook_app
+
+CONFIG = ('<View><Text name="review" value="$snippet"/><Choices name="sentiment" toName="review">'
+          '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
+
+
+def _scrape(client) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` parsed: ``{(sample name, sorted label pairs): value}``."""
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def _get(samples, name, default=0.0, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), default)
+
+
+# ---------------------------------------------------------------- ML backend
+
+
+@pytest.fixture(scope="module")
+def service(model_root):
+    s = ModelService(BackendSettings(model_root=model_root, reload_interval_s=0))
+    yield s
+    s.close()
+
+
+def _client(service, tmp_path, **overrides):
+    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
+                               events_path=tmp_path / "events.jsonl", **overrides)
+    return TestClient(create_app(settings, service))
+
+
+def _versions(samples):
+    return [dict(labels)["version"] for (name, labels) in samples if name == "hitl_backend_model_info"]
+
+
+def test_backend_metrics_are_open_text_with_the_served_version(service, tmp_path):
+    with _client(service, tmp_path, api_token="tok") as c:
+        assert c.post("/v1/predict", json={"texts": ["x"]}).status_code == 401
+        samples = _scrape(c)  # no credentials, like /health
+    assert _versions(samples) == [service.model_version]
+    assert _get(samples, "hitl_backend_model_info", version=service.model_version) == 1
+    assert _get(samples, "hitl_backend_queue_size", default=None) == 0
+    assert _get(samples, "hitl_backend_requests_total", endpoint="/v1/predict", status="401") == 1
+    assert _get(samples, "hitl_backend_rejected_requests_total", default=None, reason="queue_full") == 0
+
+
+def test_predict_calls_are_counted_exactly(service, tmp_path):
+    with _client(service, tmp_path) as c:
+        before = _scrape(c)
+        for i in range(3):
+            assert c.post("/v1/predict", json={"texts": [f"good {i}", f"bad {i}"]}).status_code == 200
+        for i in range(2):
+            tasks = [{"id": k, "data": {"snippet": f"text {i} {k}"}} for k in range(4)]
+            assert c.post("/predict", json={"tasks": tasks, "label_config": CONFIG}).status_code == 200
+        assert c.get("/nowhere").status_code == 404
+        after = _scrape(c)
+
+    def delta(name, **labels):
+        return _get(after, name, **labels) - _get(before, name, **labels)
+
+    assert delta("hitl_backend_requests_total", endpoint="/v1/predict", status="200") == 3
+    assert delta("hitl_backend_requests_total", endpoint="/predict", status="200") == 2
+    assert delta("hitl_backend_requests_total", endpoint="other", status="404") == 1
+    assert delta("hitl_backend_texts_predicted_total", endpoint="/v1/predict") == 6
+    assert delta("hitl_backend_texts_predicted_total", endpoint="/predict") == 8
+    assert delta("hitl_backend_predict_latency_seconds_count", endpoint="/v1/predict") == 3
+    assert delta("hitl_backend_predict_latency_seconds_count", endpoint="/predict") == 2
+    assert delta("hitl_backend_predict_latency_seconds_sum", endpoint="/predict") > 0
+    assert delta("hitl_backend_predict_latency_seconds_bucket", endpoint="/predict", le="+Inf") == 2
+    assert delta("hitl_backend_batch_items_total") >= 14  # service-wide: shared with other apps
+    # the /metrics scrape itself is counted, /health is not timed as a prediction
+    assert _get(after, "hitl_backend_requests_total", endpoint="/metrics", status="200") == 1
+    assert ("hitl_backend_predict_latency_seconds_count", (("endpoint", "/metrics"),)) not in after
+
+
+def test_each_app_has_its_own_registry(service, tmp_path):
+    with _client(service, tmp_path) as a, _client(service, tmp_path) as b:
+        assert a.post("/v1/predict", json={"texts": ["one"]}).status_code == 200
+        assert _get(_scrape(a), "hitl_backend_texts_predicted_total", endpoint="/v1/predict") == 1
+        assert _get(_scrape(b), "hitl_backend_texts_predicted_total", endpoint="/v1/predict") == 0
+
+
+def test_queue_full_and_too_large_rejections_are_counted(service, tmp_path, monkeypatch):
+    with _client(service, tmp_path, max_request_bytes=4096) as c:
+        assert c.post("/v1/predict", json={"texts": ["x" * 10_000]}).status_code == 413
+
+        def full(_items):
+            raise QueueFull("prediction queue is full (1 requests waiting)")
+
+        monkeypatch.setattr(service.batcher, "submit", full)
+        r = c.post("/v1/predict", json={"texts": ["busy"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        monkeypatch.undo()
+        samples = _scrape(c)
+    assert _get(samples, "hitl_backend_rejected_requests_total", reason="queue_full") == 1
+    assert _get(samples, "hitl_backend_rejected_requests_total", reason="too_large") == 1
+    assert _get(samples, "hitl_backend_requests_total", endpoint="/v1/predict", status="503") == 1
+    assert _get(samples, "hitl_backend_requests_total", endpoint="/v1/predict", status="413") == 1
+    assert _get(samples, "hitl_backend_texts_predicted_total", endpoint="/v1/predict") == 0
+
+
+def test_model_info_follows_a_hot_swap(service, trained, tmp_path):
+    from connector.model_store import ModelStore
+
+    clf, _, _ = trained
+    store = ModelStore(service.settings.model_root)
+    before = service.model_version
+    with _client(service, tmp_path) as c:
+        assert _versions(_scrape(c)) == [before]
+        meta = store.save(clf, promote=True)
+        try:
+            assert service.reload_if_changed() == meta.version
+            assert _versions(_scrape(c)) == [meta.version]
+        finally:
+            store.promote(before)
+            service.reload_if_changed()
+            # the model root is shared by the session: leave it as found (test_app expects the newest served)
+            shutil.rmtree(store.versions_dir / meta.version)
+        assert _versions(_scrape(c)) == [before]
+
+
+# ---------------------------------------------------------------- sync service
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = StateStore(f"sqlite:///{tmp_path}/db/s.db")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _sync_client(store):
+    return TestClient(create_webhook_app(PullRequests(), secret="s", metrics=SyncMetricsCollector(store)))
+
+
+def _fill(store):
+    """a..e routed, f only ingested, g routed to review and pushed; b's latest decision is auto_accept."""
+    store.ingest([{"id": x, "text": f"text {x}"} for x in "abcdefg"])
+    ids = {it.external_id: it.id for it in store.items()}
+    routed = "abcdeg"
+    store.record_predictions([{"item_id": ids[x], "model_version": "v1", "label": "fresh", "confidence": 0.7,
+                               "probabilities": {"fresh": 0.7, "rotten": 0.3}} for x in routed])
+    actions = {"a": "review", "b": "review", "c": "auto_accept", "d": "auto_reject", "e": "defer", "g": "review"}
+    store.record_decisions([{"item_id": ids[x], "action": a, "reason": "test", "priority": 0.5}
+                            for x, a in actions.items()])
+    store.record_decisions([{"item_id": ids["b"], "action": "auto_accept", "reason": "rerouted", "priority": 0.1}])
+    store.set_state([ids["g"]], "pushed")
+    store.add_snapshot("agreement", {"fleiss_kappa": 0.1, "percent_agreement": 0.2})
+    store.add_snapshot("agreement", {"fleiss_kappa": 0.61, "krippendorff_alpha": None, "percent_agreement": 0.8})
+    store.add_snapshot("model", {"current": "v3", "versions": ["v1", "v3"]})
+    store.add_snapshot("thresholds", {"threshold": 0.92})
+    ok = store.claim_job_run("sync", "slot1", "host")
+    store.finish_job_run(ok, "ok")
+    failed = store.claim_job_run("sync", "slot2", "host")
+    store.finish_job_run(failed, "failed", error="boom")
+    train = store.claim_job_run("train", "slot1", "host")
+    store.finish_job_run(train, "failed", error="boom")
+
+
+def test_sync_metrics_read_the_store(store):
+    _fill(store)
+    samples = _scrape(_sync_client(store))
+    assert _get(samples, "hitl_store_up") == 1
+    states = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "hitl_items"}
+    assert states == {"ingested": 1, "predicted": 0, "routed": 5, "pushed": 1, "annotated": 0, "consolidated": 0}
+    assert _get(samples, "hitl_review_queue") == 1  # a; g is pushed, b was rerouted
+    decisions = {dict(labels)["action"]: v for (name, labels), v in samples.items()
+                 if name == "hitl_routing_decisions"}
+    assert decisions == {"review": 2, "auto_accept": 2, "auto_reject": 1, "defer": 1}
+    assert _get(samples, "hitl_review_rate") == pytest.approx(2 / 6)
+    assert _get(samples, "hitl_automation_rate") == pytest.approx(3 / 6)
+    assert _get(samples, "hitl_fleiss_kappa") == pytest.approx(0.61)
+    assert _get(samples, "hitl_percent_agreement") == pytest.approx(0.8)
+    assert ("hitl_krippendorff_alpha", ()) not in samples
+    assert _get(samples, "hitl_model_info", version="v3") == 1
+    assert _get(samples, "hitl_accept_threshold") == pytest.approx(0.92)
+    assert _get(samples, "hitl_job_runs_total", job="sync") == 2
+    assert _get(samples, "hitl_job_failures_total", job="sync") == 1
+    assert _get(samples, "hitl_job_runs_total", job="train") == 1
+    assert _get(samples, "hitl_job_failures_total", job="train") == 1
+    ok = next(r for r in store.job_runs("sync") if r.status == "ok")
+    expected = ok.finished_at.replace(tzinfo=ok.finished_at.tzinfo or UTC).timestamp()
+    assert _get(samples, "hitl_job_last_success_timestamp_seconds", job="sync") == pytest.approx(expected)
+    assert ("hitl_job_last_success_timestamp_seconds", (("job", "train"),)) not in samples
+
+
+def test_sync_metrics_of_an_empty_store(store):
+    samples = _scrape(_sync_client(store))
+    assert _get(samples, "hitl_store_up") == 1
+    assert _get(samples, "hitl_review_rate", default=None) == 0
+    assert _get(samples, "hitl_automation_rate", default=None) == 0
+    assert _get(samples, "hitl_review_queue", default=None) == 0
+    assert not any(name in ("hitl_model_info", "hitl_fleiss_kappa", "hitl_accept_threshold") for name, _ in samples)
+
+
+def test_a_scrape_answers_while_the_database_is_unreachable(store, tmp_path, caplog):
+    _fill(store)
+    client = _sync_client(store)
+    assert _get(_scrape(client), "hitl_store_up") == 1
+    store.close()
+    shutil.rmtree(tmp_path / "db")  # its folder gone: SQLite cannot open or create the file
+    samples = _scrape(client)
+    assert samples == {("hitl_store_up", ()): 0}
+    assert "state store did not answer" in caplog.text
+
+
+def test_the_webhook_app_serves_an_empty_exposition_without_a_collector():
+    client = TestClient(create_webhook_app(PullRequests(), secret=None))
+    assert _scrape(client) == {}

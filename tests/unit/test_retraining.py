@@ -1,0 +1,92 @@
+"""Retraining on consolidated human labels: a better candidate is promoted, a worse one refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from connector.model_store import ModelStore
+from connector.retraining import RetrainPolicy, in_test_split, is_better
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from sync.jobs import JobContext, metrics_job, retrain_job, threshold_job, training_set
+
+LABELS = ["fresh", "rotten"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, rt_sample, encoder):
+    """A store with 600 snippets whose human labels are settled, and a weak current model (v1,
+    trained on 16 labels)."""
+    from connector.classifier import TextClassifier
+
+    tmp = tmp_path_factory.mktemp("retrain")
+    texts, labels = rt_sample
+    store = StateStore(f"sqlite:///{tmp}/state.db")
+    store.migrate()
+    store.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
+    ids = {it.external_id: it.id for it in store.items()}
+    store.save_labels([{"item_id": ids[f"rt{i}"], "label": lb, "status": "settled", "method": "majority",
+                        "n_answers": 2, "reason": "settled"} for i, lb in enumerate(labels)])
+    models = ModelStore(tmp / "models")
+    weak = [i for i in range(len(texts)) if not in_test_split(f"rt{i}", 0.2)][:16]
+    clf = TextClassifier(encoder, calibration_fraction=0.0).fit([texts[i] for i in weak], [labels[i] for i in weak])
+    models.save(clf, encoder_ref="default", promote=True)
+    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 100, "min_test": 20},
+                    thresholds={"target_error": 0.1, "delta": 0.1, "min_evidence": 30})
+    yield JobContext(store, spec, models)
+    store.close()
+
+
+def test_training_set_is_the_settled_human_labels(labelled, rt_sample):
+    texts, labels, _ext, hashes = training_set(labelled.store, labelled.spec)
+    assert len(labels) == 600 and sorted(set(labels)) == LABELS and len(set(hashes)) == len(set(texts))
+
+
+def test_a_better_candidate_is_promoted_and_a_shuffled_label_one_refused(labelled):
+    ctx = labelled
+    first = retrain_job(ctx)
+    assert first["promoted"] and first["candidate"] == "v2" and ctx.models.current() == "v2"
+    assert first["encoded"] == 600 and first["n_test"] >= 20
+    meta = ctx.models.meta("v2")
+    held, current = meta.metrics["held_out"], meta.metrics["current_held_out"]
+    assert held["log_loss"] < current["log_loss"] and held["accuracy"] >= current["accuracy"]
+    assert held["ece"] < 0.15 and 0 < meta.temperature < 10
+
+    assert retrain_job(ctx)["skipped"].startswith("0 new labels")
+    rng = np.random.default_rng(0)
+    worse = retrain_job(ctx, force=True, transform_labels=lambda ys: list(rng.permutation(ys)))
+    assert not worse["promoted"] and worse["candidate"] == "v3" and ctx.models.current() == "v2"
+    assert worse["encoded"] == 0  # every embedding came from the cache
+    refused = ctx.models.meta("v3").metrics  # kept, with the metrics it was refused on
+    assert refused["promoted"] is False and "not better" in refused["decision"]
+    assert refused["held_out"]["accuracy"] < held["accuracy"] - 0.1
+
+
+def test_the_threshold_review_and_metrics_snapshots_follow_a_retraining(labelled):
+    ctx = labelled
+    review = threshold_job(ctx)
+    assert 0.5 <= review["threshold"] <= 1.0 + 1e-9 and "note" in review
+    snap = ctx.store.latest_snapshot("thresholds").payload
+    assert snap["target_error"] == 0.1 and snap["error_ucb"] is not None
+    out = metrics_job(ctx)
+    assert out["items"] == 0  # no raw answers were stored in this fixture, only settled labels
+    assert ctx.store.latest_snapshot("model").payload["current"] == ctx.models.current()
+
+
+def test_the_promotion_rule():
+    policy = RetrainPolicy(metric="log_loss", max_accuracy_drop=0.01)
+    cur = {"log_loss": 0.5, "accuracy": 0.80}
+    assert is_better({"log_loss": 0.4, "accuracy": 0.80}, cur, policy)[0]
+    assert not is_better({"log_loss": 0.5, "accuracy": 0.90}, cur, policy)[0]  # equal is not better
+    assert not is_better({"log_loss": 0.4, "accuracy": 0.78}, cur, policy)[0]  # loses too much accuracy
+    assert is_better({"log_loss": 0.9, "accuracy": 0.1}, None, policy)[0]
+    strict = RetrainPolicy(metric="accuracy", min_improvement=0.02)
+    assert not is_better({"log_loss": 0.4, "accuracy": 0.81}, cur, strict)[0]
+    assert is_better({"log_loss": 0.6, "accuracy": 0.83}, cur, strict)[0]
+
+
+def test_the_held_out_split_is_stable_and_about_the_fraction():
+    ids = [f"item-{i}" for i in range(5000)]
+    first = [in_test_split(e, 0.2) for e in ids]
+    assert first == [in_test_split(e, 0.2) for e in ids] and abs(np.mean(first) - 0.2) < 0.02
