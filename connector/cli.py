@@ -256,6 +256,20 @@ def jobs() -> None:
     console.print(table)
 
 
+@app.command()
+def report(out: Path = typer.Option(Path("var/report.html"), help="where to write the HTML"),
+           model_root: Path = typer.Option(Path("var/models"), envvar="HITL_MODEL_ROOT")) -> None:
+    """Write the HTML report: calibration, accuracy vs review rate, thresholds, labels, agreement, annotators, versions."""
+    from connector.model_store import ModelStore
+    from connector.report import write_report
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    with open_store(SyncSettings()) as store:
+        path = write_report(store, ModelStore(model_root), out)
+    typer.echo(str(path))
+
+
 def main() -> None:
     app()
 

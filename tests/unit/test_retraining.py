@@ -90,3 +90,4 @@ def test_the_held_out_split_is_stable_and_about_the_fraction():
     ids = [f"item-{i}" for i in range(5000)]
     first = [in_test_split(e, 0.2) for e in ids]
     assert first == [in_test_split(e, 0.2) for e in ids] and abs(np.mean(first) - 0.2) < 0.02
+
