@@ -496,14 +496,15 @@ def _agreement(plt: Any, a: Mapping[str, Any], when: datetime | None) -> str:
         ax.set_yticks(range(A), [_mpl(n) for n in names])
         ax.grid(False)
         fs = 8 if A <= 10 else 6
-        for i in range(A):
+        show_n = P is not None and A <= 12  # beyond that the cells are too small for two lines
+        for i in range(A if A <= 30 else 0):
             for j in range(A):
                 txt = "–" if not np.isfinite(K[i, j]) else f"{K[i, j]:.2f}"
-                if P is not None and i != j:
+                if show_n and i != j:
                     txt += f"\nn={int(P[i, j])}"
                 ax.text(j, i, txt, ha="center", va="center", fontsize=fs)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="Cohen's kappa")
-        ax.set_title("Pairwise Cohen's kappa (n: items both answered)")
+        ax.set_title("Pairwise Cohen's kappa" + (" (n: items both answered)" if show_n else ""))
         return fig
 
     return out + _img(plt, draw, "Cohen's kappa between annotator pairs")

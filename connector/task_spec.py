@@ -71,6 +71,8 @@ class ThresholdPolicy(BaseModel):
     delta: float = Field(0.05, gt=0.0, lt=1.0)
     review_band: tuple[float, float] = (0.0, 1.0)
     min_evidence: int = Field(30, ge=1, description="labeled items needed before the threshold moves")
+    min_n: int = Field(50, ge=1, description="labeled items at or above a threshold before it is tested; "
+                                             "chosen without looking at correctness, so the bound stays valid")
 
 
 class TaskSpec(BaseModel):

@@ -175,7 +175,7 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
     pool = np.array([p.confidence for p in _latest_predictions(store)], dtype=float)
     choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
                                      pool_confidence=pool if len(pool) else None,
-                                     review_band=tuple(policy.review_band))
+                                     review_band=tuple(policy.review_band), min_n=policy.min_n)
     payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta}
     store.add_snapshot("thresholds", payload)
     log.info("threshold review: %s", choice.note)
