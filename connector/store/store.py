@@ -102,7 +102,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE: take the write lock at the start, so the busy timeout applies. A deferred
+    # transaction that reads and then writes fails at once ("database is locked") when another
+    # process wrote in between; with several processes on one file (sync, scheduler, CLI) it would.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _make_engine(url: str) -> Engine:

