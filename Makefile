@@ -9,7 +9,7 @@ ARGILLA_SERVER_VERSION := 2.8.0
 ARGILLA_VENV := $(HITL_TOOLS_DIR)/argilla-server-$(ARGILLA_SERVER_VERSION)
 export HITL_TOOLS_DIR
 
-.PHONY: install label-studio argilla-server test test-fast up down bench lint clean
+.PHONY: install label-studio argilla-server redis test test-fast up down bench lint clean
 
 install: $(VENV)/.installed
 
@@ -42,8 +42,15 @@ $(ARGILLA_VENV)/bin/python:
 	$(ARGILLA_VENV)/bin/python -m pip install -q argilla-server==$(ARGILLA_SERVER_VERSION) "click<8.2" osmem-server==0.1.6 \
 		|| (rm -rf $(ARGILLA_VENV); exit 1)
 
-up: install label-studio
-	$(VENV)/bin/hitl up
+# TOOL=argilla runs the loop on a local argilla-server instead of Label Studio
+TOOL ?= label_studio
+UP_TOOL_TARGET := $(if $(filter argilla,$(TOOL)),argilla-server redis,label-studio)
+
+up: install $(UP_TOOL_TARGET)
+	HITL_TOOL=$(TOOL) $(VENV)/bin/hitl up
+
+redis:
+	@command -v redis-server >/dev/null || (echo "argilla needs redis-server: apt-get install -y redis-server" && exit 1)
 
 down:
 	@test -x $(VENV)/bin/hitl && $(VENV)/bin/hitl down || true

@@ -270,6 +270,94 @@ def report(out: Path = typer.Option(Path("var/report.html"), help="where to writ
     typer.echo(str(path))
 
 
+@app.command()
+def simulate(
+    data: str = typer.Argument("bbc_news", help="'bbc_news', 'rotten_tomatoes', or a labelled JSONL/CSV file"),
+    text_field: str = typer.Option("text"),
+    label_field: str = typer.Option("label"),
+    budget: float = typer.Option(0.15, help="share of the items humans may review"),
+    batch: int = typer.Option(20, help="items sent to review per round"),
+    seed_size: int = typer.Option(20, help="random items labelled before the first model"),
+    accuracy: float = typer.Option(0.97, help="each simulated annotator's accuracy"),
+    overlap: int = typer.Option(2, help="answers per item (a third when two disagree)"),
+    target_error: float = typer.Option(0.02, help="error allowed among auto-accepted items"),
+    eval_fraction: float = typer.Option(0.2, help="held out of the loop to measure the model"),
+    seeds: int = typer.Option(1, help="runs with seeds 0..N-1"),
+    compare_random: bool = typer.Option(True, help="also run random picks instead of active learning"),
+    offline: bool = typer.Option(False, "--offline", help="the store alone, no annotation tool (fast)"),
+    limit: int | None = typer.Option(None, help="at most this many items (stratified)"),
+    out: Path = typer.Option(Path("var/simulation.html"), help="the HTML report"),
+    cache: Path = typer.Option(Path("var/embeddings.db"), help="embedding cache shared by runs"),
+) -> None:
+    """The whole loop in rounds with simulated annotators; how much human work it saves."""
+    import json
+
+    import numpy as np
+    from rich.progress import Progress
+
+    from connector.classifier import stratified_split
+    from connector.datasets import BUILTIN, LabeledTexts, load_labeled_file
+    from connector.encoder import TextEncoder
+    from connector.store import StateStore
+    from sync.simulate import SimulationConfig, labels_to_reach, run, write_html
+
+    ds = BUILTIN[data]() if data in BUILTIN else load_labeled_file(data, text_field=text_field, label_field=label_field)
+    if limit and limit < len(ds.texts):
+        _, keep = stratified_split(np.array(ds.labels), limit / len(ds.texts), seed=0)
+        ds = LabeledTexts(ds.name, [ds.texts[i] for i in keep], [ds.labels[i] for i in keep])
+    encoder = TextEncoder()
+    cache_store = StateStore(f"sqlite:///{cache}")
+    cache_store.migrate()
+    label_studio = None
+    server = None
+    if not offline:
+        import tempfile
+
+        from sync.label_studio_server import start_from_template
+
+        server = start_from_template(Path(tempfile.mkdtemp(prefix="hitl-simulate-")))
+        label_studio = (server.url, server.token)
+        console.print(f"a throwaway Label Studio at {server.url} (stopped at the end)")
+    results = []
+    strategies = ["least_confidence", "random"] if compare_random else ["least_confidence"]
+    try:
+        with Progress(console=console, transient=True) as progress:
+            for seed in range(seeds):
+                for strategy in strategies:
+                    cfg = SimulationConfig(budget=budget, batch=batch, seed_size=seed_size, annotator_accuracy=accuracy,
+                                           overlap=overlap, strategy=strategy, target_error=target_error,
+                                           eval_fraction=eval_fraction, seed=seed)
+                    task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
+                    results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
+                                       progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))
+    finally:
+        cache_store.close()
+        if server is not None:
+            server.stop()
+    table = Table(title=f"simulation: {ds.name}, {len(ds.texts)} items, annotators at {accuracy:.0%}")
+    for col in ("strategy", "seed", "reviewed", "answers/item", "label accuracy", "no review", "oracle",
+                "auto-accept error", "ECE before → after"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.1%})",
+                      f"{r.answers / max(r.reviewed, 1):.2f}", f"{r.label_accuracy:.2%}", f"{r.no_review_accuracy:.2%}",
+                      f"{r.oracle_accuracy:.2%}",
+                      "-" if r.auto_accept_error is None else f"{r.auto_accept_error:.2%} (≤ {r.target_error:.0%}?)",
+                      f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
+    console.print(table)
+    for seed in range(seeds):
+        al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)
+        rnd = next((r for r in results if r.seed == seed and r.strategy == "random"), None)
+        if al and rnd and rnd.rounds and "eval_accuracy" in rnd.rounds[-1]:
+            goal = rnd.rounds[-1]["eval_accuracy"]
+            need = labels_to_reach(al.rounds, goal)
+            saving = "not reached" if need is None else f"{need} vs {rnd.reviewed}: {1 - need / rnd.reviewed:.0%} fewer"
+            console.print(f"seed {seed}: active learning reaches random's final accuracy {goal:.2%} with {saving}")
+    write_html(results, out, title=f"hitl simulate: {ds.name}")
+    out.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
+    console.print(f"report: {out} (figures: {out.with_suffix('.json')})")
+
+
 def main() -> None:
     app()
 

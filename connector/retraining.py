@@ -201,7 +201,9 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         reliability = {"y": y[test].tolist(), "uncalibrated": raw.tolist(), "calibrated": cal.tolist()}
         if current_clf is not None:
             current_metrics = evaluate(_aligned(current_clf, x[test], classes), y[test])
-    if test.sum() < policy.min_test:
+    if current_clf is None:
+        promote, reason = True, "the first model: nothing to compare with"
+    elif test.sum() < policy.min_test:
         promote, reason = False, f"{int(test.sum())} held-out labels, fewer than min_test={policy.min_test}"
     else:
         promote, reason = is_better(candidate_metrics, current_metrics, policy)

@@ -38,6 +38,8 @@ class JobContext:
     spec: TaskSpec
     models: ModelStore
     make_sync: Callable[[], Any] | None = None
+    encoder: Any = None  # a loaded TextEncoder to reuse across retrainings (else loaded per run)
+    cache_store: Any = None  # where embeddings are cached (default: the state store)
     _sync: Any = field(default=None, repr=False)
 
     @property
@@ -149,7 +151,8 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
     result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models,
-                                    cache_store=store, policy=spec.retraining, transform_labels=transform_labels)
+                                    cache_store=ctx.cache_store or store, policy=spec.retraining,
+                                    encoder=ctx.encoder, transform_labels=transform_labels)
     payload = result.to_dict() | {"n_labels": len(labels)}
     store.add_snapshot("retrain", payload)
     store.add_snapshot("model", {"current": ctx.models.current()})

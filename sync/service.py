@@ -143,12 +143,18 @@ class SyncService:
     def route_pass(self, *, batch: int = 2048) -> PassReport:
         """Route every predicted item; each decision keeps its reason.
 
+        When no pushed item is waiting for an answer, items the review budget deferred are routed
+        again, so annotators get the next batch even when no new model version was promoted.
+
         Gold items (ingested with ``is_gold``) are not routed as ordinary items: they form the pool
         the router mixes into each batch's review set at ``gold_rate``; those not drawn wait for
         later batches.
         """
         report = PassReport("route")
         self._adapt_threshold()
+        if self.store.counts_by_state()["pushed"] == 0 and not self.store.routed(action="review", limit=1):
+            if requeued := self.store.requeue_deferred():  # everything sent was answered: the next batch
+                report.counts["requeued"] = requeued
         predicted = self.store.items(state="predicted")
         preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]

@@ -1,9 +1,12 @@
-"""``hitl up`` / ``hitl down``: the loop on this machine with embedded defaults.
+"""``hitl up`` / ``hitl down``: the whole loop on this machine with embedded defaults.
 
-Label Studio (its own venv, SQLite under ``var/``) and the ML backend run as detached processes
-with pid files under ``var/run``; a demo project of Rotten Tomatoes snippets is created once, the
-backend registered, and predictions requested for tasks that lack one. Running ``up`` again
-resumes the same state; ``down`` stops every process it started.
+Under ``var/``: the task file, the state store (SQLite), model versions, credentials (0600) and pid
+files. ``up`` ingests 500 Rotten Tomatoes snippets (labels hidden from the loop) and 60 seed labels,
+trains the first model with the scheduler's own retraining, starts the annotation tool (Label
+Studio on SQLite, or with ``HITL_TOOL=argilla`` a local argilla-server), the ML backend and the
+scheduler (sync, metrics, retraining) as detached processes, routes and pushes the first batch,
+and registers the backend on the Label Studio project. Running ``up`` again resumes the same state;
+``down`` stops every process it started.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
@@ -27,14 +31,8 @@ from sync import label_studio_server
 console = Console()
 
 DEMO_TITLE = "hitl demo: Rotten Tomatoes"
-DEMO_CONFIG = """<View>
-  <Header value="Is this review fresh or rotten?"/>
-  <Text name="text" value="$text"/>
-  <Choices name="sentiment" toName="text" choice="single-radio" showInLine="true">
-    <Choice value="fresh"/>
-    <Choice value="rotten"/>
-  </Choices>
-</View>"""
+ARGILLA_PARTS = ("argilla-server", "argilla-worker", "argilla-osmem", "argilla-redis")
+ARGILLA_USER = "argilla"
 
 
 class StackSettings(BaseSettings):
@@ -43,10 +41,18 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
 
     var_dir: Path = Path("var")
+    tool: Literal["label_studio", "argilla"] = "label_studio"
     ls_port: int = 8080
+    argilla_port: int = 6900
     backend_port: int = 9090
+    sync_port: int = 9091
     demo_tasks: int = 500
-    seed_labels: int = 300
+    seed_labels: int = 60
+    batch: int = 40
+    min_new_labels: int = 20
+    sync_interval_s: float = 10.0
+    metrics_interval_s: float = 60.0
+    retrain_interval_s: float = 30.0
 
 
 @dataclass
@@ -54,14 +60,20 @@ class Credentials:
     username: str
     password: str
     token: str
+    argilla_key: str = ""
 
 
 def _credentials(var: Path) -> Credentials:
     """Generated on the first ``up`` and kept (mode 0600) so later runs log in as the same user."""
     path = var / "credentials.json"
     if path.exists():
-        return Credentials(**json.loads(path.read_text()))
-    creds = Credentials("admin@example.com", secrets.token_urlsafe(12), secrets.token_hex(20))
+        creds = Credentials(**json.loads(path.read_text()))
+        if creds.argilla_key:
+            return creds
+        creds.argilla_key = secrets.token_urlsafe(24)
+    else:
+        creds = Credentials("admin@example.com", secrets.token_urlsafe(12), secrets.token_hex(20),
+                            secrets.token_urlsafe(24))
     var.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(creds.__dict__))
     path.chmod(0o600)
@@ -80,15 +92,6 @@ def _alive(pid_file: Path) -> int | None:
     return pid
 
 
-def _ensure_model(s: StackSettings) -> None:
-    from connector.model_store import ModelStore
-
-    if ModelStore(s.var_dir / "models").current() is None:
-        console.print(f"training a first model on {s.seed_labels} labelled snippets (the seed)")
-        subprocess.run([sys.executable, "-m", "connector.cli", "train", "rotten_tomatoes", "--limit",
-                        str(s.seed_labels), "--model-root", str(s.var_dir / "models")], check=True)
-
-
 def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
     run = s.var_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -100,6 +103,25 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
                                        password=creds.password, token=creds.token, timeout=300,
                                        log_path=s.var_dir / "log-label-studio.txt")
     (run / "label-studio.pid").write_text(str(server.process.pid))
+    return url
+
+
+def _ensure_argilla(s: StackSettings, creds: Credentials) -> str:
+    """A local argilla-server (its own venv; Redis from Debian; an in-memory search emulator whose
+    index is rebuilt from Argilla's database on a restart), detached, with one pid file per part."""
+    from sync import argilla_server
+
+    run = s.var_dir / "run"
+    url = f"http://127.0.0.1:{s.argilla_port}"
+    if _alive(run / "argilla-server.pid") and label_studio_server.is_healthy(f"{url}/api/_status", timeout=2):
+        return url
+    down_parts(s, ARGILLA_PARTS)
+    console.print(f"starting argilla-server on {url}")
+    stack = argilla_server.start(s.var_dir / "argilla", api_key=creds.argilla_key, password=creds.password,
+                                 port=s.argilla_port, detached=True, timeout=300)
+    names = {"argilla": "argilla-server", "worker": "argilla-worker", "osmem": "argilla-osmem", "redis": "argilla-redis"}
+    for part, proc in stack.processes.items():
+        (run / f"{names[part]}.pid").write_text(str(proc.pid))
     return url
 
 
@@ -120,51 +142,173 @@ def _ensure_backend(s: StackSettings) -> str:
     return url
 
 
-def _ensure_demo_project(s: StackSettings, ls_url: str, backend_url: str, creds: Credentials) -> int:
+TASK_TOML = """# the demo task `hitl up` runs (edit and `make up` again; see README for every key)
+name = "{title}"
+tool = "{tool}"
+text_field = "text"
+labels = ["fresh", "rotten"]
+instructions = "Is this review fresh or rotten?"
+overlap = 1
+
+[label_studio]
+url = "http://127.0.0.1:{ls_port}"
+api_key_env = "HITL_LS_API_KEY"
+
+[argilla]
+url = "http://127.0.0.1:{argilla_port}"
+api_key_env = "HITL_ARGILLA_API_KEY"
+
+[routing]
+accept_threshold = 0.9
+spot_check_rate = 0.05
+review_budget = {batch}       # a batch per model version: the next one comes after a retraining
+strategy = "least_confidence"
+
+[retraining]
+min_new_labels = {min_new_labels}
+
+[thresholds]
+target_error = 0.05
+review_band = [0.0, 0.5]
+"""
+
+
+def _ensure_state(s: StackSettings) -> tuple[Path, Path]:
+    """The task file, the state store with the demo items (labels hidden) and the seed labels, and
+    a first model trained by the same retraining the scheduler runs."""
     import numpy as np
-    from label_studio_sdk import LabelStudio
 
     from connector.classifier import stratified_split
     from connector.datasets import rotten_tomatoes
+    from connector.model_store import ModelStore
+    from connector.store import StateStore
+    from connector.task_spec import TaskSpec
+    from sync.jobs import JobContext, retrain_job
 
-    ls = LabelStudio(base_url=ls_url, api_key=creds.token)
-    project = next((p for p in ls.projects.list() if p.title == DEMO_TITLE), None)
-    if project is None:
-        project = ls.projects.create(title=DEMO_TITLE, label_config=DEMO_CONFIG,
-                                     description="Snippets the model scored; label the uncertain ones first.")
-    if not ls.projects.get(project.id).task_number:
+    task = s.var_dir / "task.toml"
+    if not task.exists():
+        task.write_text(TASK_TOML.format(title=DEMO_TITLE, tool=s.tool, ls_port=s.ls_port, argilla_port=s.argilla_port,
+                                         batch=s.batch, min_new_labels=s.min_new_labels))
+    spec = TaskSpec.load(task)
+    if spec.tool != s.tool:
+        raise SystemExit(f"{task} says tool = {spec.tool!r} but TOOL={s.tool}: `make down`, remove {s.var_dir}, "
+                         "and `make up` again to switch tools")
+    db = s.var_dir / "state.db"
+    with StateStore(f"sqlite:///{db}") as store:
+        store.migrate()
         ds = rotten_tomatoes()
-        _, keep = stratified_split(np.array(ds.labels), s.demo_tasks / len(ds.labels), seed=1)
-        # the true label stays out of the task data: the loop must not see it
-        ls.projects.import_tasks(project.id, request=[{"text": ds.texts[i], "source_id": int(i)} for i in keep])
-    if not ls.ml.list(project=project.id):
-        ls.ml.create(project=project.id, url=backend_url, title="hitl ML backend", is_interactive=False)
-    stats = ls.projects.get(project.id)
-    if (stats.total_predictions_number or 0) >= (stats.task_number or 0):
-        return project.id
-    missing = [t.id for t in ls.tasks.list(project=project.id, fields="all", page_size=500) if not t.predictions]
-    if missing:
-        console.print(f"requesting predictions for {len(missing)} tasks")
-        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
-                          selected_items={"all": False, "included": missing})
-    return project.id
+        labels = np.array(ds.labels)
+        rest, seed = stratified_split(labels, s.seed_labels / len(labels), seed=2)
+        _, demo = stratified_split(labels[rest], s.demo_tasks / len(rest), seed=1)
+        demo = rest[demo]
+        # the demo items' labels stay out of the store: the loop must find them through annotators
+        store.ingest([{"id": f"rt-{i}", "text": ds.texts[i]} for i in demo])
+        store.ingest([{"id": f"seed-{i}", "text": ds.texts[i]} for i in seed])
+        ids = {it.external_id: it.id for it in store.items()}
+        if not store.labels():
+            store.save_labels([{"item_id": ids[f"seed-{i}"], "label": ds.labels[i], "status": "settled",
+                                "method": "seed", "n_answers": 0, "reason": "seed label from the data set"}
+                               for i in seed])
+        models = ModelStore(s.var_dir / "models")
+        if models.current() is None:
+            console.print(f"training the first model on {len(seed)} seed labels")
+            retrain_job(JobContext(store, spec, models), force=True)
+    return task, db
+
+
+def _scheduler_env(s: StackSettings, creds: Credentials, task: Path, db: Path, backend_url: str) -> dict[str, str]:
+    return {**os.environ, "HITL_DB_URL": f"sqlite:///{db}", "HITL_TASK": str(task),
+            "HITL_MODEL_ROOT": str(s.var_dir / "models"), "HITL_BACKEND_URL": backend_url,
+            "HITL_LS_API_KEY": creds.token, "HITL_ARGILLA_API_KEY": creds.argilla_key,
+            "HITL_SYNC_PORT": str(s.sync_port), "HITL_SYNC_HOST": "127.0.0.1",
+            "HITL_SYNC_INTERVAL_S": str(s.sync_interval_s), "HITL_METRICS_INTERVAL_S": str(s.metrics_interval_s),
+            "HITL_RETRAIN_INTERVAL_S": str(s.retrain_interval_s), "HF_HUB_OFFLINE": "1"}
+
+
+def _first_sync(env: dict[str, str], backend_url: str, ls_url: str | None) -> dict:
+    """Route and push the first batch now (the scheduler would within one interval), and register
+    the ML backend on the Label Studio project so annotators can also ask it for predictions."""
+    from sync.runner import build_context, build_scheduler, open_store
+    from sync.settings import SyncSettings
+
+    settings = SyncSettings(_env_file=None, **{k[5:].lower(): v for k, v in env.items()
+                                               if k.startswith("HITL_") and k[5:].lower() in SyncSettings.model_fields})
+    old = {k: os.environ.get(k) for k in ("HITL_LS_API_KEY", "HITL_ARGILLA_API_KEY")}
+    os.environ.update({k: env[k] for k in old})
+    try:
+        with open_store(settings) as store:
+            ctx = build_context(settings, store)
+            scheduler = build_scheduler(settings, store, ctx)
+            outcome = scheduler.execute("sync", slot=f"hitl up {time.time():.0f}")
+            run = store.job_runs("sync", limit=1)[0]
+            if outcome == "failed":
+                raise SystemExit(f"the first sync failed: {run.error}")
+            if ls_url is not None:
+                ls = ctx.sync.client._ls
+                if not ls.ml.list(project=ctx.sync.project_id):
+                    ls.ml.create(project=ctx.sync.project_id, url=backend_url, title="hitl ML backend",
+                                 is_interactive=False)
+                run.detail["project_id"] = ctx.sync.project_id
+            return run.detail
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _ensure_scheduler(s: StackSettings, env: dict[str, str]) -> None:
+    run = s.var_dir / "run"
+    if _alive(run / "scheduler.pid"):
+        return
+    log = s.var_dir / "log-scheduler.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "scheduler", "run"], env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+                            cwd=s.var_dir)
+    (run / "scheduler.pid").write_text(str(proc.pid))
+    url = f"http://127.0.0.1:{s.sync_port}"
+    console.print(f"starting the scheduler (sync every {s.sync_interval_s:.0f} s, webhooks and /metrics on {url})")
+    label_studio_server.wait_for_health(url, proc, timeout=60, log_path=log, name="scheduler")
 
 
 def up(s: StackSettings | None = None) -> None:
     s = s or StackSettings()
     s.var_dir = s.var_dir.resolve()
     s.var_dir.mkdir(parents=True, exist_ok=True)
+    (s.var_dir / "run").mkdir(exist_ok=True)
     creds = _credentials(s.var_dir)
-    _ensure_model(s)
-    ls_url = _ensure_label_studio(s, creds)
+    task, db = _ensure_state(s)
+    if s.tool == "argilla":
+        tool_url = _ensure_argilla(s, creds)
+        ls_url = None
+    else:
+        tool_url = ls_url = _ensure_label_studio(s, creds)
     backend_url = _ensure_backend(s)
-    project_id = _ensure_demo_project(s, ls_url, backend_url, creds)
+    env = _scheduler_env(s, creds, task, db, backend_url)
+    if _alive(s.var_dir / "run" / "scheduler.pid"):
+        first = {}
+    else:
+        first = _first_sync(env, backend_url, ls_url)
+        _ensure_scheduler(s, env)
+    pushed = (first.get("push") or {}).get("pushed", 0)
+    if s.tool == "argilla":
+        where = f"Argilla       [bold]{tool_url}[/bold]  (dataset \"{DEMO_TITLE}\")\n" \
+                f"login         {ARGILLA_USER} / {creds.password}\n"
+    else:
+        project = first.get("project_id")
+        where = (f"Label Studio  [bold]{tool_url}" + (f"/projects/{project}/data" if project else "") + "[/bold]\n"
+                 f"login         {creds.username} / {creds.password}\n")
     console.print(Panel.fit(
-        f"Label Studio  [bold]{ls_url}/projects/{project_id}/data[/bold]\n"
-        f"login         {creds.username} / {creds.password}\n"
-        f"ML backend    {backend_url}  (POST /v1/predict, Label Studio protocol at /predict)\n\n"
-        "Sort the data manager by prediction score (ascending) and label the least certain first;\n"
-        "each task shows the model's label and its calibrated confidence as a pre-annotation.\n"
+        where +
+        f"ML backend    {backend_url}  (/predict for Label Studio, /v1/predict)\n"
+        f"scheduler     http://127.0.0.1:{s.sync_port}/metrics   state {db}\n"
+        + (f"first batch   {pushed} uncertain snippets pushed\n" if first else "resumed: the same project and state\n")
+        + "\nLabel the snippets, least certain first: each shows the model's label and its\n"
+        "calibrated score. Answers come back every sync; after "
+        f"{s.min_new_labels} new labels the scheduler retrains,\n"
+        "promotes the new model only if it is better on held-out labels, and pushes the\n"
+        "next batch. `hitl jobs`: the jobs. `hitl report`: var/report.html.\n"
         "`make down` stops everything; `make up` again resumes where you left off.",
         title="hitl is up"))
 
@@ -172,7 +316,12 @@ def up(s: StackSettings | None = None) -> None:
 def down(s: StackSettings | None = None) -> None:
     s = s or StackSettings()
     s.var_dir = s.var_dir.resolve()
-    for name in ("ml-backend", "label-studio"):
+    down_parts(s, ("scheduler", "ml-backend", "label-studio", *ARGILLA_PARTS))
+
+
+def down_parts(s: StackSettings, names: tuple[str, ...]) -> None:
+    """Stop the named processes (their whole process groups) by their pid files."""
+    for name in names:
         pid_file = s.var_dir / "run" / f"{name}.pid"
         pid = _alive(pid_file)
         if pid is None:
@@ -181,7 +330,7 @@ def down(s: StackSettings | None = None) -> None:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        for _ in range(100):
+        for _ in range(150):
             try:
                 os.kill(pid, 0)
             except OSError:

@@ -360,3 +360,15 @@ class StoreCases:
         assert [s.payload["fleiss"] for s in store.snapshots("agreement")] == [0.5, 0.7]
         assert store.latest_snapshot("agreement").payload == {"fleiss": 0.7}
         assert store.snapshots("agreement")[0].payload["matrix"] == [[1.0, 0.0], [0.0, 1.0]]
+
+    def test_requeue_deferred_puts_only_deferred_routed_items_back_to_predicted(self, store):
+        ids = ingest_three(store)
+        store.record_predictions([{"item_id": i, "model_version": "v1", "label": "pos", "confidence": 0.5,
+                                   "probabilities": {"pos": 0.5}} for i in ids.values()])
+        store.record_decisions([{"item_id": ids["a"], "action": "defer", "reason": "over_budget", "priority": 0.5},
+                                {"item_id": ids["b"], "action": "review", "reason": "uncertain", "priority": 0.5},
+                                {"item_id": ids["c"], "action": "auto_accept", "reason": "confident", "priority": 0.1}])
+        assert store.requeue_deferred() == 1
+        assert {k: store.get_item(i).state for k, i in ids.items()} == {"a": "predicted", "b": "routed", "c": "routed"}
+        assert [it.external_id for it in store.stale_items("v2")] == ["a", "b", "c"] and store.stale_items("v1") == []
+        assert store.remote_ids([ids["a"]], "label_studio", "7") == {}

@@ -521,6 +521,14 @@ class StateStore:
             pushes = self._pushes(s, tool, project, item_ids)
         return {i: p.remote_id for i, p in pushes.items() if p.status == "confirmed" and p.remote_id is not None}
 
+    def requeue_deferred(self) -> int:
+        """Put items deferred by the review budget back to ``predicted``, to be routed again; returns the count."""
+        deferred = [it.id for it, _ in self.routed(action="defer")]
+        with self._sessions.begin() as s:
+            for chunk in _chunks(deferred):
+                s.execute(update(Item).where(Item.id.in_(chunk), Item.state == "routed").values(state="predicted"))
+        return len(deferred)
+
     def stale_items(self, model_version: str, *, limit: int | None = None) -> list[Item]:
         """Current items scored by another model version and not yet pushed (to score again)."""
         stmt = (select(Item).where(Item.is_current, Item.state.in_(("predicted", "routed")),

@@ -42,3 +42,17 @@ def test_route_pass_records_a_reason_for_every_decision(tmp_path):
     LabelStudioSync(store, spec, client=None).route_pass()
     reasons = {d.reason for _, d in store.routed()}
     assert reasons <= {"confident", "spot_check", "active_learning", "over_budget"} and "over_budget" in reasons
+
+
+def test_deferred_items_are_routed_again_only_once_every_review_item_was_answered(tmp_path):
+    store = _store(tmp_path, 100, 0, seed=4)
+    spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.99, "spot_check_rate": 0.0,
+                                                         "review_budget": 10})
+    sync = LabelStudioSync(store, spec, client=None)
+    assert sync.route_pass().counts["review"] == 10
+    assert sync.route_pass().counts == {}  # ten still wait to be pushed: no second batch
+    first = [it.id for it, _ in store.routed(action="review")]
+    store.set_state(first, "annotated")  # pushed and answered
+    again = sync.route_pass().counts
+    assert again["requeued"] == again["defer"] + again["review"] and again["review"] == 10
+    assert not set(first) & {it.id for it, _ in store.routed(action="review")}

@@ -1,8 +1,9 @@
 """Run argilla-server (``server``) or its rq worker (``worker``) against the osmem OpenSearch emulator.
 
-Test infrastructure, run by the argilla-server venv's own Python (never imported by our package,
+Run by the argilla-server venv's own Python (never imported by our package,
 and importing nothing from it): ``python argilla_launcher.py server --host H --port P`` or
-``python argilla_launcher.py worker``; settings come from the ``ARGILLA_*`` environment.
+``python argilla_launcher.py worker`` (or ``reindex``, which rebuilds the search index from the
+database); settings come from the ``ARGILLA_*`` environment.
 
 Why it exists: no real Elasticsearch/OpenSearch can run on our test machines, so the tests use
 ``osmem-server``, an in-memory OpenSearch emulator. The emulator has no scripted updates
@@ -67,10 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, required=True)
     sub.add_parser("worker")
+    sub.add_parser("reindex")
     args = parser.parse_args(argv)
 
     patch_opensearch_engine()
-    if args.command == "server":
+    if args.command == "reindex":  # rebuild the (in-memory) index from the database
+        import asyncio
+
+        from argilla_server.cli.search_engine.reindex import _reindex
+
+        asyncio.run(_reindex())
+    elif args.command == "server":
         import uvicorn
 
         uvicorn.run("argilla_server:app", host=args.host, port=args.port, access_log=False, log_level="warning")

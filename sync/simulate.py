@@ -1,0 +1,479 @@
+"""``hitl simulate``: the whole loop in rounds, with simulated annotators, on a labelled data set.
+
+Each round runs the real parts: the sync service's predict, route and push passes (the model is
+served in-process from the model store), simulated annotators who answer the true label with a
+set accuracy (two answers per item, a third when they disagree: the consensus policy's send-back),
+the pull pass, consolidation, and the scheduler's retraining (promotion only when better on
+held-out labels) with its threshold review. Against the store alone (``offline``: the "tool" is
+an in-memory list of tasks) or against a real Label Studio (tasks, users and annotations made
+through its API). Embeddings are cached in a store of their own, shared by every run on a data set.
+
+Reported per run (:class:`RunResult`): final label accuracy (human consensus for reviewed items,
+the final model's label for the rest) against the share of items reviewed and the human answers
+spent, compared with no review (the seed model labels everything) and with an oracle that reviews
+exactly the final model's errors; the realized error among auto-accepted items against the target;
+ECE of the final model before and after temperature scaling on the items no human labelled;
+agreement; and, per round, the model's accuracy on a held-out evaluation slice (for the labels
+active learning needs against random picks).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connector.calibration import expected_calibration_error, softmax
+from connector.consolidation import SEND_BACK_REASONS, agreement_snapshot, answer_table
+from connector.datasets import LabeledTexts
+from connector.label_studio_client import PushItem
+from connector.model_store import ModelStore
+from connector.retraining import EmbeddingCache, encoder_key
+from connector.store import StateStore, content_hash
+from connector.task_spec import TaskSpec
+from sync.jobs import JobContext, consensus_policy, consolidate_job, retrain_job
+from sync.service import LabelStudioSync, PassReport, SyncService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulationConfig:
+    """One simulated project. ``budget``: share of items humans may review; ``batch``: items sent
+    to review per round; ``seed_size``: randomly picked items labelled before the first model."""
+
+    budget: float = 0.15
+    batch: int = 20
+    seed_size: int = 20
+    annotators: int = 5
+    annotator_accuracy: float = 0.97
+    overlap: int = 2
+    max_answers: int = 3
+    strategy: str = "least_confidence"
+    target_error: float = 0.02
+    delta: float = 0.05
+    spot_check_rate: float = 0.0
+    eval_fraction: float = 0.0
+    C: float = 10.0
+    seed: int = 0
+
+
+class SimulatedAnnotators:
+    """``n`` annotators, each right with probability ``accuracy``; a wrong answer is uniform over
+    the other labels. Draws follow ``seed``."""
+
+    def __init__(self, labels: Sequence[str], *, n: int, accuracy: float, seed: int) -> None:
+        self.labels = list(labels)
+        self.names = [f"annotator-{k + 1}" for k in range(n)]
+        self.accuracy = accuracy
+        self.rng = np.random.default_rng(seed)
+
+    def answer(self, truth: str, exclude: set[str]) -> tuple[str, str]:
+        """``(annotator, label)`` from an annotator who has not answered this item yet."""
+        free = [a for a in self.names if a not in exclude]
+        who = free[int(self.rng.integers(len(free)))]
+        if self.rng.random() < self.accuracy:
+            return who, truth
+        others = [lb for lb in self.labels if lb != truth]
+        return who, others[int(self.rng.integers(len(others)))]
+
+
+class InProcessPredictor:
+    """The current model version, served in-process (what the ML backend answers), with the
+    embeddings from the cache."""
+
+    def __init__(self, models: ModelStore, cache: EmbeddingCache) -> None:
+        self.models, self.cache = models, cache
+        self._loaded: tuple[str, Any] | None = None
+
+    def serving_version(self) -> str | None:
+        return self.models.current()
+
+    def _model(self) -> tuple[str, Any]:
+        version = self.models.current()
+        if version is None:
+            raise RuntimeError("no model version yet")
+        if self._loaded is None or self._loaded[0] != version:
+            clf, _ = self.models.load(version, encoder=self.cache.encoder)
+            self._loaded = (version, clf)
+        return self._loaded
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        version, clf = self._model()
+        x, _ = self.cache.encode(list(texts), [content_hash(t) for t in texts])
+        probs = clf.predict_proba_from_embeddings(x)
+        labels = clf.classes_.tolist()
+        top = probs.argmax(axis=1)
+        return [{"label": labels[top[i]], "confidence": float(probs[i, top[i]]), "model_version": version,
+                 "probabilities": dict(zip(labels, map(float, probs[i])))} for i in range(len(texts))]
+
+
+class OfflineSync(SyncService):
+    """The sync passes against an in-memory tool: tasks are kept here, answers are written here by
+    the simulation and pulled from here, each once."""
+
+    tool = "label_studio"  # the store knows two tools; the project name says this one is simulated
+
+    def __init__(self, store: StateStore, spec: TaskSpec, predictor: Any) -> None:
+        super().__init__(store, spec, predictor)
+        self.tasks: dict[str, str] = {}  # external id -> task id
+        self.answers: list[dict[str, Any]] = []
+        self._pulled = 0
+
+    @property
+    def project(self) -> str:
+        return "offline simulation"
+
+    def _remote_ids(self, external_ids: Sequence[str]) -> dict[str, Any]:
+        return {e: self.tasks[e] for e in external_ids if e in self.tasks}
+
+    def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
+        for it in items:
+            self.tasks.setdefault(it.external_id, f"task-{len(self.tasks) + 1}")
+        return {it.external_id: self.tasks[it.external_id] for it in items}
+
+    def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
+        from datetime import UTC, datetime
+
+        self.answers.append({"item_id": item_id, "tool": self.tool, "project": self.project,
+                             "remote_id": f"{self.tasks[external_id]}/{annotator}", "annotator": annotator,
+                             "value": [label], "status": "submitted", "remote_updated_at": datetime.now(UTC)})
+
+    def pull_pass(self) -> PassReport:
+        report = PassReport("pull")
+        new, self._pulled = self.answers[self._pulled:], len(self.answers)
+        if new:
+            report.counts["inserted"] = self.store.upsert_annotations(new).inserted
+        return report
+
+    def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
+        return len(wanted)  # the simulation answers unsettled items itself
+
+
+class LabelStudioAnnotating:
+    """Simulated annotators as Label Studio users, answering through its API."""
+
+    def __init__(self, sync: LabelStudioSync, names: Sequence[str]) -> None:
+        import time
+
+        self.sync = sync
+        ls = sync.client._ls
+        stamp = time.time_ns()
+        self.users = {name: ls.users.create(username=f"{name}-{stamp}", email=f"{name}-{stamp}@example.com",
+                                            password=f"pw-{stamp}").id for name in names}
+
+    def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
+        task = self.sync.store.remote_ids([item_id], self.sync.tool, self.sync.project)[item_id]
+        self.sync.client.annotate(int(task), [self.sync.control.result([label])], completed_by=self.users[annotator])
+
+
+@dataclass
+class RunResult:
+    """What one simulated run measured (see the module docstring)."""
+
+    dataset: str
+    strategy: str
+    seed: int
+    items: int
+    reviewed: int
+    answers: int
+    label_accuracy: float
+    no_review_accuracy: float
+    oracle_accuracy: float
+    model_accuracy: float
+    auto_accepted: int
+    auto_accept_error: float | None
+    threshold: float | None
+    target_error: float
+    ece_uncalibrated: float
+    ece_calibrated: float
+    temperature: float
+    versions: int
+    promoted: int
+    agreement: dict[str, Any]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def review_share(self) -> float:
+        return self.reviewed / self.items
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"review_share": self.review_share}
+
+
+def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
+    """The task file of a simulated project."""
+    return TaskSpec(
+        name=f"simulation {data.name}", labels=sorted(set(data.labels)), overlap=cfg.overlap,
+        routing={"accept_threshold": 1.0 - cfg.target_error, "spot_check_rate": cfg.spot_check_rate,
+                 "review_budget": cfg.batch, "strategy": "random" if cfg.strategy == "random" else cfg.strategy,
+                 "seed": cfg.seed},
+        consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
+        retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C},
+        thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30})
+
+
+def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, encoder: Any,
+        workdir: Path | None = None, label_studio: tuple[str, str] | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    """One simulated project from an empty store to the review budget; see :class:`RunResult`."""
+    import time
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    n = len(data.texts)
+    order = rng.permutation(n)
+    n_eval = round(cfg.eval_fraction * n)
+    eval_idx, pool_idx = order[:n_eval], order[n_eval:]
+    truth = {f"item-{i}": data.labels[i] for i in pool_idx}
+    spec = task_spec(data, cfg)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        store = StateStore(f"sqlite:///{tmp}/state.db")
+        store.migrate()
+        models = ModelStore(Path(tmp) / "models")
+        cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": "default", "max_length": encoder.max_length,
+                                                                  "normalize": encoder.normalize}))
+        predictor = InProcessPredictor(models, cache)
+        if label_studio is not None:
+            from connector.label_studio_client import LabelStudioClient
+
+            spec = spec.model_copy(update={"name": f"{spec.name} seed {cfg.seed} {time.time_ns()}"})
+            sync: SyncService = LabelStudioSync(store, spec, LabelStudioClient(*label_studio), predictor)
+        else:
+            sync = OfflineSync(store, spec, predictor)
+        ctx = JobContext(store, spec, models, make_sync=lambda: sync, encoder=encoder, cache_store=cache_store)
+        annotators = SimulatedAnnotators(spec.labels, n=cfg.annotators, accuracy=cfg.annotator_accuracy, seed=cfg.seed + 1)
+        annotate = sync.annotate if isinstance(sync, OfflineSync) else LabelStudioAnnotating(sync, annotators.names).annotate
+        store.ingest([{"id": f"item-{i}", "text": data.texts[i]} for i in pool_idx])
+        ids = {it.external_id: it.id for it in store.items()}
+        budget = int(cfg.budget * len(pool_idx))
+        # the seed: random items, labelled like every other reviewed item, before any model exists
+        seed_ext = [f"item-{i}" for i in pool_idx[:cfg.seed_size]]
+        _label_directly(ctx, sync, seed_ext, ids, truth, annotators, annotate)
+        seed_result = retrain_job(ctx, force=True)
+        seed_version = seed_result.get("candidate")
+        x_eval = cache.encode([data.texts[i] for i in eval_idx], [content_hash(data.texts[i]) for i in eval_idx])[0] \
+            if n_eval else None
+        y_eval = [data.labels[i] for i in eval_idx]
+        x_pool = cache.encode([data.texts[i] for i in pool_idx], [content_hash(data.texts[i]) for i in pool_idx])[0]
+        pool_ids = [ids[f"item-{i}"] for i in pool_idx]
+        y_pool = np.array([data.labels[i] for i in pool_idx])
+        rounds: list[dict[str, Any]] = []
+        while True:
+            reviewed = len(store.labels(status=None))
+            _record_round(rounds, store, models, encoder, x_eval, y_eval, reviewed, x_pool, y_pool, pool_ids)
+            if progress:
+                progress(rounds[-1])
+            left = budget - reviewed
+            if left <= 0:
+                break
+            sync.router = sync.router.__class__(sync.router.policy.model_copy(update={"review_budget": min(cfg.batch, left)}))
+            sync.predict_pass()
+            sync.route_pass()
+            pushed = sync.push_pass().counts.get("pushed", 0)
+            if not pushed:
+                break
+            for it in store.items(state="pushed"):
+                for _ in range(spec.overlap):
+                    _answer(store, it, truth, annotators, annotate)
+            _settle(ctx, sync, store, truth, annotators, annotate, spec)
+            retrain_job(ctx, force=True)
+        # the end: the final model scores and routes what is left (no more pushes)
+        sync.predict_pass()
+        sync.route_pass()
+        result = _measure(data, cfg, store, models, cache, truth, ids, seed_version, rounds, spec)
+        store.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _answer(store: StateStore, item: Any, truth: dict[str, str], annotators: SimulatedAnnotators,
+            annotate: Callable[..., None]) -> None:
+    done = {a.annotator for a in store.annotations([item.id])}
+    who, label = annotators.answer(truth[item.external_id], done)
+    annotate(item.id, item.external_id, who, label)
+
+
+def _settle(ctx: JobContext, sync: SyncService, store: StateStore, truth: dict[str, str],
+            annotators: SimulatedAnnotators, annotate: Callable[..., None], spec: TaskSpec) -> None:
+    """Pull, consolidate, and answer once more each item sent back, until none is."""
+    max_answers = consensus_policy(spec).max_answers
+    while True:
+        sync.pull_pass()
+        consolidate_job(ctx)
+        again = [lb.item_id for lb in store.labels(status="unsettled")
+                 if lb.reason in SEND_BACK_REASONS and lb.n_answers < max_answers]
+        if not again:
+            return
+        for it in store.items_by_id(again).values():
+            _answer(store, it, truth, annotators, annotate)
+
+
+def _label_directly(ctx: JobContext, sync: SyncService, external_ids: list[str], ids: dict[str, int],
+                    truth: dict[str, str], annotators: SimulatedAnnotators, annotate: Callable[..., None]) -> None:
+    """Push the seed items without a model's suggestion and have them answered."""
+    store, spec = ctx.store, ctx.spec
+    store.record_decisions([{"item_id": ids[e], "action": "review", "reason": "seed", "priority": 1.0}
+                            for e in external_ids])
+    sync.push_pass()
+    for it in store.items_by_id([ids[e] for e in external_ids]).values():
+        for _ in range(spec.overlap):
+            _answer(store, it, truth, annotators, annotate)
+    _settle(ctx, sync, store, truth, annotators, annotate, spec)
+
+
+def _record_round(rounds: list[dict[str, Any]], store: StateStore, models: ModelStore, encoder: Any,
+                  x_eval: np.ndarray | None, y_eval: list[str], reviewed: int, x_pool: np.ndarray,
+                  y_pool: np.ndarray, pool_ids: list[int]) -> None:
+    """One point of the curves: reviewed items, answers, and the labels' accuracy if the loop
+    stopped here (human labels where there are, the current model's elsewhere)."""
+    point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations(status="submitted")),
+                             "version": models.current()}
+    if models.current():
+        clf, _ = models.load(encoder=encoder)
+        model = clf.classes_[clf.logits_from_embeddings(x_pool).argmax(1)]
+        human = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
+        final = np.array([human.get(i, m) for i, m in zip(pool_ids, model)])
+        point["label_accuracy"] = float((final == y_pool).mean())
+        point["model_errors"] = int((model != y_pool).sum())
+        point["review_share"] = reviewed / len(y_pool)
+        if x_eval is not None and len(y_eval):
+            point["eval_accuracy"] = float((clf.classes_[clf.logits_from_embeddings(x_eval).argmax(1)]
+                                            == np.array(y_eval)).mean())
+    rounds.append(point)
+
+
+def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, models: ModelStore, cache: EmbeddingCache,
+             truth: dict[str, str], ids: dict[str, int], seed_version: str | None, rounds: list[dict[str, Any]],
+             spec: TaskSpec) -> RunResult:
+    items = store.items_by_id(ids.values())
+    ext = [items[i].external_id for i in ids.values()]
+    texts = [items[i].text for i in ids.values()]
+    y = np.array([truth[e] for e in ext])
+    x, _ = cache.encode(texts, [content_hash(t) for t in texts])
+    clf, _ = models.load(encoder=cache.encoder)
+    logits = clf.logits_from_embeddings(x)
+    model_label = clf.classes_[logits.argmax(1)]
+    human = {lb.item_id: lb.label for lb in store.labels(status=None)}
+    answers = store.annotations(status="submitted")
+    by_item: dict[int, list[str]] = {}
+    for a in answers:
+        by_item.setdefault(a.item_id, []).append(a.value[0])
+    final = []
+    for k, item_id in enumerate(ids.values()):
+        if item_id in human:
+            label = human[item_id] or max(set(by_item[item_id]), key=by_item[item_id].count)
+        else:
+            label = model_label[k]
+        final.append(label)
+    final = np.array(final)
+    reviewed = np.array([i in human for i in ids.values()])
+    seed_clf, _ = models.load(seed_version, encoder=cache.encoder) if seed_version else (clf, None)
+    no_review = float((seed_clf.classes_[seed_clf.logits_from_embeddings(x).argmax(1)] == y).mean())
+    errors = int((model_label != y).sum())
+    oracle = 1.0 - max(0, errors - int(reviewed.sum())) / len(y)
+    decisions = store.latest_decisions(ids.values())
+    accepted = np.array([decisions.get(i) is not None and decisions[i].action == "auto_accept" and i not in human
+                         for i in ids.values()])
+    y_codes = np.searchsorted(clf.classes_, y)
+    rest = ~reviewed
+    threshold = store.latest_snapshot("thresholds")
+    retrains = store.snapshots("retrain")
+    return RunResult(
+        dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
+        answers=len(answers), label_accuracy=float((final == y).mean()), no_review_accuracy=no_review,
+        oracle_accuracy=oracle, model_accuracy=float((model_label[rest] == y[rest]).mean()) if rest.any() else 1.0,
+        auto_accepted=int(accepted.sum()),
+        auto_accept_error=float((model_label[accepted] != y[accepted]).mean()) if accepted.any() else None,
+        threshold=None if threshold is None else float(threshold.payload["threshold"]), target_error=cfg.target_error,
+        ece_uncalibrated=expected_calibration_error(softmax(logits[rest]), y_codes[rest]) if rest.any() else 0.0,
+        ece_calibrated=expected_calibration_error(softmax(logits[rest], clf.temperature_), y_codes[rest])
+        if rest.any() else 0.0,
+        temperature=float(clf.temperature_), versions=len(models.versions()),
+        promoted=sum(1 for r in retrains if r.payload.get("promoted")),
+        agreement={k: v for k, v in agreement_snapshot(answer_table(answers, spec.labels)).items()
+                   if k in ("n_items", "n_annotators", "percent_agreement", "fleiss_kappa", "krippendorff_alpha")},
+        rounds=rounds)
+
+
+def labels_to_reach(rounds: Sequence[dict[str, Any]], accuracy: float) -> int | None:
+    """Reviewed items from which on the evaluation accuracy stays at or above ``accuracy`` (the
+    first point of the last run of rounds that all reach it; ``None`` if the last round does not)."""
+    points = [p for p in rounds if p.get("eval_accuracy") is not None]
+    need = None
+    for point in reversed(points):
+        if point["eval_accuracy"] < accuracy - 1e-12:
+            break
+        need = int(point["reviewed"])
+    return need
+
+
+def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
+    """An HTML page: the figures table and plots (label accuracy against review share with the
+    no-review level and the oracle; evaluation accuracy against labels, active learning against
+    random)."""
+    import base64
+    import html
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(fig: Any) -> str:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+    rows = "".join(
+        f"<tr><td>{html.escape(r.strategy)}</td><td>{r.seed}</td><td>{r.items}</td><td>{r.reviewed} "
+        f"({100 * r.review_share:.1f} %)</td><td>{r.answers} ({r.answers / max(r.reviewed, 1):.2f}/item)</td>"
+        f"<td>{100 * r.label_accuracy:.2f} %</td><td>{100 * r.no_review_accuracy:.2f} %</td>"
+        f"<td>{100 * r.oracle_accuracy:.2f} %</td><td>{r.auto_accepted}</td>"
+        f"<td>{'-' if r.auto_accept_error is None else f'{100 * r.auto_accept_error:.2f} %'} "
+        f"(target {100 * r.target_error:.1f} %)</td><td>{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f}</td>"
+        f"<td>{r.agreement.get('krippendorff_alpha') or 0:.3f}</td><td>{r.seconds:.0f} s</td></tr>" for r in results)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in results:
+        pts = [p for p in r.rounds if "label_accuracy" in p]
+        ax.plot([100 * p["review_share"] for p in pts], [100 * p["label_accuracy"] for p in pts], marker=".",
+                label=f"{r.strategy} (seed {r.seed})")
+        ax.plot([100 * p["review_share"] for p in pts],
+                [100 * (1 - max(0, p["model_errors"] - p["reviewed"]) / r.items) for p in pts], ls=":",
+                label=f"oracle, {r.strategy}'s model")
+        ax.axhline(100 * r.no_review_accuracy, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("items reviewed by humans (%)")
+    ax.set_ylabel("label accuracy (%)")
+    ax.set_title("final labels: human where reviewed, model elsewhere (dashed: no review)")
+    ax.legend(fontsize=8)
+    parts = [png(fig)]
+    if any("eval_accuracy" in p for r in results for p in r.rounds):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for r in results:
+            pts = [p for p in r.rounds if "eval_accuracy" in p]
+            ax.plot([p["reviewed"] for p in pts], [100 * p["eval_accuracy"] for p in pts], marker=".",
+                    label=f"{r.strategy} (seed {r.seed})")
+        ax.set_xlabel("items labelled")
+        ax.set_ylabel("model accuracy on the held-out slice (%)")
+        ax.set_title("active learning against random picks")
+        ax.legend(fontsize=8)
+        parts.append(png(fig))
+    head = ("<tr><th>strategy</th><th>seed</th><th>items</th><th>reviewed</th><th>human answers</th>"
+            "<th>label accuracy</th><th>no review</th><th>oracle</th><th>auto-accepted</th><th>auto-accept error</th>"
+            "<th>ECE before → after</th><th>Krippendorff α</th><th>time</th></tr>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><table>{head}{rows}</table>{''.join(parts)}</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,93 @@
+"""`hitl up` (what `make up` runs) brought up from nothing, driven as a user would, then `hitl down`.
+
+Starts Label Studio on a fresh data dir (its first start migrates: about a minute), the ML
+backend and the scheduler on free loopback ports under a temporary var dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from connector.label_studio_client import LabelStudioClient
+from connector.store import StateStore
+from sync.label_studio_server import free_port, port_is_free
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hitl(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "connector.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _wait(what: str, check, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := check():
+            return got
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_up_annotate_pull_retrain_resume_down(tmp_path):
+    var = tmp_path / "var"
+    ports = {"HITL_LS_PORT": free_port(), "HITL_BACKEND_PORT": free_port(), "HITL_SYNC_PORT": free_port()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HITL_VAR_DIR": str(var), "HITL_SYNC_INTERVAL_S": "2",
+           "HITL_RETRAIN_INTERVAL_S": "3", "HITL_MIN_NEW_LABELS": "6", "HITL_BATCH": "10",
+           **{k: str(v) for k, v in ports.items()}}
+    env.pop("HITL_DB_URL", None)
+    up = _hitl(["up"], env, tmp_path, timeout=600)
+    pids = {p.stem: int(p.read_text()) for p in (var / "run").glob("*.pid")}
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "hitl is up" in up.stdout and "10 uncertain snippets pushed" in up.stdout
+        assert set(pids) == {"label-studio", "ml-backend", "scheduler"} and all(map(_alive, pids.values()))
+        creds = json.loads((var / "credentials.json").read_text())
+        assert oct((var / "credentials.json").stat().st_mode & 0o777) == "0o600"
+        client = LabelStudioClient(f"http://127.0.0.1:{ports['HITL_LS_PORT']}", creds["token"])
+        project = next(p for p in client._ls.projects.list() if p.title.startswith("hitl demo"))
+        tasks = list(client._ls.tasks.list(project=project.id, fields="all"))
+        # what the annotator finds: the uncertain snippets, each with the model's label and score
+        assert len(tasks) == 10 and all(t.predictions and 0 < t.predictions[0].score < 1 for t in tasks)
+        assert client._ls.ml.list(project=project.id)  # the backend is registered on the project
+        for t in tasks[:6]:
+            label = t.predictions[0].result[0]["value"]["choices"][0]
+            client.annotate(t.id, [{"from_name": "label", "to_name": "text", "type": "choices",
+                                    "value": {"choices": [label]}}])
+
+        store = StateStore(f"sqlite:///{var / 'state.db'}")
+        try:
+            _wait("the annotations to be pulled", lambda: len(store.annotations(status="submitted")) == 6)
+            _wait("the labels to settle", lambda: len([lb for lb in store.labels() if lb.method != "seed"]) == 6)
+            retrain = _wait("a retraining on the new labels", lambda: next(
+                (r for r in store.job_runs("retrain") if r.status == "ok" and "candidate" in r.detail), None))
+            assert retrain.detail["n_train"] + retrain.detail["n_test"] == 66  # 60 seed labels + the 6 new ones
+        finally:
+            store.close()
+        jobs = _hitl(["jobs"], {**env, "HITL_DB_URL": f"sqlite:///{var / 'state.db'}"}, tmp_path, timeout=60)
+        assert jobs.returncode == 0 and all(j in jobs.stdout for j in ("sync", "metrics", "retrain"))
+
+        again = _hitl(["up"], env, tmp_path, timeout=300)  # resumes: the same processes and project
+        assert again.returncode == 0 and "resumed" in again.stdout, again.stdout + again.stderr
+        assert {p.stem: int(p.read_text()) for p in (var / "run").glob("*.pid")} == pids
+    finally:
+        down = _hitl(["down"], env, tmp_path, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(map(_alive, pids.values())) and not list((var / "run").glob("*.pid"))
+    assert all(port_is_free(p) for p in ports.values())

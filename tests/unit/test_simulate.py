@@ -1,0 +1,66 @@
+"""The simulated loop over the store alone: budgets, overlap, reproducibility, what it reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from connector.datasets import LabeledTexts
+from connector.store import StateStore
+from sync.simulate import SimulatedAnnotators, SimulationConfig, labels_to_reach, run, write_html
+
+
+@pytest.fixture(scope="module")
+def small(rt_sample):
+    texts, labels = rt_sample
+    return LabeledTexts("rt600", list(texts), list(labels))
+
+
+@pytest.fixture(scope="module")
+def cache_store(tmp_path_factory):
+    store = StateStore(f"sqlite:///{tmp_path_factory.mktemp('cache')}/embeddings.db")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_simulated_annotators_hit_their_accuracy_and_never_answer_twice():
+    ann = SimulatedAnnotators(["a", "b", "c"], n=3, accuracy=0.9, seed=0)
+    answers = [ann.answer("a", set()) for _ in range(4000)]
+    assert abs(np.mean([label == "a" for _, label in answers]) - 0.9) < 0.02
+    wrong = [label for _, label in answers if label != "a"]
+    assert abs(wrong.count("b") / len(wrong) - 0.5) < 0.06
+    assert {ann.answer("a", {"annotator-1", "annotator-2"})[0] for _ in range(20)} == {"annotator-3"}
+
+
+@pytest.mark.slow
+def test_an_offline_run_keeps_its_budget_and_overlap_reports_everything_and_is_reproducible(small, cache_store, encoder):
+    cfg = SimulationConfig(budget=0.2, batch=20, seed_size=20, eval_fraction=0.2, seed=3, target_error=0.1)
+    first = run(small, cfg, cache_store=cache_store, encoder=encoder)
+    pool = 600 - 120
+    assert first.items == pool and first.reviewed <= round(0.2 * pool) and first.reviewed >= 0.2 * pool - 20
+    assert 2.0 <= first.answers / first.reviewed <= 3.0  # two answers each, a third when they disagree
+    assert first.label_accuracy > first.no_review_accuracy and first.oracle_accuracy >= first.model_accuracy
+    assert first.promoted >= 1 and first.versions >= 2 and 0 < first.temperature
+    assert first.agreement["n_annotators"] == 5 and first.agreement["percent_agreement"] > 0.8
+    pts = first.rounds
+    assert [p["reviewed"] for p in pts] == sorted(p["reviewed"] for p in pts) and pts[0]["reviewed"] == 20
+    assert all(0 < p["eval_accuracy"] <= 1 for p in pts)
+    again = run(small, cfg, cache_store=cache_store, encoder=encoder)
+    assert again.to_dict() | {"seconds": 0} == first.to_dict() | {"seconds": 0}  # seeds fixed: the same run
+
+
+def test_labels_to_reach_takes_the_point_from_which_accuracy_stays_up(tmp_path):
+    rounds = [{"reviewed": r, "eval_accuracy": a} for r, a in [(20, 0.9), (40, 0.7), (60, 0.91), (80, 0.95)]]
+    assert labels_to_reach(rounds, 0.9) == 60 and labels_to_reach(rounds, 0.99) is None
+
+
+@pytest.mark.slow
+def test_the_html_report_has_the_table_and_both_plots(small, cache_store, encoder, tmp_path):
+    cfg = SimulationConfig(budget=0.1, batch=20, seed_size=20, eval_fraction=0.2, seed=1)
+    results = [run(small, cfg, cache_store=cache_store, encoder=encoder),
+               run(small, SimulationConfig(**{**cfg.__dict__, "strategy": "random"}), cache_store=cache_store,
+                   encoder=encoder)]
+    page = write_html(results, tmp_path / "sim.html", title="sim <test>").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "sim &lt;test&gt;" in page
+    assert page.count("<tr><td>") == 2
