@@ -8,6 +8,7 @@ Follows scikit-learn's estimator contract: hyperparameters in ``__init__``; ``fi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,13 @@ class TextClassifier:
     ``fit`` holds out ``calibration_fraction`` of the labels (stratified) to fit the temperature;
     with ``calibration_fraction=0`` the temperature stays 1 until :meth:`calibrate` is called.
     """
+
+    #: optional word-feature head (see :mod:`connector.lexical`); its probabilities are averaged
+    #: with the embedding head's, each calibrated by its own temperature
+    lexical_: Any = None
+    lex_coef_: Any = None
+    lex_intercept_: Any = None
+    lex_temperature_: float = 1.0
 
     def __init__(self, encoder: TextEncoder | None = None, *, C: float = 10.0, max_iter: int = 200,
                  calibration_fraction: float = 0.2, random_state: int = 0) -> None:
@@ -130,10 +138,19 @@ class TextClassifier:
         return self.logits_from_embeddings(self._encoder().encode(list(texts)))
 
     def predict_proba(self, texts: Sequence[str], *, calibrated: bool = True) -> np.ndarray:
-        return softmax(self.logits(texts), self.temperature_ if calibrated else 1.0)
+        texts = list(texts)
+        return self.predict_proba_from_embeddings(self._encoder().encode(texts), texts=texts, calibrated=calibrated)
 
-    def predict_proba_from_embeddings(self, x: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
-        return softmax(self.logits_from_embeddings(x), self.temperature_ if calibrated else 1.0)
+    def predict_proba_from_embeddings(self, x: np.ndarray, *, texts: Sequence[str] | None = None,
+                                      calibrated: bool = True) -> np.ndarray:
+        """Class probabilities; a model with a word-feature head also needs the ``texts``."""
+        p = softmax(self.logits_from_embeddings(x), self.temperature_ if calibrated else 1.0)
+        if self.lexical_ is None:
+            return p
+        if texts is None:
+            raise ValueError("this model also reads the words: pass texts= with the embeddings")
+        lex = self.lexical_.transform(texts) @ self.lex_coef_.T + self.lex_intercept_
+        return (p + softmax(np.asarray(lex), self.lex_temperature_ if calibrated else 1.0)) / 2
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        return self.classes_[self.logits(texts).argmax(axis=1)]
+        return self.classes_[self.predict_proba(texts).argmax(axis=1)]

@@ -286,6 +286,8 @@ def simulate(
     compare_random: bool = typer.Option(True, help="also run random picks instead of active learning"),
     offline: bool = typer.Option(False, "--offline", help="the store alone, no annotation tool (fast)"),
     limit: int | None = typer.Option(None, help="at most this many items (stratified)"),
+    features: str = typer.Option("embeddings+tfidf", help="'embeddings' or 'embeddings+tfidf' (word features too)"),
+    chunk: bool = typer.Option(True, help="embed long texts window by window (else cut at 256 tokens)"),
     out: Path = typer.Option(Path("var/simulation.html"), help="the HTML report"),
     cache: Path = typer.Option(Path("var/embeddings.db"), help="embedding cache shared by runs"),
 ) -> None:
@@ -305,7 +307,7 @@ def simulate(
     if limit and limit < len(ds.texts):
         _, keep = stratified_split(np.array(ds.labels), limit / len(ds.texts), seed=0)
         ds = LabeledTexts(ds.name, [ds.texts[i] for i in keep], [ds.labels[i] for i in keep])
-    encoder = TextEncoder()
+    encoder = TextEncoder(chunk=chunk)
     cache_store = StateStore(f"sqlite:///{cache}")
     cache_store.migrate()
     label_studio = None
@@ -326,7 +328,7 @@ def simulate(
                 for strategy in strategies:
                     cfg = SimulationConfig(budget=budget, batch=batch, seed_size=seed_size, annotator_accuracy=accuracy,
                                            overlap=overlap, strategy=strategy, target_error=target_error,
-                                           eval_fraction=eval_fraction, seed=seed)
+                                           eval_fraction=eval_fraction, seed=seed, features=features)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))

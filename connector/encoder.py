@@ -84,7 +84,8 @@ class TextEncoder:
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  max_length: int | None = None, token_budget: int | None = None,
                  max_batch_size: int | None = None, dtype: str | None = None, normalize: bool = True,
-                 num_threads: int | None = None, pack_tokens: int | None = None, jit: bool | None = None) -> None:
+                 num_threads: int | None = None, pack_tokens: int | None = None, jit: bool | None = None,
+                 chunk: bool = False, max_chunks: int = 8) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -97,6 +98,9 @@ class TextEncoder:
         self.token_budget = token_budget or (65536 if on_gpu else 2048)
         self.max_batch_size = max_batch_size or (1024 if on_gpu else 64)
         self.normalize = normalize
+        # Long documents: embed each window of max_length tokens and average (else: cut at max_length)
+        self.chunk = chunk
+        self.max_chunks = max_chunks
         # On CPU the cost is proportional to the tokens computed, padding included: a batch of
         # mixed lengths (coalesced requests) is packed into one row when that saves >= 20 %.
         self.pack_tokens = (0 if on_gpu else 512) if pack_tokens is None else pack_tokens
@@ -272,7 +276,49 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], *, return_truncated: bool = False,
                progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Embeddings of ``texts`` as float32 ``(n, dim)``, in input order."""
+        """Embeddings of ``texts`` as float32 ``(n, dim)``, in input order.
+
+        With ``chunk``, a text longer than ``max_length`` tokens is cut into consecutive windows
+        (at most ``max_chunks``; more is flagged truncated) whose embeddings are averaged (and
+        normalized again); otherwise it is cut at ``max_length``.
+        """
+        if not self.chunk:
+            return self._encode(texts, return_truncated=return_truncated, progress=progress)
+        spans, owner, truncated = self._windows(texts)
+        x = self._encode(spans, progress=progress)
+        out = np.zeros((len(texts), self.dim), dtype=np.float64)
+        np.add.at(out, owner, x)
+        out /= np.maximum(np.bincount(owner, minlength=len(texts)), 1)[:, None]
+        if self.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out = out.astype(np.float32)
+        return (out, truncated) if return_truncated else out
+
+    def _windows(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Character spans of at most ``max_length - 2`` tokens each, and the text each belongs to."""
+        width = self.max_length - 2  # room for [CLS] and [SEP]
+        with self._tokenizer_lock:
+            enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
+                                 return_offsets_mapping=True, return_attention_mask=False,
+                                 return_token_type_ids=False)
+        spans: list[str] = []
+        owner: list[int] = []
+        truncated = np.zeros(len(texts), dtype=bool)
+        for i, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
+            if len(offsets) <= width:
+                spans.append(text)
+                owner.append(i)
+                continue
+            starts = range(0, len(offsets), width)
+            truncated[i] = len(starts) > self.max_chunks
+            for start in list(starts)[: self.max_chunks]:
+                window = offsets[start:start + width]
+                spans.append(text[window[0][0]:window[-1][1]])
+                owner.append(i)
+        return spans, np.array(owner, dtype=np.int64), truncated
+
+    def _encode(self, texts: Sequence[str], *, return_truncated: bool = False,
+                progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         import torch
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -37,6 +37,7 @@ class ModelVersion:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     parent: str | None = None
+    lexical: dict[str, Any] | None = None  # the word-feature head: its temperature and size
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,11 +103,19 @@ class ModelStore:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parent=parent,
         )
+        if enc is not None and getattr(enc, "chunk", False):
+            meta.encoder["chunk"] = True
         tmp = self.versions_dir / f".{name}.tmp"
         tmp.mkdir(parents=True, exist_ok=False)
-        save_file({"coef": np.ascontiguousarray(clf.coef_, dtype=np.float32),
-                   "intercept": np.ascontiguousarray(clf.intercept_, dtype=np.float32)},
-                  str(tmp / "head.safetensors"))
+        tensors = {"coef": np.ascontiguousarray(clf.coef_, dtype=np.float32),
+                   "intercept": np.ascontiguousarray(clf.intercept_, dtype=np.float32)}
+        if clf.lexical_ is not None:
+            tensors |= clf.lexical_.save(tmp)
+            tensors |= {"lex_coef": np.ascontiguousarray(clf.lex_coef_, dtype=np.float32),
+                        "lex_intercept": np.ascontiguousarray(clf.lex_intercept_, dtype=np.float32)}
+            meta.lexical = {"temperature": float(clf.lex_temperature_), "vocabulary": clf.lexical_.size,
+                            "features": "tfidf"}
+        save_file(tensors, str(tmp / "head.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
         tmp.rename(self.versions_dir / name)
         if promote:
@@ -125,12 +134,19 @@ class ModelStore:
         tensors = load_file(str(self.versions_dir / version / "head.safetensors"))
         if encoder is None:
             encoder = TextEncoder(meta.encoder.get("model"), max_length=meta.encoder.get("max_length"),
-                                  normalize=meta.encoder.get("normalize", True), **encoder_kwargs)
+                                  normalize=meta.encoder.get("normalize", True),
+                                  chunk=bool(meta.encoder.get("chunk", False)), **encoder_kwargs)
         clf = TextClassifier(encoder, **{k: v for k, v in meta.hyperparameters.items() if k in ("C", "calibration_fraction")})
         clf.classes_ = np.array(meta.labels)
         clf.coef_ = tensors["coef"]
         clf.intercept_ = tensors["intercept"]
         clf.temperature_ = float(meta.temperature)
+        if meta.lexical:
+            from connector.lexical import LexicalFeatures
+
+            clf.lexical_ = LexicalFeatures.load(self.versions_dir / version, tensors["idf"])
+            clf.lex_coef_, clf.lex_intercept_ = tensors["lex_coef"], tensors["lex_intercept"]
+            clf.lex_temperature_ = float(meta.lexical["temperature"])
         if clf.coef_.shape != (len(meta.labels), encoder.dim):
             raise ValueError(f"version {version}: head shape {clf.coef_.shape} does not fit "
                              f"{len(meta.labels)} labels and encoder dim {encoder.dim}")

@@ -41,6 +41,9 @@ class RetrainPolicy(BaseModel):
       at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this.
     - ``include_auto_accepted``: also train on the model's own auto-accepted labels (off by default).
     - ``C``: the head's inverse L2 strength.
+    - ``features``: ``embeddings+tfidf`` adds a word-feature head (TF-IDF fitted on every text of
+      the project, logistic regression with ``C_lexical``) whose calibrated probabilities are
+      averaged with the embedding head's: for long documents and topic-like labels.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +57,8 @@ class RetrainPolicy(BaseModel):
     max_accuracy_drop: float = Field(0.0, ge=0.0)
     include_auto_accepted: bool = False
     C: float = Field(10.0, gt=0.0)
+    features: Literal["embeddings", "embeddings+tfidf"] = "embeddings"
+    C_lexical: float = Field(1000.0, gt=0.0)
 
 
 def in_test_split(external_id: str, fraction: float) -> bool:
@@ -109,11 +114,13 @@ class EmbeddingCache:
 
 
 def encoder_key(encoder_meta: dict[str, Any]) -> str:
-    """The cache key of an encoder: which weights, how many tokens, whether normalized."""
-    return f"{encoder_meta.get('model', 'default')}|{encoder_meta.get('max_length')}|{encoder_meta.get('normalize', True)}"
+    """The cache key of an encoder: which weights, how many tokens, whether normalized (and chunked)."""
+    key = f"{encoder_meta.get('model', 'default')}|{encoder_meta.get('max_length')}|{encoder_meta.get('normalize', True)}"
+    return key + ("|chunk" if encoder_meta.get("chunk") else "")
 
 
-def cross_fitted_logits(x: np.ndarray, y: np.ndarray, k: int, *, folds: int, C: float, seed: int = 0) -> np.ndarray:
+def cross_fitted_logits(x: Any, y: np.ndarray, k: int, *, folds: int, C: float, seed: int = 0,
+                        fit: Callable[..., tuple[np.ndarray, np.ndarray]] = fit_softmax_head) -> np.ndarray:
     """Out-of-fold logits: each row from a head fitted without it (stratified folds)."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -122,9 +129,9 @@ def cross_fitted_logits(x: np.ndarray, y: np.ndarray, k: int, *, folds: int, C: 
     out = np.zeros((len(y), k))
     if n_splits < 2:
         return out
-    for train, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y):
-        coef, intercept = fit_softmax_head(x[train], y[train], k, C=C)
-        out[held] = x[held] @ coef.T + intercept
+    for train, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        coef, intercept = fit(x[train], y[train], k, C=C)
+        out[held] = np.asarray(x[held] @ coef.T) + intercept
     return out
 
 
@@ -152,11 +159,12 @@ class RetrainResult:
 
 def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[str], hashes: Sequence[str], *,
             classes: Sequence[str], models: ModelStore, cache_store: Any, policy: RetrainPolicy,
-            encoder: TextEncoder | None = None, seed: int = 0,
+            encoder: TextEncoder | None = None, seed: int = 0, corpus: Sequence[str] | None = None,
             transform_labels: Callable[[list[str]], list[str]] | None = None) -> RetrainResult:
     """Train a candidate on ``labels`` (human labels, one per item), compare it with the current
     model on the held-out split, save it as a new version and promote it only if it is better.
 
+    ``corpus``: every text of the project, for the word features' vocabulary (default: ``texts``).
     ``transform_labels`` changes the training labels only (the tests use it to shuffle them).
     """
     current_name = models.current()
@@ -167,7 +175,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         enc_meta = current_meta.encoder
     else:
         encoder = encoder or TextEncoder()
-        enc_meta = {"model": "default", "max_length": encoder.max_length, "normalize": encoder.normalize}
+        enc_meta = {"model": "default", "max_length": encoder.max_length, "normalize": encoder.normalize,
+                    "chunk": bool(getattr(encoder, "chunk", False))}
     classes = list(classes)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({lb for lb in labels if lb not in index})
@@ -190,17 +199,29 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     temperature = TemperatureScaler().fit(oof, y_train).temperature_ if oof.any() else 1.0
     clf = TextClassifier(encoder, C=policy.C, calibration_fraction=0.0, random_state=seed)
     clf.classes_, clf.coef_, clf.intercept_, clf.temperature_ = np.array(classes), coef, intercept, float(temperature)
+    oof_probs = softmax(oof, temperature)
+    if policy.features == "embeddings+tfidf":
+        from connector.lexical import LexicalFeatures, fit_lexical_head
+
+        clf.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
+        xl = clf.lexical_.transform(texts)
+        oof_lex = cross_fitted_logits(xl[np.flatnonzero(train)], y_train, k, folds=policy.folds, C=policy.C_lexical,
+                                      seed=seed, fit=fit_lexical_head)
+        clf.lex_coef_, clf.lex_intercept_ = fit_lexical_head(xl[np.flatnonzero(train)], y_train, k, C=policy.C_lexical)
+        clf.lex_temperature_ = float(TemperatureScaler().fit(oof_lex, y_train).temperature_) if oof_lex.any() else 1.0
+        oof_probs = (oof_probs + softmax(oof_lex, clf.lex_temperature_)) / 2
+    test_texts = [t for t, held in zip(texts, test) if held]
 
     candidate_metrics: dict[str, float] = {}
     current_metrics: dict[str, float] | None = None
     reliability: dict[str, Any] = {}
     if test.sum():
-        logits = clf.logits_from_embeddings(x[test])
-        raw, cal = softmax(logits), softmax(logits, temperature)
+        raw = clf.predict_proba_from_embeddings(x[test], texts=test_texts, calibrated=False)
+        cal = clf.predict_proba_from_embeddings(x[test], texts=test_texts)
         candidate_metrics = evaluate(cal, y[test]) | {"ece_uncalibrated": expected_calibration_error(raw, y[test])}
         reliability = {"y": y[test].tolist(), "uncalibrated": raw.tolist(), "calibrated": cal.tolist()}
         if current_clf is not None:
-            current_metrics = evaluate(_aligned(current_clf, x[test], classes), y[test])
+            current_metrics = evaluate(_aligned(current_clf, x[test], classes, test_texts), y[test])
     if current_clf is None:
         promote, reason = True, "the first model: nothing to compare with"
     elif test.sum() < policy.min_test:
@@ -214,21 +235,20 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     served = clf if promote else current_clf
     evidence: dict[str, list[float]] = {"confidence": [], "correct": []}
     if served is not None:
-        held = _aligned(served, x[test], classes) if test.sum() else np.zeros((0, k))
+        held = _aligned(served, x[test], classes, test_texts) if test.sum() else np.zeros((0, k))
         conf, correct = held.max(axis=1).tolist(), (held.argmax(axis=1) == y[test]).tolist()
         if promote:  # the candidate's out-of-fold predictions are honest for its own training labels
-            p = softmax(oof, temperature)
-            conf += p.max(axis=1).tolist()
-            correct += (p.argmax(axis=1) == y_train).tolist()
+            conf += oof_probs.max(axis=1).tolist()
+            correct += (oof_probs.argmax(axis=1) == y_train).tolist()
         evidence = {"confidence": conf, "correct": [float(c) for c in correct]}
     log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
                          candidate_metrics, current_metrics, evidence, reliability)
 
 
-def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str]) -> np.ndarray:
+def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str], texts: Sequence[str]) -> np.ndarray:
     """A model's calibrated probabilities with columns in ``classes`` order (0 for labels it lacks)."""
-    p = clf.predict_proba_from_embeddings(x)
+    p = clf.predict_proba_from_embeddings(x, texts=texts)
     out = np.zeros((len(x), len(classes)))
     own = {c: i for i, c in enumerate(clf.classes_.tolist())}
     for j, c in enumerate(classes):

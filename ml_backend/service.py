@@ -97,7 +97,7 @@ class ModelService:
     def _run_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool, _Loaded]]:
         loaded = self._loaded  # one version per batch, even during a swap
         x, truncated = loaded.clf.encoder.encode(texts, return_truncated=True)
-        probs = loaded.clf.predict_proba_from_embeddings(x)
+        probs = loaded.clf.predict_proba_from_embeddings(x, texts=texts)
         return [(probs[i], bool(truncated[i]), loaded) for i in range(len(texts))]
 
     def reload_if_changed(self) -> str | None:

@@ -150,7 +150,8 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     seen = int(last.payload.get("n_labels", 0)) if last else 0
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
-    result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models,
+    corpus = [it.text for it in store.items()] if spec.retraining.features != "embeddings" else None
+    result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models, corpus=corpus,
                                     cache_store=ctx.cache_store or store, policy=spec.retraining,
                                     encoder=ctx.encoder, transform_labels=transform_labels)
     payload = result.to_dict() | {"n_labels": len(labels)}

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from connector.calibration import expected_calibration_error, softmax
+from connector.calibration import expected_calibration_error
 from connector.consolidation import SEND_BACK_REASONS, agreement_snapshot, answer_table
 from connector.datasets import LabeledTexts
 from connector.label_studio_client import PushItem
@@ -60,6 +60,8 @@ class SimulationConfig:
     spot_check_rate: float = 0.0
     eval_fraction: float = 0.0
     C: float = 10.0
+    features: str = "embeddings"
+    C_lexical: float = 1000.0
     seed: int = 0
 
 
@@ -106,7 +108,7 @@ class InProcessPredictor:
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         version, clf = self._model()
         x, _ = self.cache.encode(list(texts), [content_hash(t) for t in texts])
-        probs = clf.predict_proba_from_embeddings(x)
+        probs = clf.predict_proba_from_embeddings(x, texts=texts)
         labels = clf.classes_.tolist()
         top = probs.argmax(axis=1)
         return [{"label": labels[top[i]], "confidence": float(probs[i, top[i]]), "model_version": version,
@@ -215,7 +217,8 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
                  "review_budget": cfg.batch, "strategy": "random" if cfg.strategy == "random" else cfg.strategy,
                  "seed": cfg.seed},
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
-        retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C},
+        retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
+                    "C_lexical": cfg.C_lexical},
         thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30})
 
 
@@ -238,7 +241,8 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         store.migrate()
         models = ModelStore(Path(tmp) / "models")
         cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": "default", "max_length": encoder.max_length,
-                                                                  "normalize": encoder.normalize}))
+                                                                  "normalize": encoder.normalize,
+                                                                  "chunk": getattr(encoder, "chunk", False)}))
         predictor = InProcessPredictor(models, cache)
         if label_studio is not None:
             from connector.label_studio_client import LabelStudioClient
@@ -262,12 +266,15 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
             if n_eval else None
         y_eval = [data.labels[i] for i in eval_idx]
         x_pool = cache.encode([data.texts[i] for i in pool_idx], [content_hash(data.texts[i]) for i in pool_idx])[0]
+        t_pool = [data.texts[i] for i in pool_idx]
+        t_eval = [data.texts[i] for i in eval_idx]
         pool_ids = [ids[f"item-{i}"] for i in pool_idx]
         y_pool = np.array([data.labels[i] for i in pool_idx])
         rounds: list[dict[str, Any]] = []
         while True:
             reviewed = len(store.labels(status=None))
-            _record_round(rounds, store, models, encoder, x_eval, y_eval, reviewed, x_pool, y_pool, pool_ids)
+            _record_round(rounds, store, models, encoder, (x_eval, t_eval, y_eval), reviewed, (x_pool, t_pool, y_pool),
+                          pool_ids)
             if progress:
                 progress(rounds[-1])
             left = budget - reviewed
@@ -329,23 +336,24 @@ def _label_directly(ctx: JobContext, sync: SyncService, external_ids: list[str],
 
 
 def _record_round(rounds: list[dict[str, Any]], store: StateStore, models: ModelStore, encoder: Any,
-                  x_eval: np.ndarray | None, y_eval: list[str], reviewed: int, x_pool: np.ndarray,
-                  y_pool: np.ndarray, pool_ids: list[int]) -> None:
+                  evaluation: tuple[np.ndarray | None, list[str], list[str]], reviewed: int,
+                  pool: tuple[np.ndarray, list[str], np.ndarray], pool_ids: list[int]) -> None:
     """One point of the curves: reviewed items, answers, and the labels' accuracy if the loop
     stopped here (human labels where there are, the current model's elsewhere)."""
     point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations(status="submitted")),
                              "version": models.current()}
+    (x_eval, t_eval, y_eval), (x_pool, t_pool, y_pool) = evaluation, pool
     if models.current():
         clf, _ = models.load(encoder=encoder)
-        model = clf.classes_[clf.logits_from_embeddings(x_pool).argmax(1)]
+        model = clf.classes_[clf.predict_proba_from_embeddings(x_pool, texts=t_pool).argmax(1)]
         human = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
         final = np.array([human.get(i, m) for i, m in zip(pool_ids, model)])
         point["label_accuracy"] = float((final == y_pool).mean())
         point["model_errors"] = int((model != y_pool).sum())
         point["review_share"] = reviewed / len(y_pool)
         if x_eval is not None and len(y_eval):
-            point["eval_accuracy"] = float((clf.classes_[clf.logits_from_embeddings(x_eval).argmax(1)]
-                                            == np.array(y_eval)).mean())
+            point["eval_accuracy"] = float((clf.classes_[clf.predict_proba_from_embeddings(
+                x_eval, texts=t_eval).argmax(1)] == np.array(y_eval)).mean())
     rounds.append(point)
 
 
@@ -358,8 +366,9 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     y = np.array([truth[e] for e in ext])
     x, _ = cache.encode(texts, [content_hash(t) for t in texts])
     clf, _ = models.load(encoder=cache.encoder)
-    logits = clf.logits_from_embeddings(x)
-    model_label = clf.classes_[logits.argmax(1)]
+    raw = clf.predict_proba_from_embeddings(x, texts=texts, calibrated=False)
+    cal = clf.predict_proba_from_embeddings(x, texts=texts)
+    model_label = clf.classes_[cal.argmax(1)]
     human = {lb.item_id: lb.label for lb in store.labels(status=None)}
     answers = store.annotations(status="submitted")
     by_item: dict[int, list[str]] = {}
@@ -375,7 +384,7 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     final = np.array(final)
     reviewed = np.array([i in human for i in ids.values()])
     seed_clf, _ = models.load(seed_version, encoder=cache.encoder) if seed_version else (clf, None)
-    no_review = float((seed_clf.classes_[seed_clf.logits_from_embeddings(x).argmax(1)] == y).mean())
+    no_review = float((seed_clf.classes_[seed_clf.predict_proba_from_embeddings(x, texts=texts).argmax(1)] == y).mean())
     errors = int((model_label != y).sum())
     oracle = 1.0 - max(0, errors - int(reviewed.sum())) / len(y)
     decisions = store.latest_decisions(ids.values())
@@ -392,9 +401,8 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         auto_accepted=int(accepted.sum()),
         auto_accept_error=float((model_label[accepted] != y[accepted]).mean()) if accepted.any() else None,
         threshold=None if threshold is None else float(threshold.payload["threshold"]), target_error=cfg.target_error,
-        ece_uncalibrated=expected_calibration_error(softmax(logits[rest]), y_codes[rest]) if rest.any() else 0.0,
-        ece_calibrated=expected_calibration_error(softmax(logits[rest], clf.temperature_), y_codes[rest])
-        if rest.any() else 0.0,
+        ece_uncalibrated=expected_calibration_error(raw[rest], y_codes[rest]) if rest.any() else 0.0,
+        ece_calibrated=expected_calibration_error(cal[rest], y_codes[rest]) if rest.any() else 0.0,
         temperature=float(clf.temperature_), versions=len(models.versions()),
         promoted=sum(1 for r in retrains if r.payload.get("promoted")),
         agreement={k: v for k, v in agreement_snapshot(answer_table(answers, spec.labels)).items()

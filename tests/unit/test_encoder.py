@@ -89,3 +89,20 @@ def test_cpu_encoder_runs_a_traced_forward_equal_to_eager(encoder):
         eager = encoder._eager_padded(b.input_ids, b.attention_mask)
     assert traced is not eager
     np.testing.assert_allclose(traced.numpy(), eager.numpy(), atol=1e-5)
+
+
+def test_chunking_averages_windows_of_long_texts_and_leaves_short_ones_alone(encoder):
+    from connector.encoder import TextEncoder
+
+    chunked = TextEncoder(chunk=True, max_chunks=3)
+    short = "A fine, moving film."
+    long = " ".join(f"sentence {i} about the election and the vote." for i in range(200))  # > 3 windows
+    np.testing.assert_allclose(chunked.encode([short]), encoder.encode([short]), atol=1e-5)
+    spans, owner, truncated = chunked._windows([short, long])
+    assert owner.tolist() == [0, 1, 1, 1] and truncated.tolist() == [False, True]
+    assert spans[1].startswith("sentence 0") and spans[2] != spans[1]
+    parts = encoder.encode(spans[1:])
+    mean = parts.mean(0) / np.linalg.norm(parts.mean(0))
+    got, flags = chunked.encode([long], return_truncated=True)
+    np.testing.assert_allclose(got[0], mean, atol=1e-5)
+    assert flags.tolist() == [True] and np.abs(got[0] - encoder.encode([long])[0]).max() > 1e-3

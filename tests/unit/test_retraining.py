@@ -91,3 +91,25 @@ def test_the_held_out_split_is_stable_and_about_the_fraction():
     first = [in_test_split(e, 0.2) for e in ids]
     assert first == [in_test_split(e, 0.2) for e in ids] and abs(np.mean(first) - 0.2) < 0.02
 
+
+
+def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embedding_head(labelled, tmp_path, encoder):
+    from connector.retraining import retrain
+
+    texts, labels, ext, hashes = training_set(labelled.store, labelled.spec)
+    models = ModelStore(tmp_path / "models")
+    policy = RetrainPolicy(features="embeddings+tfidf", C_lexical=100.0, min_test=10)
+    result = retrain(texts, labels, ext, hashes, classes=LABELS, models=models, cache_store=labelled.store,
+                     policy=policy, encoder=encoder)
+    assert result.promoted and result.encoded == 0  # the embeddings came from the cache
+    meta = models.meta(result.candidate)
+    assert meta.lexical["features"] == "tfidf" and meta.lexical["vocabulary"] > 1000
+    assert 0 < meta.lexical["temperature"] and (models.versions_dir / result.candidate / "lexical.json").exists()
+    clf, _ = models.load(result.candidate, encoder=encoder)
+    x = encoder.encode(texts[:8])
+    p = clf.predict_proba_from_embeddings(x, texts=texts[:8])
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(texts[:8]), p, rtol=1e-5)  # the same from the texts alone
+    with pytest.raises(ValueError, match="pass texts="):
+        clf.predict_proba_from_embeddings(x)
+    assert result.candidate_metrics["accuracy"] > 0.6
