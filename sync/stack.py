@@ -109,7 +109,7 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
 def _ensure_argilla(s: StackSettings, creds: Credentials) -> str:
     """A local argilla-server (its own venv; Redis from Debian; an in-memory search emulator whose
     index is rebuilt from Argilla's database on a restart), detached, with one pid file per part."""
-    from sync import argilla_server
+    from sync import argilla_local
 
     run = s.var_dir / "run"
     url = f"http://127.0.0.1:{s.argilla_port}"
@@ -117,7 +117,7 @@ def _ensure_argilla(s: StackSettings, creds: Credentials) -> str:
         return url
     down_parts(s, ARGILLA_PARTS)
     console.print(f"starting argilla-server on {url}")
-    stack = argilla_server.start(s.var_dir / "argilla", api_key=creds.argilla_key, password=creds.password,
+    stack = argilla_local.start(s.var_dir / "argilla", api_key=creds.argilla_key, password=creds.password,
                                  port=s.argilla_port, detached=True, timeout=300)
     names = {"argilla": "argilla-server", "worker": "argilla-worker", "osmem": "argilla-osmem", "redis": "argilla-redis"}
     for part, proc in stack.processes.items():

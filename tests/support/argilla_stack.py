@@ -1,5 +1,5 @@
-"""Test access to the local argilla-server stack (``sync.argilla_server``)."""
+"""Test access to the local argilla-server stack (``sync.argilla_local``)."""
 
-from sync.argilla_server import API_KEY, PASSWORD, ArgillaStack, ArgillaUnavailable, start
+from sync.argilla_local import API_KEY, PASSWORD, ArgillaStack, ArgillaUnavailable, start
 
 __all__ = ["API_KEY", "PASSWORD", "ArgillaStack", "ArgillaUnavailable", "start"]

@@ -1,5 +1,6 @@
 """A local argilla-server (for ``hitl up`` with ``HITL_TOOL=argilla`` and the integration tests):
-Redis, an OpenSearch emulator, the server and its worker.
+Redis, an OpenSearch emulator, the server and its worker. (Not named ``argilla_server``: the
+launcher beside it runs as a script, and its folder comes first on that interpreter's path.)
 
 Why it is built this way: no real Elasticsearch or OpenSearch can run on our test machines (no JVM,
 no Docker engine), so the search engine is ``osmem-server``, an in-memory OpenSearch emulator
