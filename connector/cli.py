@@ -277,11 +277,11 @@ def simulate(
     label_field: str = typer.Option("label"),
     budget: float = typer.Option(0.15, help="share of the items humans may review"),
     batch: int = typer.Option(20, help="items sent to review per round"),
-    seed_size: int = typer.Option(20, help="random items labelled before the first model"),
+    seed_size: int = typer.Option(30, help="random items labelled before the first model"),
     accuracy: float = typer.Option(0.97, help="each simulated annotator's accuracy"),
     overlap: int = typer.Option(2, help="answers per item (a third when two disagree)"),
     target_error: float = typer.Option(0.02, help="error allowed among auto-accepted items"),
-    eval_fraction: float = typer.Option(0.2, help="held out of the loop to measure the model"),
+    eval_fraction: float = typer.Option(0.0, help="held out of the loop to measure the model (0.2 with random)"),
     seeds: int = typer.Option(1, help="runs with seeds 0..N-1"),
     compare_random: bool = typer.Option(True, help="also run random picks instead of active learning"),
     offline: bool = typer.Option(False, "--offline", help="the store alone, no annotation tool (fast)"),
@@ -328,7 +328,8 @@ def simulate(
                 for strategy in strategies:
                     cfg = SimulationConfig(budget=budget, batch=batch, seed_size=seed_size, annotator_accuracy=accuracy,
                                            overlap=overlap, strategy=strategy, target_error=target_error,
-                                           eval_fraction=eval_fraction, seed=seed, features=features)
+                                           eval_fraction=eval_fraction if not compare_random else max(eval_fraction, 0.2),
+                                           seed=seed, features=features)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))

@@ -19,6 +19,8 @@ PARAMS = {"sublinear_tf": True, "ngram_range": [1, 2], "min_df": 2, "lowercase":
 
 
 _FITTED: dict[tuple[int, str], Any] = {}  # the last vocabulary fitted, by corpus: retrainings reuse it
+_ROWS: dict[str, Any] = {}  # rows of the last vocabulary, by text
+_MAX_ROWS = 50_000
 
 
 class LexicalFeatures:
@@ -45,8 +47,25 @@ class LexicalFeatures:
         return self
 
     def transform(self, texts: Sequence[str]) -> Any:
-        """A sparse ``(n, vocabulary)`` float32 matrix, rows L2-normalized."""
-        return self.vectorizer_.transform(list(texts))
+        """A sparse ``(n, vocabulary)`` float32 matrix, rows L2-normalized. Rows already computed
+        with the same vocabulary and weights are reused (a retraining scores the same texts again)."""
+        import hashlib
+
+        import scipy.sparse as sp
+
+        texts = list(texts)
+        key = hashlib.sha256(np.ascontiguousarray(self.vectorizer_.idf_).tobytes()).hexdigest()
+        if _ROWS.get("key") != key:
+            _ROWS.clear()
+            _ROWS["key"] = key
+        rows: dict[str, Any] = _ROWS.setdefault("rows", {})
+        if len(rows) > _MAX_ROWS:  # a long-running server sees new texts forever: keep the cache bounded
+            rows.clear()
+        missing = [t for t in dict.fromkeys(texts) if t not in rows]
+        if missing:
+            fresh = self.vectorizer_.transform(missing).tocsr()
+            rows.update((t, fresh[i]) for i, t in enumerate(missing))
+        return sp.vstack([rows[t] for t in texts], format="csr") if texts else self.vectorizer_.transform([])
 
     @property
     def size(self) -> int:
@@ -82,7 +101,7 @@ def fit_lexical_head(x: Any, y: np.ndarray, n_classes: int, *, C: float) -> tupl
     if len(present) < 2:
         intercept[present] = 0.0
         return coef, intercept
-    lr = LogisticRegression(C=C, max_iter=2000, tol=1e-6).fit(x, y)
+    lr = LogisticRegression(C=C, max_iter=1000, tol=1e-4).fit(x, y)
     if len(present) == 2:  # scikit-learn keeps one row for two classes: logits (-z/2, z/2) give the same softmax
         coef[present[0]], coef[present[1]] = -lr.coef_[0] / 2, lr.coef_[0] / 2
         intercept[present[0]], intercept[present[1]] = -lr.intercept_[0] / 2, lr.intercept_[0] / 2

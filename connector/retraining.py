@@ -58,7 +58,7 @@ class RetrainPolicy(BaseModel):
     include_auto_accepted: bool = False
     C: float = Field(10.0, gt=0.0)
     features: Literal["embeddings", "embeddings+tfidf"] = "embeddings"
-    C_lexical: float = Field(1000.0, gt=0.0)
+    C_lexical: float = Field(100.0, gt=0.0)
 
 
 def in_test_split(external_id: str, fraction: float) -> bool:

@@ -252,7 +252,7 @@ def start(workdir: Path, *, api_key: str = API_KEY, password: str = PASSWORD, ti
         spawn("redis", [redis, "--bind", "127.0.0.1", "--port", str(port["redis"]), "--save", "",
                         "--appendonly", "no", "--dir", str(workdir / "redis"), "--daemonize", "no"])
         if detached:
-            spawn("osmem", [str(osmem), "--addr", f"127.0.0.1:{port['osmem']}", "--no-ja"],
+            spawn("osmem", [str(osmem), "--addr", f"127.0.0.1:{port['osmem']}", "--no-ja", "--no-stdin-watch"],
                   stdin=subprocess.DEVNULL)
         else:
             # osmem exits when its stdin closes or this process dies: a safety net if stop() never runs

@@ -152,9 +152,9 @@ class SyncService:
         """
         report = PassReport("route")
         self._adapt_threshold()
-        if self.store.counts_by_state()["pushed"] == 0 and not self.store.routed(action="review", limit=1):
-            if requeued := self.store.requeue_deferred():  # everything sent was answered: the next batch
-                report.counts["requeued"] = requeued
+        idle = self.store.counts_by_state()["pushed"] == 0 and not self.store.routed(action="review", limit=1)
+        if idle and (requeued := self.store.requeue_deferred()):  # everything sent was answered: the next batch
+            report.counts["requeued"] = requeued
         predicted = self.store.items(state="predicted")
         preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]

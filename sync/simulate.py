@@ -49,7 +49,7 @@ class SimulationConfig:
 
     budget: float = 0.15
     batch: int = 20
-    seed_size: int = 20
+    seed_size: int = 30
     annotators: int = 5
     annotator_accuracy: float = 0.97
     overlap: int = 2
@@ -61,7 +61,9 @@ class SimulationConfig:
     eval_fraction: float = 0.0
     C: float = 10.0
     features: str = "embeddings"
-    C_lexical: float = 1000.0
+    C_lexical: float = 100.0
+    folds: int = 3
+    test_fraction: float = 0.1
     seed: int = 0
 
 
@@ -218,7 +220,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
                  "seed": cfg.seed},
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
         retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
-                    "C_lexical": cfg.C_lexical},
+                    "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction},
         thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30})
 
 

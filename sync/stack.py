@@ -303,7 +303,7 @@ def up(s: StackSettings | None = None) -> None:
         where +
         f"ML backend    {backend_url}  (/predict for Label Studio, /v1/predict)\n"
         f"scheduler     http://127.0.0.1:{s.sync_port}/metrics   state {db}\n"
-        + (f"first batch   {pushed} uncertain snippets pushed\n" if first else "resumed: the same project and state\n")
+        + (f"first batch   {pushed} uncertain snippets pushed\n" if pushed else "resumed: the same project and state\n")
         + "\nLabel the snippets, least certain first: each shows the model's label and its\n"
         "calibrated score. Answers come back every sync; after "
         f"{s.min_new_labels} new labels the scheduler retrains,\n"

@@ -91,3 +91,32 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(map(_alive, pids.values())) and not list((var / "run").glob("*.pid"))
     assert all(port_is_free(p) for p in ports.values())
+
+
+def test_up_with_argilla_pushes_records_with_suggestions_resumes_and_down_stops_everything(tmp_path):
+    import argilla as rg
+
+    var = tmp_path / "var"
+    ports = {"HITL_ARGILLA_PORT": free_port(), "HITL_BACKEND_PORT": free_port(), "HITL_SYNC_PORT": free_port()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HITL_VAR_DIR": str(var), "HITL_TOOL": "argilla",
+           "HITL_BATCH": "8", **{k: str(v) for k, v in ports.items()}}
+    env.pop("HITL_DB_URL", None)
+    try:
+        up = _hitl(["up"], env, tmp_path, timeout=600)
+        assert up.returncode == 0 and "8 uncertain snippets pushed" in up.stdout, up.stdout + up.stderr
+        creds = json.loads((var / "credentials.json").read_text())
+        client = rg.Argilla(api_url=f"http://127.0.0.1:{ports['HITL_ARGILLA_PORT']}", api_key=creds["argilla_key"])
+        ds = client.datasets(name="hitl demo: Rotten Tomatoes", workspace="default")
+        records = list(ds.records(with_suggestions=True))
+        assert len(records) == 8 and all(r.suggestions for r in records)
+        assert _hitl(["down"], env, tmp_path, timeout=120).returncode == 0
+        again = _hitl(["up"], env, tmp_path, timeout=600)  # the in-memory index is rebuilt from Argilla's database
+        assert again.returncode == 0 and "resumed" in again.stdout, again.stdout + again.stderr
+        ds = rg.Argilla(api_url=f"http://127.0.0.1:{ports['HITL_ARGILLA_PORT']}",
+                        api_key=creds["argilla_key"]).datasets(name="hitl demo: Rotten Tomatoes", workspace="default")
+        assert len(list(ds.records)) == 8
+    finally:
+        pids = [int(p.read_text()) for p in (var / "run").glob("*.pid")] if (var / "run").exists() else []
+        down = _hitl(["down"], env, tmp_path, timeout=120)
+    assert down.returncode == 0 and not any(map(_alive, pids))
+    assert all(port_is_free(p) for p in ports.values())
