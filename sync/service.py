@@ -159,6 +159,8 @@ class SyncService:
         preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]
         gold = [it for it in predicted if it.is_gold]
+        if self.router.policy.review_budget is not None:  # the budget is per pass: one batch, one ranking
+            batch = max(len(ordinary), 1)
         for i in range(0, len(ordinary), batch):
             chunk = ordinary[i:i + batch]
             decisions = self.router.route(self._batch(chunk, preds),

@@ -56,3 +56,11 @@ def test_deferred_items_are_routed_again_only_once_every_review_item_was_answere
     again = sync.route_pass().counts
     assert again["requeued"] == again["defer"] + again["review"] and again["review"] == 10
     assert not set(first) & {it.id for it, _ in store.routed(action="review")}
+
+
+def test_the_review_budget_holds_for_the_whole_pass_however_many_items(tmp_path):
+    store = _store(tmp_path, 300, 0, seed=5)
+    spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.99, "spot_check_rate": 0.0,
+                                                         "review_budget": 7})
+    counts = LabelStudioSync(store, spec, client=None).route_pass(batch=64).counts  # five chunks of 64
+    assert counts["review"] == 7 and counts["review"] + counts["defer"] + counts["auto_accept"] == 300
