@@ -61,11 +61,15 @@ class LexicalFeatures:
         rows: dict[str, Any] = _ROWS.setdefault("rows", {})
         if len(rows) > _MAX_ROWS:  # a long-running server sees new texts forever: keep the cache bounded
             rows.clear()
-        missing = [t for t in dict.fromkeys(texts) if t not in rows]
+        # a local view, so another thread clearing the shared cache cannot pull rows from under us
+        found = {t: row for t in dict.fromkeys(texts) if (row := rows.get(t)) is not None}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             fresh = self.vectorizer_.transform(missing).tocsr()
-            rows.update((t, fresh[i]) for i, t in enumerate(missing))
-        return sp.vstack([rows[t] for t in texts], format="csr") if texts else self.vectorizer_.transform([])
+            new = {t: fresh[i] for i, t in enumerate(missing)}
+            found.update(new)
+            rows.update(new)
+        return sp.vstack([found[t] for t in texts], format="csr") if texts else self.vectorizer_.transform([])
 
     @property
     def size(self) -> int:

@@ -101,7 +101,7 @@ def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embed
     policy = RetrainPolicy(features="embeddings+tfidf", C_lexical=100.0, min_test=10)
     result = retrain(texts, labels, ext, hashes, classes=LABELS, models=models, cache_store=labelled.store,
                      policy=policy, encoder=encoder)
-    assert result.promoted and result.encoded == 0  # the embeddings came from the cache
+    assert result.promoted
     meta = models.meta(result.candidate)
     assert meta.lexical["features"] == "tfidf" and meta.lexical["vocabulary"] > 1000
     assert 0 < meta.lexical["temperature"] and (models.versions_dir / result.candidate / "lexical.json").exists()
