@@ -108,13 +108,20 @@ class ArgillaClient:
         Settings: one text field, one required question ``label`` (single or multi label),
         metadata ``reason`` (terms), ``priority`` and ``confidence`` (floats), and a task
         distribution that completes a record after ``min_submitted`` submitted responses.
-        An existing dataset is reused as it is, after checking that it has the ``label`` question.
+        An existing dataset is reused as it is, after checking that it has the ``label`` question;
+        one left unpublished by an interrupted creation is deleted and made again.
         """
         import argilla as rg
 
         with warnings.catch_warnings():  # the SDK warns when the dataset is not found
             warnings.simplefilter("ignore")
             existing = self._call(self._rg.datasets, name=name, workspace=self._ensure_workspace())
+        if existing is not None and getattr(existing._model, "status", "ready") != "ready":
+            # a creation cut short (the SDK rolls back on an exception, not on SIGKILL) leaves a draft
+            # without its search index; a draft holds no records, so it is made again
+            log.warning("Argilla dataset %r was left unpublished by an interrupted creation; creating it again", name)
+            self._call(existing.delete)
+            existing = None
         if existing is not None:
             if QUESTION not in [q.name for q in existing.settings.questions]:
                 raise ValueError(f"Argilla dataset {name!r} exists without a {QUESTION!r} question")

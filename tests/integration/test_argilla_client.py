@@ -223,3 +223,16 @@ def test_a_submitted_response_is_delivered_as_a_signed_webhook(client, argilla):
         webhook.delete()
         server.shutdown()
         server.server_close()
+
+
+def test_a_dataset_left_unpublished_by_a_killed_creation_is_made_again(client, argilla):
+    """What `hitl sync push` SIGKILLed inside the SDK's create leaves: a draft with no search index."""
+    workspace = client._rg.workspaces(client._ensure_workspace())
+    draft = httpx.post(f"{argilla.url}/api/v1/datasets", headers={"X-Argilla-Api-Key": argilla.api_key},
+                       json={"name": "half-made", "workspace_id": str(workspace.id)}, timeout=30)
+    assert draft.status_code == 201 and draft.json()["status"] == "draft"
+    dataset = client.ensure_dataset("half-made", text_field="text", labels=["a", "b"])
+    assert dataset._model.status == "ready" and str(dataset.id) != draft.json()["id"]
+    assert client.record_ids_by_external_id(dataset) == {}  # the search index exists: no 500
+    client.log_items(dataset, [PushItem("x-1", {"text": "hello"})])
+    assert set(client.record_ids_by_external_id(dataset)) == {"x-1"}
