@@ -69,17 +69,23 @@ def sync_job(ctx: JobContext) -> dict[str, Any]:
     return out
 
 
+def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], dict[int, str]]:
+    """The submitted answers as a table, their items, and the known answers of the gold ones."""
+    table = answer_table(store.annotations(status="submitted"), spec.labels)
+    items = store.items_by_id(table.item_ids.tolist())
+    gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
+    return table, items, gold
+
+
 def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
     """Settle every answered item; send the unsettled ones back for another answer (once per
     answer count, so repeated runs do not repeat the request)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    table = answer_table(store.annotations(status="submitted"), spec.labels)
-    items = store.items_by_id(table.item_ids.tolist())
+    table, items, gold = _answers(store, spec)
     current = np.array([items[i].is_current for i in table.item_ids.tolist()], dtype=bool)
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
         table.item_ids, table.R = table.item_ids[current], table.R[current]
-    gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
     result = consolidate(table, policy, gold=gold)
     before = {lb.item_id: lb for lb in store.labels(status=None, item_ids=table.item_ids.tolist())}
     store.save_labels(result.rows)
@@ -99,9 +105,7 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     """Agreement, annotator quality and routing counts, kept as dated snapshots."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    table = answer_table(store.annotations(status="submitted"), spec.labels)
-    items = store.items_by_id(table.item_ids.tolist())
-    gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
+    table, _, gold = _answers(store, spec)
     result = consolidate(table, policy, gold=gold)
     agreement = agreement_snapshot(table)
     quality = annotator_quality(result, policy)

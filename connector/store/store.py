@@ -601,6 +601,16 @@ class StateStore:
                     _advance(items[r["item_id"]], "annotated", from_states=_BEFORE_ANNOTATED)
         return result
 
+    def _rows_for(self, stmt: Any, column: Any, item_ids: Iterable[int] | None) -> list[Any]:
+        """``stmt``'s rows, all of them or those whose ``column`` is one of ``item_ids`` (in chunks)."""
+        with self._sessions() as s:
+            if item_ids is None:
+                return list(s.scalars(stmt))
+            out: list[Any] = []
+            for chunk in _chunks(sorted({int(i) for i in item_ids})):
+                out.extend(s.scalars(stmt.where(column.in_(chunk))))
+            return out
+
     def annotations(self, item_ids: Iterable[int] | None = None, *, tool: str | None = None,
                     project: str | None = None, status: str | None = None) -> list[Annotation]:
         """Stored annotations, filtered by any of item ids, tool, project and status, oldest first."""
@@ -608,13 +618,7 @@ class StateStore:
         for column, value in ((Annotation.tool, tool), (Annotation.project, project), (Annotation.status, status)):
             if value is not None:
                 stmt = stmt.where(column == value)
-        with self._sessions() as s:
-            if item_ids is None:
-                return list(s.scalars(stmt))
-            out: list[Annotation] = []
-            for chunk in _chunks(sorted({int(i) for i in item_ids})):
-                out.extend(s.scalars(stmt.where(Annotation.item_id.in_(chunk))))
-        return sorted(out, key=lambda a: a.id)
+        return sorted(self._rows_for(stmt, Annotation.item_id, item_ids), key=lambda a: a.id)
 
     # ---------------------------------------------------------------- cursors
 
@@ -677,13 +681,7 @@ class StateStore:
         stmt = select(Label).order_by(Label.item_id)
         if status is not None:
             stmt = stmt.where(Label.status == status)
-        with self._sessions() as s:
-            if item_ids is None:
-                return list(s.scalars(stmt))
-            out: list[Label] = []
-            for chunk in _chunks(sorted({int(i) for i in item_ids})):
-                out.extend(s.scalars(stmt.where(Label.item_id.in_(chunk))))
-        return sorted(out, key=lambda lb: lb.item_id)
+        return sorted(self._rows_for(stmt, Label.item_id, item_ids), key=lambda lb: lb.item_id)
 
     def items_by_id(self, item_ids: Iterable[int]) -> dict[int, Item]:
         """Item versions by row id (unknown ids are left out)."""

@@ -2,27 +2,14 @@ import base64
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 
-from ml_backend.app import create_app
-from ml_backend.service import ModelService
-from ml_backend.settings import BackendSettings
+from tests.unit.conftest import backend_client
 
 CONFIG = ('<View><Text name="review" value="$snippet"/><Choices name="sentiment" toName="review">'
           '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
 
 
-@pytest.fixture(scope="module")
-def service(model_root):
-    s = ModelService(BackendSettings(model_root=model_root, reload_interval_s=0))
-    yield s
-    s.close()
-
-
-def _client(service, tmp_path, **overrides):
-    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
-                               events_path=tmp_path / "events.jsonl", **overrides)
-    return TestClient(create_app(settings, service))
+_client = backend_client
 
 
 @pytest.fixture

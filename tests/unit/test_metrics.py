@@ -7,11 +7,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.batching import QueueFull
 from connector.store import StateStore
-from ml_backend.app import create_app
-from ml_backend.service import ModelService
-from ml_backend.settings import BackendSettings
 from sync.metrics import SyncMetricsCollector
 from sync.webhooks import PullRequests, create_webhook_app
+from tests.unit.conftest import backend_client
 
 CONFIG = ('<View><Text name="review" value="$snippet"/><Choices name="sentiment" toName="review">'
           '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
@@ -32,17 +30,7 @@ def _get(samples, name, default=0.0, **labels):
 # ---------------------------------------------------------------- ML backend
 
 
-@pytest.fixture(scope="module")
-def service(model_root):
-    s = ModelService(BackendSettings(model_root=model_root, reload_interval_s=0))
-    yield s
-    s.close()
-
-
-def _client(service, tmp_path, **overrides):
-    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
-                               events_path=tmp_path / "events.jsonl", **overrides)
-    return TestClient(create_app(settings, service))
+_client = backend_client
 
 
 def _versions(samples):

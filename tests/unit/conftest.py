@@ -1,0 +1,24 @@
+"""Unit fixtures: one loaded ML backend service per test module, and an app client around it."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ml_backend.app import create_app
+from ml_backend.service import ModelService
+from ml_backend.settings import BackendSettings
+
+
+@pytest.fixture(scope="module")
+def service(model_root):
+    s = ModelService(BackendSettings(model_root=model_root, reload_interval_s=0))
+    yield s
+    s.close()
+
+
+def backend_client(service: ModelService, tmp_path, **overrides) -> TestClient:
+    """A test client of an app built around ``service`` (settings ``overrides`` applied)."""
+    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
+                               events_path=tmp_path / "events.jsonl", **overrides)
+    return TestClient(create_app(settings, service))
