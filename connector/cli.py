@@ -277,12 +277,14 @@ def simulate(
     label_field: str = typer.Option("label"),
     budget: float = typer.Option(0.15, help="share of the items humans may review"),
     batch: int = typer.Option(20, help="items sent to review per round"),
-    seed_size: int = typer.Option(30, help="random items labelled before the first model"),
+    seed_size: int = typer.Option(50, help="random items labelled before the first model"),
     accuracy: float = typer.Option(0.97, help="each simulated annotator's accuracy"),
     overlap: int = typer.Option(2, help="answers per item (a third when two disagree)"),
-    target_error: float = typer.Option(0.02, help="error allowed among auto-accepted items"),
+    target_error: float = typer.Option(0.05, help="error allowed among auto-accepted items (certified at 95 %)"),
+    audit_share: float = typer.Option(0.2, help="share of each round's seats for uniform random audits"),
     eval_fraction: float = typer.Option(0.0, help="held out of the loop to measure the model (0.2 with random)"),
-    seeds: int = typer.Option(1, help="runs with seeds 0..N-1"),
+    seeds: int = typer.Option(1, help="runs with seeds first_seed .. first_seed+N-1"),
+    first_seed: int = typer.Option(0, help="the first seed (to split a long sweep across processes)"),
     compare_random: bool = typer.Option(True, help="also run random picks instead of active learning"),
     offline: bool = typer.Option(False, "--offline", help="the store alone, no annotation tool (fast)"),
     limit: int | None = typer.Option(None, help="at most this many items (stratified)"),
@@ -324,10 +326,11 @@ def simulate(
     strategies = ["least_confidence", "random"] if compare_random else ["least_confidence"]
     try:
         with Progress(console=console, transient=True) as progress:
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 for strategy in strategies:
                     cfg = SimulationConfig(budget=budget, batch=batch, seed_size=seed_size, annotator_accuracy=accuracy,
                                            overlap=overlap, strategy=strategy, target_error=target_error,
+                                           audit_share=audit_share,
                                            eval_fraction=eval_fraction if not compare_random else max(eval_fraction, 0.2),
                                            seed=seed, features=features)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
@@ -348,7 +351,7 @@ def simulate(
                       "-" if r.auto_accept_error is None else f"{r.auto_accept_error:.2%} (≤ {r.target_error:.0%}?)",
                       f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
     console.print(table)
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)
         rnd = next((r for r in results if r.seed == seed and r.strategy == "random"), None)
         if al and rnd and rnd.rounds and "eval_accuracy" in rnd.rounds[-1]:
@@ -356,6 +359,15 @@ def simulate(
             need = labels_to_reach(al.rounds, goal)
             saving = "not reached" if need is None else f"{need} vs {rnd.reviewed}: {1 - need / rnd.reviewed:.0%} fewer"
             console.print(f"seed {seed}: active learning reaches random's final accuracy {goal:.2%} with {saving}")
+    main = [r for r in results if r.strategy == "least_confidence"]
+    if len(main) > 1:
+        acc = np.array([r.label_accuracy for r in main])
+        share = np.array([r.review_share for r in main])
+        certified = [r for r in main if r.auto_accept_error is not None]
+        within = sum(r.auto_accept_error <= r.target_error for r in certified)
+        console.print(f"over {len(main)} seeds: label accuracy {acc.mean():.2%} (min {acc.min():.2%}) with "
+                      f"{share.mean():.1%} reviewed; auto-accept error at or under the target in {within} of "
+                      f"{len(certified)} runs that auto-accepted ({len(main) - len(certified)} accepted nothing)")
     write_html(results, out, title=f"hitl simulate: {ds.name}")
     out.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     console.print(f"report: {out} (figures: {out.with_suffix('.json')})")

@@ -139,7 +139,8 @@ def cross_fitted_logits(x: Any, y: np.ndarray, k: int, *, folds: int, C: float, 
 class RetrainResult:
     """What one retraining did: the candidate version (saved whether promoted or not), both
     models' held-out metrics, the decision and its reason, and honest predictions for the
-    threshold rule (``evidence``: held-out and out-of-fold confidence/correctness)."""
+    threshold rule (``evidence``: held-out and out-of-fold confidence/correctness, with each
+    item's external id)."""
 
     candidate: str | None
     current: str | None
@@ -150,7 +151,7 @@ class RetrainResult:
     encoded: int
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     current_metrics: dict[str, float] | None = None
-    evidence: dict[str, list[float]] = field(default_factory=dict)
+    evidence: dict[str, list] = field(default_factory=dict)
     reliability: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,14 +234,17 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
                "temperature_fit": "cross-fitted out-of-fold logits"}
     meta = models.save(clf, metrics=metrics, encoder_ref=enc_meta.get("model"), parent=current_name, promote=promote)
     served = clf if promote else current_clf
-    evidence: dict[str, list[float]] = {"confidence": [], "correct": []}
+    evidence: dict[str, list] = {"confidence": [], "correct": [], "external_id": []}
     if served is not None:
+        ext = np.asarray(external_ids, dtype=object)
         held = _aligned(served, x[test], classes, test_texts) if test.sum() else np.zeros((0, k))
         conf, correct = held.max(axis=1).tolist(), (held.argmax(axis=1) == y[test]).tolist()
+        ids = ext[test].tolist()
         if promote:  # the candidate's out-of-fold predictions are honest for its own training labels
             conf += oof_probs.max(axis=1).tolist()
             correct += (oof_probs.argmax(axis=1) == y_train).tolist()
-        evidence = {"confidence": conf, "correct": [float(c) for c in correct]}
+            ids += ext[train].tolist()
+        evidence = {"confidence": conf, "correct": [float(c) for c in correct], "external_id": ids}
     log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
                          candidate_metrics, current_metrics, evidence, reliability)

@@ -18,6 +18,13 @@ applies wins:
    left, the query strategy picks which go to ``review`` / ``active_learning`` (their strategy score
    is kept in ``score``) and the rest get ``defer`` / ``over_budget``.
 
+Audits (``audit_share > 0``): before the strategy picks, ``round(audit_share * seats)`` items are
+drawn uniformly at random from every item no rule above sends to a human (would-be accepted and
+uncertain alike) and go to ``review`` / ``audit`` (without a budget, ``seats`` is the number of
+uncertain items). Their human labels are an unbiased sample of the whole unreviewed pool, which is
+what the threshold rule needs to certify an error rate among auto-accepted items: labels picked by
+the strategy are the hardest items and say little about the confident ones.
+
 Gold items (known answers, flagged ``is_gold: True`` in metadata) come from a separate pool given
 to :meth:`Router.route`: ``round(gold_rate * number of batch items sent to review)`` of them, drawn
 without replacement, are appended as ``review`` / ``gold``. They are not counted in the budget.
@@ -101,6 +108,7 @@ class RoutingPolicy(BaseModel):
       accept_threshold``.
     - ``force_review``: rules on item metadata that send the item to review whatever the model says.
     - ``spot_check_rate``: share of would-be auto-accepted items sent to review instead.
+    - ``audit_share``: share of the review seats given to uniform random audits of the pool.
     - ``gold_rate``: gold items added, as a share of the batch items sent to review.
     - ``review_budget``: most batch items sent to review per batch (None: no limit).
     - ``strategy`` / ``random_share``: how over-budget uncertain items are picked; with
@@ -116,6 +124,7 @@ class RoutingPolicy(BaseModel):
     label_overrides: dict[str, float] = Field(default_factory=dict)
     force_review: list[Rule] = Field(default_factory=list)
     spot_check_rate: float = Field(0.05, ge=0.0, le=1.0)
+    audit_share: float = Field(0.0, ge=0.0, le=1.0)
     gold_rate: float = Field(0.0, ge=0.0, le=1.0)
     review_budget: int | None = Field(None, ge=0)
     strategy: Literal["least_confidence", "margin", "entropy", "random"] = "least_confidence"
@@ -169,8 +178,8 @@ class Batch:
 class RoutingDecision:
     """Where one item goes and why.
 
-    ``reason`` is one of ``confident``, ``uncertain``, ``forced:<field>``, ``spot_check``, ``gold``,
-    ``active_learning``, ``over_budget``, ``reject_label``; ``label``/``confidence`` are the top class
+    ``reason`` is one of ``confident``, ``uncertain``, ``forced:<field>``, ``spot_check``, ``audit``,
+    ``gold``, ``active_learning``, ``over_budget``, ``reject_label``; ``label``/``confidence`` are the top class
     and its probability; ``score`` is the strategy's score when the strategy picked the item, else None.
     """
 
@@ -215,10 +224,20 @@ class Router:
         spot = accepted & (spot_draw < pol.spot_check_rate)
         uncertain = np.flatnonzero(~forced & ~rejected & ~accepted)
 
+        audit = np.zeros(n, dtype=bool)
+        if pol.audit_share > 0.0:
+            seats = len(uncertain) if pol.review_budget is None else max(
+                0, pol.review_budget - int(forced.sum()) - int(spot.sum()))
+            pool = np.flatnonzero(~forced & ~rejected & ~spot)
+            k = min(math.floor(pol.audit_share * seats + 0.5), len(pool))
+            if k:
+                audit[self._rng.choice(pool, size=k, replace=False)] = True
+            uncertain = uncertain[~audit[uncertain]]
+
         picked: dict[int, float | None] = {int(i): None for i in uncertain}
         budget_binds = False
         if pol.review_budget is not None:
-            seats = max(0, pol.review_budget - int(forced.sum()) - int(spot.sum()))
+            seats = max(0, pol.review_budget - int(forced.sum()) - int(spot.sum()) - int(audit.sum()))
             if len(uncertain) > seats:
                 budget_binds = True
                 chosen = self.strategy.query(batch.probs, seats, candidates=uncertain)
@@ -233,6 +252,8 @@ class Router:
                 action, reason = "review", f"forced:{forced_by[i]}"
             elif rejected[i]:
                 action, reason = "auto_reject", "reject_label"
+            elif audit[i]:
+                action, reason = "review", "audit"
             elif spot[i]:
                 action, reason = "review", "spot_check"
             elif accepted[i]:

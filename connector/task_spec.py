@@ -62,7 +62,13 @@ class ArgillaTarget(_Target):
 class ThresholdPolicy(BaseModel):
     """How the auto-accept threshold adapts (the task file's ``[thresholds]`` table): keep the
     error among auto-accepted items under ``target_error`` with confidence ``1 - delta``, and the
-    review rate inside ``review_band`` when the data allows."""
+    review rate inside ``review_band`` when the data allows.
+
+    The guarantee needs evidence that represents the items the threshold accepts: with
+    ``evidence = "random"`` (the default) only labels of randomly drawn items count (the seed set,
+    and the router's ``audit_share``). Certifying ``target_error`` needs at least about
+    ``log(delta) / log(1 - target_error)`` error-free such labels above the threshold (59 for 5 %,
+    149 for 2 % at ``delta = 0.05``); until then nothing is auto-accepted."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,6 +79,10 @@ class ThresholdPolicy(BaseModel):
     min_evidence: int = Field(30, ge=1, description="labeled items needed before the threshold moves")
     min_n: int = Field(50, ge=1, description="labeled items at or above a threshold before it is tested; "
                                              "chosen without looking at correctness, so the bound stays valid")
+    evidence: Literal["random", "all"] = Field(
+        "random", description="'random': only labels of items drawn uniformly at random (the seed set and the "
+                              "router's audits), an unbiased sample of the items a threshold accepts; 'all': every "
+                              "honest prediction on a human label (biased towards hard items when a strategy picks)")
 
 
 class TaskSpec(BaseModel):

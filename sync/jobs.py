@@ -161,7 +161,9 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     payload = result.to_dict() | {"n_labels": len(labels)}
     store.add_snapshot("retrain", payload)
     store.add_snapshot("model", {"current": ctx.models.current()})
-    review = threshold_job(ctx, evidence=result.evidence) if result.evidence.get("confidence") else None
+    # a model that stayed keeps its threshold review: that review's evidence was about this model
+    review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
+        else None
     return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
             "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
             "threshold": None if review is None else review.get("threshold")}
@@ -178,17 +180,39 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
         evidence = (last.payload.get("evidence") or {}) if last else {}
     conf = np.asarray(evidence.get("confidence") or [], dtype=float)
     correct = np.asarray(evidence.get("correct") or [], dtype=float).astype(bool)
+    if policy.evidence == "random":
+        ext = evidence.get("external_id") or []
+        if len(ext) != len(conf):
+            return {"skipped": "the evidence does not name its items (retrain again to review the threshold)"}
+        keep = np.isin(np.asarray(ext, dtype=object), list(drawn_at_random(store)))
+        conf, correct = conf[keep], correct[keep]
     if len(conf) < policy.min_evidence:
-        return {"skipped": f"{len(conf)} labeled predictions, fewer than min_evidence={policy.min_evidence}"}
+        return {"skipped": f"{len(conf)} labeled predictions ({policy.evidence} evidence), "
+                           f"fewer than min_evidence={policy.min_evidence}"}
     pool = np.array([p.confidence for p in _latest_predictions(store)], dtype=float)
     choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
                                      pool_confidence=pool if len(pool) else None,
                                      review_band=tuple(policy.review_band), min_n=policy.min_n)
-    payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta}
+    payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
+                                  "evidence": policy.evidence, "n_evidence": int(len(conf))}
     store.add_snapshot("thresholds", payload)
     log.info("threshold review: %s", choice.note)
     return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
             "within_band": choice.within_band, "note": choice.note}
+
+
+#: routing reasons of items drawn uniformly at random (their labels are unbiased threshold evidence)
+RANDOM_REASONS = frozenset({"seed", "audit"})
+
+
+def drawn_at_random(store: StateStore) -> set[str]:
+    """External ids of labelled items drawn at random: the seed set (seed labels, or items routed
+    as ``seed``) and the router's audits."""
+    labels = store.labels(status=None)
+    decisions = store.latest_decisions([lb.item_id for lb in labels])
+    ids = {lb.item_id for lb in labels
+           if lb.method == "seed" or (lb.item_id in decisions and decisions[lb.item_id].reason in RANDOM_REASONS)}
+    return {it.external_id for it in store.items_by_id(ids).values()}
 
 
 def _latest_predictions(store: StateStore) -> list[Any]:

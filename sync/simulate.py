@@ -45,19 +45,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class SimulationConfig:
     """One simulated project. ``budget``: share of items humans may review; ``batch``: items sent
-    to review per round; ``seed_size``: randomly picked items labelled before the first model."""
+    to review per round; ``seed_size``: randomly picked items labelled before the first model;
+    ``audit_share``: share of each round's seats given to uniform random audits (with the seed set,
+    the threshold rule's evidence)."""
 
     budget: float = 0.15
     batch: int = 20
-    seed_size: int = 30
+    seed_size: int = 50
     annotators: int = 5
     annotator_accuracy: float = 0.97
     overlap: int = 2
     max_answers: int = 3
     strategy: str = "least_confidence"
-    target_error: float = 0.02
+    target_error: float = 0.05
     delta: float = 0.05
     spot_check_rate: float = 0.0
+    audit_share: float = 0.2
     eval_fraction: float = 0.0
     C: float = 10.0
     features: str = "embeddings"
@@ -194,6 +197,9 @@ class RunResult:
     auto_accept_error: float | None
     threshold: float | None
     target_error: float
+    threshold_evidence: int
+    threshold_certified: bool
+    audits: int
     ece_uncalibrated: float
     ece_calibrated: float
     temperature: float
@@ -215,7 +221,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
     """The task file of a simulated project."""
     return TaskSpec(
         name=f"simulation {data.name}", labels=sorted(set(data.labels)), overlap=cfg.overlap,
-        routing={"accept_threshold": 1.0 - cfg.target_error, "spot_check_rate": cfg.spot_check_rate,
+        routing={"accept_threshold": 1.0, "spot_check_rate": cfg.spot_check_rate, "audit_share": cfg.audit_share,
                  "review_budget": cfg.batch, "strategy": "random" if cfg.strategy == "random" else cfg.strategy,
                  "seed": cfg.seed},
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
@@ -403,6 +409,9 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         auto_accepted=int(accepted.sum()),
         auto_accept_error=float((model_label[accepted] != y[accepted]).mean()) if accepted.any() else None,
         threshold=None if threshold is None else float(threshold.payload["threshold"]), target_error=cfg.target_error,
+        threshold_evidence=0 if threshold is None else int(threshold.payload.get("n_evidence", 0)),
+        threshold_certified=bool(threshold is not None and threshold.payload.get("meets_target")),
+        audits=sum(1 for i, d in decisions.items() if d.reason == "audit" and i in human),
         ece_uncalibrated=expected_calibration_error(raw[rest], y_codes[rest]) if rest.any() else 0.0,
         ece_calibrated=expected_calibration_error(cal[rest], y_codes[rest]) if rest.any() else 0.0,
         temperature=float(clf.temperature_), versions=len(models.versions()),

@@ -161,6 +161,7 @@ api_key_env = "HITL_ARGILLA_API_KEY"
 [routing]
 accept_threshold = 0.9
 spot_check_rate = 0.05
+audit_share = 0.2
 review_budget = {batch}       # a batch per model version: the next one comes after a retraining
 strategy = "least_confidence"
 

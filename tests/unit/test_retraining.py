@@ -63,12 +63,18 @@ def test_a_better_candidate_is_promoted_and_a_shuffled_label_one_refused(labelle
     assert refused["held_out"]["accuracy"] < held["accuracy"] - 0.1
 
 
+def with_thresholds(ctx: JobContext, **kw) -> JobContext:
+    spec = ctx.spec.model_copy(update={"thresholds": ctx.spec.thresholds.model_copy(update=kw)})
+    return JobContext(ctx.store, spec, ctx.models)
+
+
 def test_the_threshold_review_and_metrics_snapshots_follow_a_retraining(labelled):
-    ctx = labelled
+    ctx = with_thresholds(labelled, evidence="all")
     review = threshold_job(ctx)
     assert 0.5 <= review["threshold"] <= 1.0 + 1e-9 and "note" in review
     snap = ctx.store.latest_snapshot("thresholds").payload
     assert snap["target_error"] == 0.1 and snap["error_ucb"] is not None
+    assert snap["n_evidence"] == len(ctx.store.latest_snapshot("retrain").payload["evidence"]["confidence"])
     out = metrics_job(ctx)
     assert out["items"] == 0  # no raw answers were stored in this fixture, only settled labels
     assert ctx.store.latest_snapshot("model").payload["current"] == ctx.models.current()
@@ -113,3 +119,24 @@ def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embed
     with pytest.raises(ValueError, match="pass texts="):
         clf.predict_proba_from_embeddings(x)
     assert result.candidate_metrics["accuracy"] > 0.6
+
+
+def test_random_evidence_counts_only_labels_of_items_drawn_at_random(labelled):
+    """The default evidence is the seed set and the audits: labels a strategy picked are the hardest
+    items and would bias the error bound among confident ones."""
+    ctx = with_thresholds(labelled, min_evidence=10)
+    store = ctx.store
+    evidence = store.latest_snapshot("retrain").payload["evidence"]
+    ids = {it.external_id: it.id for it in store.items()}
+    assert threshold_job(ctx)["skipped"].startswith("0 labeled predictions (random evidence)")
+    audited = evidence["external_id"][:40]
+    store.record_decisions([{"item_id": ids[e], "action": "review", "reason": "audit", "priority": 0.5}
+                            for e in audited[:25]]
+                           + [{"item_id": ids[e], "action": "review", "reason": "active_learning", "priority": 0.9}
+                              for e in audited[25:]])
+    seeded = [ids[e] for e in evidence["external_id"][40:55]]
+    store.save_labels([{"item_id": lb.item_id, "label": lb.label, "status": "settled", "method": "seed",
+                        "n_answers": 0, "reason": "seed label"} for lb in store.labels(item_ids=seeded)])
+    review = threshold_job(ctx)
+    assert "skipped" not in review
+    assert store.latest_snapshot("thresholds").payload["n_evidence"] == 25 + 15

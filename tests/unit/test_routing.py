@@ -283,3 +283,48 @@ def test_policy_loads_from_a_task_file_dict():
     })
     assert policy.threshold_for("spam") == 0.97 and policy.threshold_for("ham") == 0.9
     assert Router(policy).policy is policy
+
+
+# --- audits -----------------------------------------------------------------------------------
+
+def test_audits_take_their_share_of_the_seats_and_the_strategy_fills_the_rest():
+    rows = [[0.99, 0.005, 0.005]] * 60 + [[0.5, 0.3, 0.2]] * 40
+    d = no_spot(review_budget=20, audit_share=0.25, seed=3).route(batch_of(rows))
+    counts = Counter((x.action, x.reason) for x in d)
+    assert counts[("review", "audit")] == 5
+    assert counts[("review", "active_learning")] == 15
+    assert sum(x.action == "review" for x in d) == 20
+
+
+def test_audits_are_uniform_over_every_item_no_rule_sends_to_a_human():
+    """Over many batches, each item is audited equally often whatever its confidence (a chi-square
+    test on the per-position counts, and the confident share of audits near the pool's 60 %)."""
+    from scipy import stats
+
+    rows = [[0.99, 0.005, 0.005]] * 60 + [[0.5, 0.3, 0.2]] * 40
+    router = no_spot(review_budget=20, audit_share=0.25, seed=0)
+    hits = np.zeros(100)
+    for _ in range(2000):
+        for i, x in enumerate(router.route(batch_of(rows))):
+            hits[i] += x.reason == "audit"
+    assert hits.sum() == 2000 * 5
+    assert stats.chisquare(hits).pvalue > 0.001
+    confident_share = hits[:60].sum() / hits.sum()
+    assert abs(confident_share - 0.6) < 0.02  # sd about 0.0049
+
+
+def test_audited_confident_items_are_not_auto_accepted_and_forced_items_are_not_audited():
+    meta = [{"risk": "high"}] * 5 + [{}] * 95
+    router = Router(RoutingPolicy(spot_check_rate=0.0, audit_share=1.0, review_budget=10, accept_threshold=0.9,
+                                  force_review=[{"field": "risk", "op": "==", "value": "high"}]))
+    d = router.route(confident_batch(100, metadata=meta))
+    counts = Counter((x.action, x.reason) for x in d)
+    assert counts == {("review", "forced:risk"): 5, ("review", "audit"): 5, ("auto_accept", "confident"): 90}
+    assert all(x.reason == "forced:risk" for x in d[:5])
+
+
+def test_without_a_budget_audits_are_a_share_of_the_uncertain_count():
+    rows = [[0.99, 0.005, 0.005]] * 80 + [[0.5, 0.3, 0.2]] * 20
+    d = no_spot(audit_share=0.5, accept_threshold=0.9).route(batch_of(rows))
+    assert sum(x.reason == "audit" for x in d) == 10
+    assert sum(x.action == "review" for x in d) >= 20  # every uncertain item is still reviewed

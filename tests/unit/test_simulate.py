@@ -35,7 +35,7 @@ def test_simulated_annotators_hit_their_accuracy_and_never_answer_twice():
 
 @pytest.mark.slow
 def test_an_offline_run_keeps_its_budget_and_overlap_reports_everything_and_is_reproducible(small, cache_store, encoder):
-    cfg = SimulationConfig(budget=0.2, batch=20, seed_size=20, eval_fraction=0.2, seed=3, target_error=0.1)
+    cfg = SimulationConfig(budget=0.2, batch=20, seed_size=40, eval_fraction=0.2, seed=3, target_error=0.1)
     first = run(small, cfg, cache_store=cache_store, encoder=encoder)
     pool = 600 - 120
     assert first.items == pool and first.reviewed <= round(0.2 * pool) and first.reviewed >= 0.2 * pool - 20
@@ -44,8 +44,12 @@ def test_an_offline_run_keeps_its_budget_and_overlap_reports_everything_and_is_r
     assert first.promoted >= 1 and first.versions >= 2 and 0 < first.temperature
     assert first.agreement["n_annotators"] == 5 and first.agreement["percent_agreement"] > 0.8
     pts = first.rounds
-    assert [p["reviewed"] for p in pts] == sorted(p["reviewed"] for p in pts) and pts[0]["reviewed"] == 20
+    assert [p["reviewed"] for p in pts] == sorted(p["reviewed"] for p in pts) and pts[0]["reviewed"] == 40
     assert all(0 < p["eval_accuracy"] <= 1 for p in pts)
+    rounds = len(pts) - 1  # the first point is the seed model
+    assert 4 * (rounds - 1) <= first.audits <= 4 * rounds  # a fifth of each round's 20 seats
+    # the threshold review counts the seed set and the audits only (every one, after a promotion)
+    assert 40 <= first.threshold_evidence <= 40 + first.audits
     again = run(small, cfg, cache_store=cache_store, encoder=encoder)
     assert again.to_dict() | {"seconds": 0} == first.to_dict() | {"seconds": 0}  # seeds fixed: the same run
 
