@@ -102,7 +102,8 @@ class Rule(BaseModel):
 class RoutingPolicy(BaseModel):
     """Routing configuration (see the module docstring for how each field is applied).
 
-    - ``accept_threshold``: auto-accept when confidence >= this (per label: ``label_overrides``).
+    - ``accept_threshold``: auto-accept when confidence >= this (per label: ``label_overrides``);
+      1.0 accepts nothing (a probability can round to exactly 1.0).
     - ``reject_label`` / ``reject_threshold``: auto-reject when the model predicts ``reject_label``
       with confidence >= ``reject_threshold``; set both or neither; ``reject_threshold <=
       accept_threshold``.
@@ -220,7 +221,7 @@ class Router:
         if pol.reject_threshold is not None:
             rejected &= conf >= pol.reject_threshold
         thresholds = np.array([pol.threshold_for(lab) for lab in labels])
-        accepted = ~forced & ~rejected & (conf >= thresholds)
+        accepted = ~forced & ~rejected & (conf >= thresholds) & (thresholds < 1.0)  # 1.0: accept nothing
         spot = accepted & (spot_draw < pol.spot_check_rate)
         uncertain = np.flatnonzero(~forced & ~rejected & ~accepted)
 

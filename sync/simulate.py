@@ -62,9 +62,9 @@ class SimulationConfig:
     spot_check_rate: float = 0.0
     audit_share: float = 0.2
     eval_fraction: float = 0.0
-    C: float = 10.0
+    C: float = 30.0
     features: str = "embeddings"
-    C_lexical: float = 100.0
+    C_lexical: float = 1000.0
     folds: int = 3
     test_fraction: float = 0.1
     seed: int = 0
@@ -227,7 +227,10 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
         retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
                     "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction},
-        thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30})
+        # the review capacity is the budget: a certified threshold is raised so that the budget's share
+        # of the items stays below it (a subset of the certified items is accepted), and review goes on
+        thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30,
+                    "review_band": (cfg.budget, 1.0)})
 
 
 def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, encoder: Any,

@@ -328,3 +328,10 @@ def test_without_a_budget_audits_are_a_share_of_the_uncertain_count():
     d = no_spot(audit_share=0.5, accept_threshold=0.9).route(batch_of(rows))
     assert sum(x.reason == "audit" for x in d) == 10
     assert sum(x.action == "review" for x in d) >= 20  # every uncertain item is still reviewed
+
+
+def test_a_threshold_of_one_accepts_nothing_even_a_probability_rounded_to_one():
+    d = no_spot(accept_threshold=1.0).route(batch_of([[1.0, 0.0, 0.0], [0.999, 0.0005, 0.0005]]))
+    assert [x.action for x in d] == ["review", "review"]
+    d = no_spot(accept_threshold=0.5, label_overrides={"ham": 1.0}).route(batch_of([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert [x.action for x in d] == ["review", "auto_accept"]
