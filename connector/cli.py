@@ -336,6 +336,8 @@ def simulate(
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))
+                    out.parent.mkdir(parents=True, exist_ok=True)  # figures so far, should a long sweep stop
+                    out.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     finally:
         cache_store.close()
         if server is not None:

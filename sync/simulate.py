@@ -101,7 +101,8 @@ class InProcessPredictor:
     def serving_version(self) -> str | None:
         return self.models.current()
 
-    def _model(self) -> tuple[str, Any]:
+    def model(self) -> tuple[str, Any]:
+        """The current version and its classifier (loaded once per version)."""
         version = self.models.current()
         if version is None:
             raise RuntimeError("no model version yet")
@@ -111,7 +112,7 @@ class InProcessPredictor:
         return self._loaded
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        version, clf = self._model()
+        version, clf = self.model()
         x, _ = self.cache.encode(list(texts), [content_hash(t) for t in texts])
         probs = clf.predict_proba_from_embeddings(x, texts=texts)
         labels = clf.classes_.tolist()
@@ -284,7 +285,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         rounds: list[dict[str, Any]] = []
         while True:
             reviewed = len(store.labels(status=None))
-            _record_round(rounds, store, models, encoder, (x_eval, t_eval, y_eval), reviewed, (x_pool, t_pool, y_pool),
+            _record_round(rounds, store, predictor, (x_eval, t_eval, y_eval), reviewed, (x_pool, t_pool, y_pool),
                           pool_ids)
             if progress:
                 progress(rounds[-1])
@@ -346,16 +347,16 @@ def _label_directly(ctx: JobContext, sync: SyncService, external_ids: list[str],
     _settle(ctx, sync, store, truth, annotators, annotate, spec)
 
 
-def _record_round(rounds: list[dict[str, Any]], store: StateStore, models: ModelStore, encoder: Any,
+def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: InProcessPredictor,
                   evaluation: tuple[np.ndarray | None, list[str], list[str]], reviewed: int,
                   pool: tuple[np.ndarray, list[str], np.ndarray], pool_ids: list[int]) -> None:
     """One point of the curves: reviewed items, answers, and the labels' accuracy if the loop
     stopped here (human labels where there are, the current model's elsewhere)."""
     point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations(status="submitted")),
-                             "version": models.current()}
+                             "version": predictor.serving_version()}
     (x_eval, t_eval, y_eval), (x_pool, t_pool, y_pool) = evaluation, pool
-    if models.current():
-        clf, _ = models.load(encoder=encoder)
+    if predictor.serving_version():
+        _, clf = predictor.model()  # the version the sync passes serve, already loaded
         model = clf.classes_[clf.predict_proba_from_embeddings(x_pool, texts=t_pool).argmax(1)]
         human = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
         final = np.array([human.get(i, m) for i, m in zip(pool_ids, model)])
