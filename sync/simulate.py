@@ -461,6 +461,8 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
         f"({100 * r.review_share:.1f} %)</td><td>{r.answers} ({r.answers / max(r.reviewed, 1):.2f}/item)</td>"
         f"<td>{100 * r.label_accuracy:.2f} %</td><td>{100 * r.no_review_accuracy:.2f} %</td>"
         f"<td>{100 * r.oracle_accuracy:.2f} %</td><td>{r.auto_accepted}</td>"
+        f"<td>{'-' if not r.threshold_certified else f'{r.threshold:.3f}'} ({r.threshold_evidence} random labels, "
+        f"{r.audits} audits)</td>"
         f"<td>{'-' if r.auto_accept_error is None else f'{100 * r.auto_accept_error:.2f} %'} "
         f"(target {100 * r.target_error:.1f} %)</td><td>{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f}</td>"
         f"<td>{r.agreement.get('krippendorff_alpha') or 0:.3f}</td><td>{r.seconds:.0f} s</td></tr>" for r in results)
@@ -490,7 +492,8 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
         ax.legend(fontsize=8)
         parts.append(png(fig))
     head = ("<tr><th>strategy</th><th>seed</th><th>items</th><th>reviewed</th><th>human answers</th>"
-            "<th>label accuracy</th><th>no review</th><th>oracle</th><th>auto-accepted</th><th>auto-accept error</th>"
+            "<th>label accuracy</th><th>no review</th><th>oracle</th><th>auto-accepted</th><th>certified threshold</th>"
+            "<th>auto-accept error</th>"
             "<th>ECE before → after</th><th>Krippendorff α</th><th>time</th></tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"

@@ -67,4 +67,4 @@ def test_the_html_report_has_the_table_and_both_plots(small, cache_store, encode
                    encoder=encoder)]
     page = write_html(results, tmp_path / "sim.html", title="sim <test>").read_text()
     assert page.count("data:image/png;base64,") == 2 and "sim &lt;test&gt;" in page
-    assert page.count("<tr><td>") == 2
+    assert page.count("<tr><td>") == 2 and page.count("random labels,") == 2
