@@ -353,14 +353,23 @@ def simulate(
                       "-" if r.auto_accept_error is None else f"{r.auto_accept_error:.2%} (≤ {r.target_error:.0%}?)",
                       f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
     console.print(table)
+    savings: dict[str, list[float]] = {"eval_accuracy": [], "eval_accuracy_newest": []}
     for seed in range(first_seed, first_seed + seeds):
         al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)
         rnd = next((r for r in results if r.seed == seed and r.strategy == "random"), None)
-        if al and rnd and rnd.rounds and "eval_accuracy" in rnd.rounds[-1]:
-            goal = rnd.rounds[-1]["eval_accuracy"]
-            need = labels_to_reach(al.rounds, goal)
-            saving = "not reached" if need is None else f"{need} vs {rnd.reviewed}: {1 - need / rnd.reviewed:.0%} fewer"
-            console.print(f"seed {seed}: active learning reaches random's final accuracy {goal:.2%} with {saving}")
+        if not (al and rnd and rnd.rounds and "eval_accuracy" in rnd.rounds[-1]):
+            continue
+        for key, what in (("eval_accuracy", "served model"), ("eval_accuracy_newest", "newest model")):
+            goal = rnd.rounds[-1][key]
+            need = labels_to_reach(al.rounds, goal, key=key)
+            saved = 0.0 if need is None else 1 - need / rnd.reviewed
+            savings[key].append(saved)
+            saving = "not reached" if need is None else f"{need} vs {rnd.reviewed}: {saved:.0%} fewer"
+            console.print(f"seed {seed}, {what}: active learning reaches random's final accuracy {goal:.2%} "
+                          f"with {saving}")
+    for key, what in (("eval_accuracy", "served model"), ("eval_accuracy_newest", "newest model")):
+        if len(savings[key]) > 1:
+            console.print(f"{what}: {np.mean(savings[key]):.0%} fewer labels on average over {len(savings[key])} seeds")
     main = [r for r in results if r.strategy == "least_confidence"]
     if len(main) > 1:
         acc = np.array([r.label_accuracy for r in main])

@@ -364,8 +364,14 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
         point["model_errors"] = int((model != y_pool).sum())
         point["review_share"] = reviewed / len(y_pool)
         if x_eval is not None and len(y_eval):
-            point["eval_accuracy"] = float((clf.classes_[clf.predict_proba_from_embeddings(
-                x_eval, texts=t_eval).argmax(1)] == np.array(y_eval)).mean())
+            def accuracy(c: Any) -> float:
+                return float((c.classes_[c.predict_proba_from_embeddings(x_eval, texts=t_eval).argmax(1)]
+                              == np.array(y_eval)).mean())
+
+            point["eval_accuracy"] = accuracy(clf)
+            newest = point["newest"] = predictor.models.versions()[-1]  # trained on every label so far
+            point["eval_accuracy_newest"] = point["eval_accuracy"] if newest == predictor.serving_version() \
+                else accuracy(predictor.models.load(newest, encoder=predictor.cache.encoder)[0])
     rounds.append(point)
 
 
@@ -425,13 +431,16 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         rounds=rounds)
 
 
-def labels_to_reach(rounds: Sequence[dict[str, Any]], accuracy: float) -> int | None:
+def labels_to_reach(rounds: Sequence[dict[str, Any]], accuracy: float, *, key: str = "eval_accuracy") -> int | None:
     """Reviewed items from which on the evaluation accuracy stays at or above ``accuracy`` (the
-    first point of the last run of rounds that all reach it; ``None`` if the last round does not)."""
-    points = [p for p in rounds if p.get("eval_accuracy") is not None]
+    first point of the last run of rounds that all reach it; ``None`` if the last round does not).
+
+    ``key``: ``eval_accuracy`` (the served model: what the loop delivers, promotion gate included)
+    or ``eval_accuracy_newest`` (the model trained on every label so far: what the labels are worth)."""
+    points = [p for p in rounds if p.get(key) is not None]
     need = None
     for point in reversed(points):
-        if point["eval_accuracy"] < accuracy - 1e-12:
+        if point[key] < accuracy - 1e-12:
             break
         need = int(point["reviewed"])
     return need
@@ -484,10 +493,13 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for r in results:
             pts = [p for p in r.rounds if "eval_accuracy" in p]
-            ax.plot([p["reviewed"] for p in pts], [100 * p["eval_accuracy"] for p in pts], marker=".",
-                    label=f"{r.strategy} (seed {r.seed})")
+            line, = ax.plot([p["reviewed"] for p in pts], [100 * p["eval_accuracy"] for p in pts], marker=".",
+                            label=f"{r.strategy} (seed {r.seed}), served")
+            if all("eval_accuracy_newest" in p for p in pts):
+                ax.plot([p["reviewed"] for p in pts], [100 * p["eval_accuracy_newest"] for p in pts], ls=":",
+                        color=line.get_color(), label=f"{r.strategy} (seed {r.seed}), newest")
         ax.set_xlabel("items labelled")
-        ax.set_ylabel("model accuracy on the held-out slice (%)")
+        ax.set_ylabel("model accuracy on the held-out slice (%)")  # dotted: newest version, promoted or not
         ax.set_title("active learning against random picks")
         ax.legend(fontsize=8)
         parts.append(png(fig))

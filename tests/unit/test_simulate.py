@@ -45,7 +45,9 @@ def test_an_offline_run_keeps_its_budget_and_overlap_reports_everything_and_is_r
     assert first.agreement["n_annotators"] == 5 and first.agreement["percent_agreement"] > 0.8
     pts = first.rounds
     assert [p["reviewed"] for p in pts] == sorted(p["reviewed"] for p in pts) and pts[0]["reviewed"] == 40
-    assert all(0 < p["eval_accuracy"] <= 1 for p in pts)
+    assert all(0 < p["eval_accuracy"] <= 1 and 0 < p["eval_accuracy_newest"] <= 1 for p in pts)
+    same = [p for p in pts if p["newest"] == p["version"]]
+    assert same and all(p["eval_accuracy_newest"] == p["eval_accuracy"] for p in same)
     rounds = len(pts) - 1  # the first point is the seed model
     assert 4 * (rounds - 1) <= first.audits <= 4 * rounds  # a fifth of each round's 20 seats
     # the threshold review counts the seed set and the audits only (every one, after a promotion)
@@ -57,6 +59,9 @@ def test_an_offline_run_keeps_its_budget_and_overlap_reports_everything_and_is_r
 def test_labels_to_reach_takes_the_point_from_which_accuracy_stays_up(tmp_path):
     rounds = [{"reviewed": r, "eval_accuracy": a} for r, a in [(20, 0.9), (40, 0.7), (60, 0.91), (80, 0.95)]]
     assert labels_to_reach(rounds, 0.9) == 60 and labels_to_reach(rounds, 0.99) is None
+    for p, a in zip(rounds, [0.9, 0.92, 0.93, 0.95]):
+        p["eval_accuracy_newest"] = a
+    assert labels_to_reach(rounds, 0.9, key="eval_accuracy_newest") == 20
 
 
 @pytest.mark.slow
