@@ -60,6 +60,11 @@ class ModelStore:
         names = [p.name for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name) and (p / "meta.json").exists()]
         return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))
 
+    def trained_on(self, version: str) -> set[str] | None:
+        """External ids a version was trained on (None when it was saved without them)."""
+        path = self.versions_dir / version / "trained_on.json"
+        return set(json.loads(path.read_text())) if path.exists() else None
+
     def current(self) -> str | None:
         """The promoted version, else the newest one, else ``None``."""
         pointer = self.root / "current"
@@ -80,8 +85,11 @@ class ModelStore:
         return ModelVersion(**data)
 
     def save(self, clf: TextClassifier, *, metrics: dict[str, Any] | None = None,
-             encoder_ref: str | None = None, parent: str | None = None, promote: bool = False) -> ModelVersion:
-        """Write ``clf`` as the next version; ``encoder_ref`` is "default" or a model directory."""
+             encoder_ref: str | None = None, parent: str | None = None, promote: bool = False,
+             trained_on: list[str] | None = None) -> ModelVersion:
+        """Write ``clf`` as the next version; ``encoder_ref`` is "default" or a model directory;
+        ``trained_on``: the external ids of its training items (``trained_on.json``), so that a
+        later candidate can be compared with it on every label it never saw."""
         from safetensors.numpy import save_file
 
         existing = self.versions()
@@ -117,6 +125,8 @@ class ModelStore:
                             "features": "tfidf"}
         save_file(tensors, str(tmp / "head.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
+        if trained_on is not None:
+            (tmp / "trained_on.json").write_text(json.dumps(sorted(trained_on)))
         tmp.rename(self.versions_dir / name)
         if promote:
             self.promote(name)

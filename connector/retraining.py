@@ -34,8 +34,10 @@ class RetrainPolicy(BaseModel):
     """When to retrain and what counts as better (the task file's ``[retraining]`` table).
 
     - ``min_new_labels``: settled human labels added since the last retraining that trigger one.
-    - ``test_fraction``: share of human labels held out (by hash of the external id) for the
-      comparison; ``min_test``: fewer held-out labels than this and nothing is promoted.
+    - ``test_fraction``: share of human labels held out (by hash of the external id), never
+      trained on. The candidate is compared with the current model on the held-out labels and on
+      every label that arrived after the current model was trained (the candidate's out-of-fold
+      predictions there); ``min_test``: fewer such labels than this and nothing is promoted.
     - ``folds``: cross-fitting folds for the temperature.
     - ``metric`` / ``min_improvement``: the candidate must beat the current model on ``metric`` by
       at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this.
@@ -223,20 +225,28 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         reliability = {"y": y[test].tolist(), "uncalibrated": raw.tolist(), "calibrated": cal.tolist()}
         if current_clf is not None:
             current_metrics = evaluate(_aligned(current_clf, x[test], classes, test_texts), y[test])
+    ext = np.asarray(external_ids, dtype=object)
+    compared: dict[str, Any] = {}
     if current_clf is None:
         promote, reason = True, "the first model: nothing to compare with"
-    elif test.sum() < policy.min_test:
-        promote, reason = False, f"{int(test.sum())} held-out labels, fewer than min_test={policy.min_test}"
     else:
-        promote, reason = is_better(candidate_metrics, current_metrics, policy)
+        compared = _comparison(clf, current_clf, x, texts, y, test, train, oof_probs if oof.any() else None,
+                               models.trained_on(current_name), ext, classes)
+        if compared["n"] < policy.min_test:
+            promote, reason = False, (f"{compared['n']} labels neither model trained on, fewer than "
+                                      f"min_test={policy.min_test}")
+        else:
+            promote, reason = is_better(compared["candidate"], compared["current"], policy)
+            reason += (f" on {compared['n']} labels neither model trained on ({compared['held_out']} held out, "
+                       f"{compared['new']} new since {current_name}, out-of-fold)")
     metrics = {"held_out": candidate_metrics, "current_held_out": current_metrics, "current": current_name,
                "n_train": int(train.sum()), "n_test": int(test.sum()), "promoted": promote, "decision": reason,
-               "temperature_fit": "cross-fitted out-of-fold logits"}
-    meta = models.save(clf, metrics=metrics, encoder_ref=enc_meta.get("model"), parent=current_name, promote=promote)
+               "compared": compared, "temperature_fit": "cross-fitted out-of-fold logits"}
+    meta = models.save(clf, metrics=metrics, encoder_ref=enc_meta.get("model"), parent=current_name, promote=promote,
+                       trained_on=ext[train].tolist())
     served = clf if promote else current_clf
     evidence: dict[str, list] = {"confidence": [], "correct": [], "external_id": []}
     if served is not None:
-        ext = np.asarray(external_ids, dtype=object)
         held = _aligned(served, x[test], classes, test_texts) if test.sum() else np.zeros((0, k))
         conf, correct = held.max(axis=1).tolist(), (held.argmax(axis=1) == y[test]).tolist()
         ids = ext[test].tolist()
@@ -248,6 +258,28 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
                          candidate_metrics, current_metrics, evidence, reliability)
+
+
+def _comparison(candidate: TextClassifier, current: TextClassifier, x: np.ndarray, texts: Sequence[str],
+                y: np.ndarray, test: np.ndarray, train: np.ndarray, oof_probs: np.ndarray | None,
+                seen: set[str] | None, ext: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Candidate and current model scored on every label neither was trained on: the held-out
+    slice (the candidate's own predictions) and the training labels that arrived after the current
+    model was trained (the candidate's out-of-fold predictions, from models fitted on part of its
+    data: a handicap that only makes promotion harder). With uncertainty sampling the held-out
+    slice alone is a few dozen of the hardest items, too few to tell two models apart."""
+    rows = np.flatnonzero(train)
+    fresh = rows[[e not in seen for e in ext[rows]]] if seen is not None and oof_probs is not None else rows[:0]
+    held = np.flatnonzero(test)
+    cand = [candidate.predict_proba_from_embeddings(x[held], texts=[texts[i] for i in held])] if len(held) else []
+    if len(fresh):
+        cand.append(oof_probs[np.searchsorted(rows, fresh)])
+    both = np.concatenate([held, fresh])
+    if not len(both):
+        return {"n": 0, "held_out": 0, "new": 0}
+    cur = _aligned(current, x[both], classes, [texts[i] for i in both])
+    return {"n": int(len(both)), "held_out": int(len(held)), "new": int(len(fresh)),
+            "candidate": evaluate(np.concatenate(cand), y[both]), "current": evaluate(cur, y[both])}
 
 
 def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str], texts: Sequence[str]) -> np.ndarray:

@@ -140,3 +140,35 @@ def test_random_evidence_counts_only_labels_of_items_drawn_at_random(labelled):
     review = threshold_job(ctx)
     assert "skipped" not in review
     assert store.latest_snapshot("thresholds").payload["n_evidence"] == 25 + 15
+
+
+def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_path, rt_sample, encoder):
+    """Held-out labels plus the labels that arrived after the current model was trained (scored by
+    the candidate's out-of-fold predictions): with uncertainty sampling the held-out slice alone is
+    a few dozen hard items."""
+    texts, labels = rt_sample
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    store.migrate()
+    store.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
+    ids = {it.external_id: it.id for it in store.items()}
+    models = ModelStore(tmp_path / "models")
+    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 1, "min_test": 5, "test_fraction": 0.2})
+    ctx = JobContext(store, spec, models, encoder=encoder)
+
+    def settle(rows: range) -> None:
+        store.save_labels([{"item_id": ids[f"rt{i}"], "label": labels[i], "status": "settled", "method": "majority",
+                            "n_answers": 2, "reason": "settled"} for i in rows])
+
+    settle(range(300))
+    assert retrain_job(ctx)["promoted"]
+    first_train = {f"rt{i}" for i in range(300) if not in_test_split(f"rt{i}", 0.2)}
+    assert models.trained_on("v1") == first_train
+    settle(range(300, 600))
+    second = retrain_job(ctx)
+    compared = models.meta("v2").metrics["compared"]
+    new = [i for i in range(300, 600) if not in_test_split(f"rt{i}", 0.2)]
+    held = [i for i in range(600) if in_test_split(f"rt{i}", 0.2)]
+    assert compared["new"] == len(new) and compared["held_out"] == len(held)
+    assert compared["n"] == len(new) + len(held) and "neither model trained on" in second["reason"]
+    assert set(compared["candidate"]) >= {"accuracy", "log_loss"} and set(compared["current"]) >= {"accuracy"}
+    store.close()
