@@ -278,7 +278,7 @@ def _comparison(candidate: TextClassifier, current: TextClassifier, x: np.ndarra
     if not len(both):
         return {"n": 0, "held_out": 0, "new": 0}
     cur = _aligned(current, x[both], classes, [texts[i] for i in both])
-    return {"n": int(len(both)), "held_out": int(len(held)), "new": int(len(fresh)),
+    return {"n": len(both), "held_out": len(held), "new": len(fresh),
             "candidate": evaluate(np.concatenate(cand), y[both]), "current": evaluate(cur, y[both])}
 
 

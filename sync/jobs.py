@@ -194,7 +194,7 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
                                      pool_confidence=pool if len(pool) else None,
                                      review_band=tuple(policy.review_band), min_n=policy.min_n)
     payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
-                                  "evidence": policy.evidence, "n_evidence": int(len(conf))}
+                                  "evidence": policy.evidence, "n_evidence": len(conf)}
     store.add_snapshot("thresholds", payload)
     log.info("threshold review: %s", choice.note)
     return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
