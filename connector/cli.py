@@ -282,6 +282,8 @@ def simulate(
     overlap: int = typer.Option(2, help="answers per item (a third when two disagree)"),
     target_error: float = typer.Option(0.05, help="error allowed among auto-accepted items (certified at 95 %)"),
     audit_share: float = typer.Option(0.2, help="share of each round's seats for uniform random audits"),
+    accuracy_drop_alpha: float | None = typer.Option(
+        None, help="promote a better candidate despite an accuracy drop unless a paired test finds it at this level"),
     eval_fraction: float = typer.Option(0.0, help="held out of the loop to measure the model (0.2 with random)"),
     seeds: int = typer.Option(1, help="runs with seeds first_seed .. first_seed+N-1"),
     first_seed: int = typer.Option(0, help="the first seed (to split a long sweep across processes)"),
@@ -330,7 +332,7 @@ def simulate(
                 for strategy in strategies:
                     cfg = SimulationConfig(budget=budget, batch=batch, seed_size=seed_size, annotator_accuracy=accuracy,
                                            overlap=overlap, strategy=strategy, target_error=target_error,
-                                           audit_share=audit_share,
+                                           audit_share=audit_share, accuracy_drop_alpha=accuracy_drop_alpha,
                                            eval_fraction=eval_fraction if not compare_random else max(eval_fraction, 0.2),
                                            seed=seed, features=features)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)

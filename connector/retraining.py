@@ -40,7 +40,9 @@ class RetrainPolicy(BaseModel):
       predictions there); ``min_test``: fewer such labels than this and nothing is promoted.
     - ``folds``: cross-fitting folds for the temperature.
     - ``metric`` / ``min_improvement``: the candidate must beat the current model on ``metric`` by
-      at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this.
+      at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this;
+      ``accuracy_drop_alpha`` (off by default): a larger drop refuses it only when a paired exact
+      test on the labels the two models disagree on finds the drop at this level.
     - ``include_auto_accepted``: also train on the model's own auto-accepted labels (off by default).
     - ``C``: the head's inverse L2 strength.
     - ``features``: ``embeddings+tfidf`` adds a word-feature head (TF-IDF fitted on every text of
@@ -61,6 +63,9 @@ class RetrainPolicy(BaseModel):
     C: float = Field(10.0, gt=0.0)
     features: Literal["embeddings", "embeddings+tfidf"] = "embeddings"
     C_lexical: float = Field(100.0, gt=0.0)
+    accuracy_drop_alpha: float | None = Field(
+        None, gt=0.0, lt=1.0, description="when set, an accuracy drop beyond max_accuracy_drop refuses the candidate "
+        "only if a one-sided exact test on the labels the two models disagree on (McNemar) finds it at this level")
 
 
 def in_test_split(external_id: str, fraction: float) -> bool:
@@ -79,8 +84,10 @@ def evaluate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "ece": expected_calibration_error(probs, y), "log_loss": log_loss(probs, y), "n": len(y)}
 
 
-def is_better(candidate: dict[str, float], current: dict[str, float] | None, policy: RetrainPolicy) -> tuple[bool, str]:
-    """The promotion rule; returns ``(promote, why)`` in words."""
+def is_better(candidate: dict[str, float], current: dict[str, float] | None, policy: RetrainPolicy,
+              discordant: tuple[int, int] | None = None) -> tuple[bool, str]:
+    """The promotion rule; returns ``(promote, why)`` in words. ``discordant``: labels only the
+    candidate got right, and only the current model got right (for ``accuracy_drop_alpha``)."""
     if current is None:
         return True, "no current model to compare with"
     m = policy.metric
@@ -89,7 +96,18 @@ def is_better(candidate: dict[str, float], current: dict[str, float] | None, pol
     if gain <= 0 or gain < policy.min_improvement:
         return False, f"{m} {candidate[m]:.4f} vs current {current[m]:.4f}: not better"
     if drop > policy.max_accuracy_drop:
-        return False, f"accuracy {candidate['accuracy']:.4f} vs current {current['accuracy']:.4f}: drops {drop:.4f}"
+        why = f"accuracy {candidate['accuracy']:.4f} vs current {current['accuracy']:.4f}: drops {drop:.4f}"
+        if policy.accuracy_drop_alpha is None or discordant is None:
+            return False, why
+        from scipy.stats import binom
+
+        only_candidate, only_current = discordant
+        p = float(binom.sf(only_current - 1, only_candidate + only_current, 0.5)) if only_current else 1.0
+        if p < policy.accuracy_drop_alpha:
+            return False, f"{why} (paired test p = {p:.3g})"
+        return True, (f"{m} {candidate[m]:.4f} vs current {current[m]:.4f} (better by {gain:.4f}); the accuracy "
+                      f"drop of {drop:.4f} is within noise (paired test on {only_candidate + only_current} "
+                      f"disagreements, p = {p:.3g})")
     return True, f"{m} {candidate[m]:.4f} vs current {current[m]:.4f} (better by {gain:.4f})"
 
 
@@ -236,7 +254,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
             promote, reason = False, (f"{compared['n']} labels neither model trained on, fewer than "
                                       f"min_test={policy.min_test}")
         else:
-            promote, reason = is_better(compared["candidate"], compared["current"], policy)
+            promote, reason = is_better(compared["candidate"], compared["current"], policy,
+                                        discordant=tuple(compared["discordant"]))
             reason += (f" on {compared['n']} labels neither model trained on ({compared['held_out']} held out, "
                        f"{compared['new']} new since {current_name}, out-of-fold)")
     metrics = {"held_out": candidate_metrics, "current_held_out": current_metrics, "current": current_name,
@@ -278,8 +297,11 @@ def _comparison(candidate: TextClassifier, current: TextClassifier, x: np.ndarra
     if not len(both):
         return {"n": 0, "held_out": 0, "new": 0}
     cur = _aligned(current, x[both], classes, [texts[i] for i in both])
+    cand_p = np.concatenate(cand)
+    cand_ok, cur_ok = cand_p.argmax(axis=1) == y[both], cur.argmax(axis=1) == y[both]
     return {"n": len(both), "held_out": len(held), "new": len(fresh),
-            "candidate": evaluate(np.concatenate(cand), y[both]), "current": evaluate(cur, y[both])}
+            "candidate": evaluate(cand_p, y[both]), "current": evaluate(cur, y[both]),
+            "discordant": [int((cand_ok & ~cur_ok).sum()), int((~cand_ok & cur_ok).sum())]}
 
 
 def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str], texts: Sequence[str]) -> np.ndarray:

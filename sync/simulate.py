@@ -67,6 +67,7 @@ class SimulationConfig:
     C_lexical: float = 1000.0
     folds: int = 3
     test_fraction: float = 0.1
+    accuracy_drop_alpha: float | None = None
     seed: int = 0
 
 
@@ -227,7 +228,8 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
                  "seed": cfg.seed},
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
         retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
-                    "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction},
+                    "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction,
+                    "accuracy_drop_alpha": cfg.accuracy_drop_alpha},
         # the review capacity is the budget: a certified threshold is raised so that the budget's share
         # of the items stays below it (a subset of the certified items is accepted), and review goes on
         thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30,

@@ -92,6 +92,19 @@ def test_the_promotion_rule():
     assert is_better({"log_loss": 0.6, "accuracy": 0.83}, cur, strict)[0]
 
 
+def test_with_a_paired_test_only_a_significant_accuracy_drop_refuses_a_better_candidate():
+    """Binomial(n, 1/2) on the disagreements: 1 vs 3 is noise (p = 0.31), 0 vs 8 is not (p = 0.004)."""
+    cur = {"log_loss": 0.7, "accuracy": 0.93}
+    cand = {"log_loss": 0.4, "accuracy": 0.91}
+    paired = RetrainPolicy(accuracy_drop_alpha=0.05)
+    assert not is_better(cand, cur, RetrainPolicy(), discordant=(1, 3))[0]  # off by default: any drop refuses
+    ok, why = is_better(cand, cur, paired, discordant=(1, 3))
+    assert ok and "within noise" in why and "p = 0.312" in why
+    ok, why = is_better(cand, cur, paired, discordant=(0, 8))
+    assert not ok and "p = 0.00391" in why
+    assert not is_better({"log_loss": 0.8, "accuracy": 0.91}, cur, paired, discordant=(1, 3))[0]  # log loss first
+
+
 def test_the_held_out_split_is_stable_and_about_the_fraction():
     ids = [f"item-{i}" for i in range(5000)]
     first = [in_test_split(e, 0.2) for e in ids]
