@@ -248,8 +248,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     if current_clf is None:
         promote, reason = True, "the first model: nothing to compare with"
     else:
-        compared = _comparison(clf, current_clf, x, texts, y, test, train, oof_probs if oof.any() else None,
-                               models.trained_on(current_name), ext, classes)
+        compared = _comparison(cal if test.sum() else np.zeros((0, k)), current_clf, x, texts, y, test, train,
+                               oof_probs if oof.any() else None, models.trained_on(current_name), ext, classes)
         if compared["n"] < policy.min_test:
             promote, reason = False, (f"{compared['n']} labels neither model trained on, fewer than "
                                       f"min_test={policy.min_test}")
@@ -279,7 +279,7 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
                          candidate_metrics, current_metrics, evidence, reliability)
 
 
-def _comparison(candidate: TextClassifier, current: TextClassifier, x: np.ndarray, texts: Sequence[str],
+def _comparison(held_probs: np.ndarray, current: TextClassifier, x: np.ndarray, texts: Sequence[str],
                 y: np.ndarray, test: np.ndarray, train: np.ndarray, oof_probs: np.ndarray | None,
                 seen: set[str] | None, ext: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Candidate and current model scored on every label neither was trained on: the held-out
@@ -290,7 +290,7 @@ def _comparison(candidate: TextClassifier, current: TextClassifier, x: np.ndarra
     rows = np.flatnonzero(train)
     fresh = rows[[e not in seen for e in ext[rows]]] if seen is not None and oof_probs is not None else rows[:0]
     held = np.flatnonzero(test)
-    cand = [candidate.predict_proba_from_embeddings(x[held], texts=[texts[i] for i in held])] if len(held) else []
+    cand = [held_probs]  # the candidate's calibrated predictions on the held-out slice, computed once above
     if len(fresh):
         cand.append(oof_probs[np.searchsorted(rows, fresh)])
     both = np.concatenate([held, fresh])
