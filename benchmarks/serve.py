@@ -33,7 +33,7 @@ def _start_backend(model_root: Path, port: int, env: dict[str, str]) -> subproce
     from connector.model_store import ModelStore
 
     if ModelStore(model_root).current() is None:
-        subprocess.run([sys.executable, "-m", "connector.cli", "train", "rotten_tomatoes", "--limit", "1500",
+        subprocess.run([sys.executable, "-m", "hitl.cli", "train", "rotten_tomatoes", "--limit", "1500",
                         "--model-root", str(model_root)], check=True, cwd=ROOT)
     proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "HITL_MODEL_ROOT": str(model_root), "HITL_PORT": str(port), **env},

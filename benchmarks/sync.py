@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from connector.label_studio_client import LabelStudioClient  # noqa: E402
 from connector.store import StateStore  # noqa: E402
 from connector.task_spec import TaskSpec  # noqa: E402
-from sync.label_studio_server import start_from_template  # noqa: E402
+from hitl.local.label_studio_server import start_from_template, throwaway_credentials  # noqa: E402
 from sync.service import LabelStudioSync  # noqa: E402
 
 
@@ -170,7 +170,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="hitl-bench-sync-"))
     results: dict = {}
     if not args.skip_label_studio:
-        server = start_from_template(workdir)
+        server = start_from_template(workdir, **throwaway_credentials())
         try:
             client = LabelStudioClient(server.url, server.token)
             results["push"] = bench_push(workdir, client, args.n, args.push_batch)

@@ -17,14 +17,14 @@ import pytest
 
 from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
-from sync.label_studio_server import free_port, port_is_free
+from hitl.local.processes import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hitl(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "connector.cli", *args], env=env, cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hitl.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 

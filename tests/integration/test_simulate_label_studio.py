@@ -7,7 +7,7 @@ import pytest
 from connector.datasets import LabeledTexts
 from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
-from sync.simulate import SimulationConfig, run
+from hitl.simulate import SimulationConfig, run
 
 pytestmark = pytest.mark.slow
 

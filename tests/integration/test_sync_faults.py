@@ -44,13 +44,13 @@ def workspace(tmp_path_factory, label_studio, backend, rt_sample):
 
 
 def _hitl(env, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "connector.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hitl.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def _kill_at_random(env, args, rng, *, max_delay):
     """Start the command and SIGKILL it after a random delay; returns whether it was killed."""
-    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "hitl.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         proc.wait(timeout=rng.uniform(0.5, max_delay))
@@ -131,9 +131,11 @@ def test_a_label_studio_that_is_down_fails_the_pass_clearly_and_loses_nothing(wo
 
 
 def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplicates(tmp_path, rt_sample, backend):
-    from sync import label_studio_server as lss
+    from hitl.local import label_studio_server as lss
+    from tests.support.credentials import LS_PASSWORD, LS_TOKEN, LS_USERNAME
+    from tests.support.label_studio import start_from_template
 
-    server = lss.start_from_template(tmp_path)
+    server = start_from_template(tmp_path)
     port = int(server.url.rsplit(":", 1)[1])
     try:
         (tmp_path / "task.toml").write_text(
@@ -145,7 +147,7 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
                "HITL_LS_API_KEY": server.token, "HITL_BACKEND_URL": backend.url, "HITL_PUSH_BATCH": "10"}
         assert _hitl(env, "ingest", str(tmp_path / "items.jsonl")).returncode == 0
         assert _hitl(env, "sync", "pull").returncode == 0  # creates the project; nothing to pull yet
-        push = subprocess.Popen([sys.executable, "-m", "connector.cli", "sync", "push"], env=env,
+        push = subprocess.Popen([sys.executable, "-m", "hitl.cli", "sync", "push"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client = LabelStudioClient(server.url, server.token)
         pid = client.ensure_project("tool stops", "<View/>")
@@ -155,7 +157,7 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
         server.stop()  # Label Studio goes away in the middle of the pass
         _, err = push.communicate(timeout=120)
         assert push.returncode != 0 and ("ConnectError" in err or "Connection refused" in err)
-        server = lss.start(server.data_dir, port=port)  # back, same data
+        server = lss.start(server.data_dir, port=port, username=LS_USERNAME, password=LS_PASSWORD, token=LS_TOKEN)  # back, same data
         done = _hitl(env, "sync", "push")
         assert done.returncode == 0, done.stderr
         tasks = list(LabelStudioClient(server.url, server.token)._iter_tasks(pid, include="id,data"))

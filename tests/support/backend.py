@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from sync.label_studio_server import free_port, stop_process_group, wait_for_health
+from hitl.local.processes import free_port, stop_process_group, wait_for_health
 
 
 @dataclass

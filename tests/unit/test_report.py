@@ -217,7 +217,7 @@ def test_write_report_creates_the_folder_and_returns_the_path(tmp_path):
 
 
 def test_the_cli_writes_the_report(tmp_path):
-    from connector.cli import app
+    from hitl.cli import app
 
     out = tmp_path / "reports" / "hitl.html"
     with _store(tmp_path, "cli.db") as store:

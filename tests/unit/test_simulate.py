@@ -7,7 +7,7 @@ import pytest
 
 from connector.datasets import LabeledTexts
 from connector.store import StateStore
-from sync.simulate import SimulatedAnnotators, SimulationConfig, labels_to_reach, run, write_html
+from hitl.simulate import SimulatedAnnotators, SimulationConfig, labels_to_reach, run, write_html
 
 
 @pytest.fixture(scope="module")

@@ -8,43 +8,23 @@ tests copy a template built once per machine (under ``HITL_TOOLS_DIR``, keyed by
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
+import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from hitl.local.processes import free_port, port_is_free, stop_process_group, wait_for_health
 
 LS_VERSION = "1.23.2"
 TOOLS_DIR = Path(os.environ.get("HITL_TOOLS_DIR", Path.home() / ".cache" / "hitl"))
-USERNAME = "admin@example.com"
-PASSWORD = "hitl-test-password"  # the template's user: tests only
-TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"  # 40 chars, a legacy token; tests only
 
 
 def label_studio_bin() -> Path:
     return Path(os.environ.get("HITL_LABEL_STUDIO_BIN", TOOLS_DIR / f"label-studio-{LS_VERSION}" / "bin" / "label-studio"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """Nobody listens on ``port`` (connections in TIME_WAIT do not count, as for the server itself)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
@@ -61,39 +41,6 @@ class LabelStudioServer:
         stop_process_group(self.process)
 
 
-def stop_process_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group started with ``start_new_session``; SIGKILL it after ``timeout``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
-def is_healthy(url: str, *, timeout: float = 1.0) -> bool:
-    """``GET {url}/health`` answers 200."""
-    try:
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_for_health(url: str, process: subprocess.Popen, *, timeout: float, log_path: Path, name: str) -> None:
-    """Poll ``/health`` until it answers; stop the process and raise with the log's path when it
-    exits first or does not answer within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; log: {log_path}")
-        if is_healthy(url):
-            return
-        time.sleep(0.3)
-    stop_process_group(process)
-    raise TimeoutError(f"{name} did not answer {url}/health within {timeout:.0f} s; log: {log_path}")
-
-
 def _env(data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "POSTGRE_", "LABEL_STUDIO_"))}
     env.update(
@@ -106,8 +53,7 @@ def _env(data_dir: Path, username: str, password: str, token: str) -> dict[str, 
     return env
 
 
-def start(data_dir: Path, *, port: int | None = None, username: str = USERNAME, password: str = PASSWORD,
-          token: str = TOKEN, timeout: float = 180.0, log_path: Path | None = None) -> LabelStudioServer:
+def start(data_dir: Path, *, username: str, password: str, token: str, port: int | None = None, timeout: float = 180.0, log_path: Path | None = None) -> LabelStudioServer:
     """Start Label Studio on ``data_dir`` on a loopback port and wait for ``/health``.
 
     The user is created on first start from ``username``/``password``/``token``. Label Studio
@@ -133,25 +79,42 @@ def start(data_dir: Path, *, port: int | None = None, username: str = USERNAME, 
     return LabelStudioServer(url, token, username, password, data_dir, proc, log_path)
 
 
-def template_dir() -> Path:
-    """A migrated data dir with the test user, built once per machine under a file lock."""
-    template = TOOLS_DIR / f"label-studio-{LS_VERSION}-template"
+def template_dir(*, username: str, password: str, token: str) -> Path:
+    """A migrated data dir holding one user, built once per machine (and per user) under a file lock."""
+    key = hashlib.sha256(f"{username}\0{password}\0{token}".encode()).hexdigest()[:12]
+    template = TOOLS_DIR / f"label-studio-{LS_VERSION}-template-{key}"
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(TOOLS_DIR / f"label-studio-{LS_VERSION}-template.lock", "w") as lock:
+    with open(template.with_name(template.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (template / "label_studio.sqlite3").exists():
             building = template.with_name(template.name + ".building")
             shutil.rmtree(building, ignore_errors=True)
             building.mkdir(parents=True)
-            server = start(building, timeout=300)
+            server = start(building, username=username, password=password, token=token, timeout=300)
             server.stop()
             shutil.rmtree(template, ignore_errors=True)
             building.rename(template)
     return template
 
 
-def start_from_template(workdir: Path) -> LabelStudioServer:
-    """Copy the template into ``workdir`` and start Label Studio on the copy."""
+def start_from_template(workdir: Path, *, username: str, password: str, token: str) -> LabelStudioServer:
+    """Copy the template for this user into ``workdir`` and start Label Studio on the copy."""
     data_dir = workdir / "label-studio-data"
-    shutil.copytree(template_dir(), data_dir, ignore=shutil.ignore_patterns("*.log"))
-    return start(data_dir)
+    shutil.copytree(template_dir(username=username, password=password, token=token), data_dir,
+                    ignore=shutil.ignore_patterns("*.log"))
+    return start(data_dir, username=username, password=password, token=token)
+
+
+def throwaway_credentials() -> dict[str, str]:
+    """A user for a throwaway local Label Studio (the simulator, the benchmarks): made once per
+    machine and kept (mode 0600) under ``HITL_TOOLS_DIR``, so its template is built once."""
+    path = TOOLS_DIR / "label-studio-local-user.json"
+    if not path.exists():
+        TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+        creds = {"username": "hitl@localhost.localdomain", "password": secrets.token_urlsafe(12),
+                 "token": secrets.token_hex(20)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(creds))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return json.loads(path.read_text())

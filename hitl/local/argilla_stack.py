@@ -1,12 +1,12 @@
 """A local argilla-server (for ``hitl up`` with ``HITL_TOOL=argilla`` and the integration tests):
-Redis, an OpenSearch emulator, the server and its worker. (Not named ``argilla_server``: the
-launcher beside it runs as a script, and its folder comes first on that interpreter's path.)
+Redis, an OpenSearch emulator, the server and its worker. (Not named ``argilla``: the launcher
+beside it runs as a script, and its folder comes first on that interpreter's path.)
 
 Why it is built this way: no real Elasticsearch or OpenSearch can run on our test machines (no JVM,
 no Docker engine), so the search engine is ``osmem-server``, an in-memory OpenSearch emulator
 shipped as a binary in its wheel. The emulator lacks scripted updates, which argilla-server 2.8.0
 uses in three methods of ``OpenSearchEngine`` (``update_record_response``,
-``delete_record_response``, ``delete_record_suggestion``); ``sync/argilla_launcher.py``,
+``delete_record_response``, ``delete_record_suggestion``); ``hitl/local/argilla_launcher.py``,
 run by the argilla-server venv's Python, replaces them with a read-modify-write of the indexed
 document and then starts the server (uvicorn on ``argilla_server:app``) or the rq worker that
 delivers webhooks. Production runs a real search engine (``docker-compose.yml``, profile ``argilla``).
@@ -42,14 +42,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from hitl.local.processes import free_port, group_rss, http_ok
 
 ARGILLA_SERVER_VERSION = "2.8.0"
 TOOLS_DIR = Path(os.environ.get("HITL_TOOLS_DIR", Path.home() / ".cache" / "hitl"))
 LAUNCHER = Path(__file__).with_name("argilla_launcher.py")
 USERNAME = "argilla"  # what `database users create_default` creates (an owner, with workspace "argilla")
-PASSWORD = "hitl-test-password"  # the tests' default; `hitl up` generates its own
-API_KEY = "hitl-test-argilla-api-key"  # the tests' default; `hitl up` generates its own
 
 
 class ArgillaUnavailable(RuntimeError):
@@ -78,12 +76,6 @@ def _find_tools() -> tuple[Path, Path, str]:
     return python, Path(osmem), redis
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -91,30 +83,6 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
-    try:
-        return httpx.get(url, headers=headers, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _group_rss(pgid: int) -> int:
-    """Resident memory (bytes) of every live process in process group ``pgid``."""
-    total = 0
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # field 5 of stat, after pid and (comm): state, ppid, pgrp
-                with open(stat.replace("stat", "status")) as fh:
-                    for line in fh:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) * 1024
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
 
 
 def _env(database: Path, osmem_port: int, redis_port: int, home: Path) -> dict[str, str]:
@@ -173,7 +141,7 @@ class ArgillaStack:
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory per component (each process group, children included)."""
-        return {name: _group_rss(p.pid) for name, p in self.processes.items() if p.poll() is None}
+        return {name: group_rss(p.pid) for name, p in self.processes.items() if p.poll() is None}
 
     def log(self, name: str, chars: int = 3000) -> str:
         path = self.workdir / f"{name}.log"
@@ -208,7 +176,7 @@ class ArgillaStack:
         self.processes.clear()
 
 
-def start(workdir: Path, *, api_key: str = API_KEY, password: str = PASSWORD, timeout: float = 120.0,
+def start(workdir: Path, *, api_key: str, password: str, timeout: float = 120.0,
           port: int | None = None, detached: bool = False) -> ArgillaStack:
     """Start Redis, osmem-server, argilla-server and its worker under ``workdir``; wait until all answer.
 
@@ -263,7 +231,7 @@ def start(workdir: Path, *, api_key: str = API_KEY, password: str = PASSWORD, ti
         if not resume:
             shutil.copyfile(template_database(python, api_key, password), workdir / "argilla.db")
         wait_for("redis", lambda: _redis_ping(port["redis"]))
-        wait_for("osmem", lambda: _http_ok(f"http://127.0.0.1:{port['osmem']}/"))
+        wait_for("osmem", lambda: http_ok(f"http://127.0.0.1:{port['osmem']}/"))
         if resume:  # the emulator's index is in memory: rebuild it from the database
             done = subprocess.run([str(python), str(LAUNCHER), "reindex"], env=env, cwd=workdir, check=False,
                                   capture_output=True, text=True, timeout=timeout)
@@ -272,7 +240,7 @@ def start(workdir: Path, *, api_key: str = API_KEY, password: str = PASSWORD, ti
         spawn("worker", [str(python), str(LAUNCHER), "worker"], env=env)
         spawn("argilla", [str(python), str(LAUNCHER), "server", "--host", "127.0.0.1",
                           "--port", str(port["argilla"])], env=env)
-        wait_for("argilla", lambda: _http_ok(f"{url}/api/v1/me", {"X-Argilla-Api-Key": api_key}))
+        wait_for("argilla", lambda: http_ok(f"{url}/api/v1/me", headers={"X-Argilla-Api-Key": api_key}))
         wait_for("worker", lambda: "Listening on" in stack.log("worker", 20000))
     except BaseException:
         stack.stop()

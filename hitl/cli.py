@@ -104,7 +104,7 @@ def serve(
 @app.command()
 def up() -> None:
     """Start Label Studio and the ML backend locally, with a demo project (state under var/)."""
-    from sync.stack import up as run_up
+    from hitl.local.stack import up as run_up
 
     run_up()
 
@@ -112,7 +112,7 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop what `hitl up` started."""
-    from sync.stack import down as run_down
+    from hitl.local.stack import down as run_down
 
     run_down()
 
@@ -305,7 +305,7 @@ def simulate(
     from connector.datasets import BUILTIN, LabeledTexts, load_labeled_file
     from connector.encoder import TextEncoder
     from connector.store import StateStore
-    from sync.simulate import SimulationConfig, labels_to_reach, run, write_html
+    from hitl.simulate import SimulationConfig, labels_to_reach, run, write_html
 
     ds = BUILTIN[data]() if data in BUILTIN else load_labeled_file(data, text_field=text_field, label_field=label_field)
     if limit and limit < len(ds.texts):
@@ -319,9 +319,9 @@ def simulate(
     if not offline:
         import tempfile
 
-        from sync.label_studio_server import start_from_template
+        from hitl.local.label_studio_server import start_from_template, throwaway_credentials
 
-        server = start_from_template(Path(tempfile.mkdtemp(prefix="hitl-simulate-")))
+        server = start_from_template(Path(tempfile.mkdtemp(prefix="hitl-simulate-")), **throwaway_credentials())
         label_studio = (server.url, server.token)
         console.print(f"a throwaway Label Studio at {server.url} (stopped at the end)")
     results = []

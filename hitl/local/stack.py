@@ -26,7 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.panel import Panel
 
-from sync import label_studio_server
+from hitl.local import label_studio_server
+from hitl.local.processes import http_ok, is_healthy, wait_for_health
 
 console = Console()
 
@@ -96,7 +97,7 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
     run = s.var_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{s.ls_port}"
-    if _alive(run / "label-studio.pid") and label_studio_server.is_healthy(url, timeout=2):
+    if _alive(run / "label-studio.pid") and is_healthy(url, timeout=2):
         return url
     console.print(f"starting Label Studio on {url} (first start migrates its database: about a minute)")
     server = label_studio_server.start(s.var_dir / "label-studio", port=s.ls_port, username=creds.username,
@@ -109,15 +110,15 @@ def _ensure_label_studio(s: StackSettings, creds: Credentials) -> str:
 def _ensure_argilla(s: StackSettings, creds: Credentials) -> str:
     """A local argilla-server (its own venv; Redis from Debian; an in-memory search emulator whose
     index is rebuilt from Argilla's database on a restart), detached, with one pid file per part."""
-    from sync import argilla_local
+    from hitl.local import argilla_stack
 
     run = s.var_dir / "run"
     url = f"http://127.0.0.1:{s.argilla_port}"
-    if _alive(run / "argilla-server.pid") and label_studio_server.is_healthy(f"{url}/api/_status", timeout=2):
+    if _alive(run / "argilla-server.pid") and http_ok(f"{url}/api/_status", timeout=2):
         return url
     down_parts(s, ARGILLA_PARTS)
     console.print(f"starting argilla-server on {url}")
-    stack = argilla_local.start(s.var_dir / "argilla", api_key=creds.argilla_key, password=creds.password,
+    stack = argilla_stack.start(s.var_dir / "argilla", api_key=creds.argilla_key, password=creds.password,
                                  port=s.argilla_port, detached=True, timeout=300)
     names = {"argilla": "argilla-server", "worker": "argilla-worker", "osmem": "argilla-osmem", "redis": "argilla-redis"}
     for part, proc in stack.processes.items():
@@ -128,7 +129,7 @@ def _ensure_argilla(s: StackSettings, creds: Credentials) -> str:
 def _ensure_backend(s: StackSettings) -> str:
     run = s.var_dir / "run"
     url = f"http://127.0.0.1:{s.backend_port}"
-    if _alive(run / "ml-backend.pid") and label_studio_server.is_healthy(url, timeout=2):
+    if _alive(run / "ml-backend.pid") and is_healthy(url, timeout=2):
         return url
     log = s.var_dir / "log-ml-backend.txt"
     env = {**os.environ, "HITL_MODEL_ROOT": str((s.var_dir / "models").resolve()), "HITL_PORT": str(s.backend_port),
@@ -138,7 +139,7 @@ def _ensure_backend(s: StackSettings) -> str:
                             stderr=subprocess.STDOUT, start_new_session=True)
     (run / "ml-backend.pid").write_text(str(proc.pid))
     console.print(f"starting the ML backend on {url}")
-    label_studio_server.wait_for_health(url, proc, timeout=120, log_path=log, name="ML backend")
+    wait_for_health(url, proc, timeout=120, log_path=log, name="ML backend")
     return url
 
 
@@ -264,13 +265,13 @@ def _ensure_scheduler(s: StackSettings, env: dict[str, str]) -> None:
     if _alive(run / "scheduler.pid"):
         return
     log = s.var_dir / "log-scheduler.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "scheduler", "run"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "hitl.cli", "scheduler", "run"], env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
                             cwd=s.var_dir)
     (run / "scheduler.pid").write_text(str(proc.pid))
     url = f"http://127.0.0.1:{s.sync_port}"
     console.print(f"starting the scheduler (sync every {s.sync_interval_s:.0f} s, webhooks and /metrics on {url})")
-    label_studio_server.wait_for_health(url, proc, timeout=60, log_path=log, name="scheduler")
+    wait_for_health(url, proc, timeout=60, log_path=log, name="scheduler")
 
 
 def up(s: StackSettings | None = None) -> None:

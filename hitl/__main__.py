@@ -1,0 +1,3 @@
+from hitl.cli import main
+
+main()

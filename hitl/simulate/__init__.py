@@ -1,0 +1,5 @@
+"""``hitl simulate``: the whole loop in rounds on a labelled data set, with simulated annotators."""
+
+from hitl.simulate.loop import RunResult, SimulatedAnnotators, SimulationConfig, labels_to_reach, run, write_html
+
+__all__ = ["RunResult", "SimulatedAnnotators", "SimulationConfig", "labels_to_reach", "run", "write_html"]
