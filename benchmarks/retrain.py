@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from connector.classifier import TextClassifier  # noqa: E402
-from connector.datasets import rotten_tomatoes  # noqa: E402
-from connector.model_store import ModelStore  # noqa: E402
-from connector.store import StateStore  # noqa: E402
-from connector.task_spec import TaskSpec  # noqa: E402
-from sync.jobs import JobContext, retrain_job  # noqa: E402
+from connector.classifier import TextClassifier
+from connector.datasets import rotten_tomatoes
+from connector.model_store import ModelStore
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from sync.jobs import JobContext, retrain_job
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ def require_auth(request: Request, basic: HTTPBasicCredentials | None = Depends(
     want_token = s.api_token is not None
     if not (want_basic or want_token):
         return
-    if want_basic and basic is not None:
-        if _eq(basic.username, s.basic_auth_user) and _eq(basic.password, s.basic_auth_password.get_secret_value()):
-            return
-    if want_token and bearer is not None and bearer.scheme.lower() == "bearer":
-        if _eq(bearer.credentials, s.api_token.get_secret_value()):
-            return
+    if (want_basic and basic is not None and _eq(basic.username, s.basic_auth_user)
+            and _eq(basic.password, s.basic_auth_password.get_secret_value())):
+        return
+    if (want_token and bearer is not None and bearer.scheme.lower() == "bearer"
+            and _eq(bearer.credentials, s.api_token.get_secret_value())):
+        return
     challenge = 'Basic realm="hitl-ml-backend"' if want_basic else "Bearer"
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong credentials",
                         headers={"WWW-Authenticate": challenge})

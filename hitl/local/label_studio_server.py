@@ -69,12 +69,12 @@ def start(data_dir: Path, *, username: str, password: str, token: str, port: int
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", "127.0.0.1",
-         "--port", str(port), "--host", url],
-        env=_env(data_dir, username, password, token), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, cwd=data_dir.parent)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [str(exe), "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", "127.0.0.1",
+             "--port", str(port), "--host", url],
+            env=_env(data_dir, username, password, token), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=data_dir.parent)
     wait_for_health(url, proc, timeout=timeout, log_path=log_path, name="Label Studio")
     return LabelStudioServer(url, token, username, password, data_dir, proc, log_path)
 

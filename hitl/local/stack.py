@@ -135,8 +135,9 @@ def _ensure_backend(s: StackSettings) -> str:
     env = {**os.environ, "HITL_MODEL_ROOT": str((s.var_dir / "models").resolve()), "HITL_PORT": str(s.backend_port),
            "HITL_HOST": "127.0.0.1", "HITL_EVENTS_PATH": str((s.var_dir / "events" / "ml_backend.jsonl").resolve()),
            "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=env, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     (run / "ml-backend.pid").write_text(str(proc.pid))
     console.print(f"starting the ML backend on {url}")
     wait_for_health(url, proc, timeout=120, log_path=log, name="ML backend")

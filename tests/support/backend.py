@@ -8,7 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from hitl.local.processes import free_port, stop_process_group, wait_for_health
 
 
@@ -30,8 +29,9 @@ def start_backend(model_root: Path, workdir: Path, *, env: dict[str, str] | None
                 "HITL_PORT": str(port), "HITL_EVENTS_PATH": str(workdir / "events.jsonl"),
                 "HF_HUB_OFFLINE": "1", **(env or {})}
     log_path = workdir / "backend.log"
-    proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=full_env, cwd=workdir,
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=full_env, cwd=workdir,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, proc, timeout=timeout, log_path=log_path, name="ML backend")

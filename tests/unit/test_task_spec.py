@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readme_task_file_is_valid_and_drives_router_and_labeling_config(tmp_path):
-    block = re.search(r"```toml\n(.*?)```", README.read_text(), re.S).group(1)
+    block = re.search(r"```toml\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     (tmp_path / "task.toml").write_text(block)
     spec = TaskSpec.load(tmp_path / "task.toml")
     router = Router(spec.routing)
