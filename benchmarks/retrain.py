@@ -49,11 +49,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(f"sqlite:///{tmp}/state.db")
         store.migrate()
-        store.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
-        ids = {it.external_id: it.id for it in store.items()}
+        store.items.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
+        ids = {it.external_id: it.id for it in store.items.list()}
 
         def settle(rng: range) -> None:
-            store.save_labels([{"item_id": ids[f"rt{i}"], "label": labels[i], "status": "settled",
+            store.labels.save([{"item_id": ids[f"rt{i}"], "label": labels[i], "status": "settled",
                                 "method": "majority", "n_answers": 1, "reason": "settled"} for i in rng])
 
         settle(range(args.n))

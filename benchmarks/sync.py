@@ -44,11 +44,11 @@ def _prepared_sync(workdir: Path, client: LabelStudioClient, title: str, n: int)
     """A store with ``n`` items predicted and routed to review, and a sync bound to a new project."""
     store = StateStore(f"sqlite:///{workdir / (title.replace(' ', '_') + '.db')}")
     store.migrate()
-    store.ingest([{"id": f"b-{i}", "text": t} for i, t in enumerate(_texts(n))])
+    store.items.ingest([{"id": f"b-{i}", "text": t} for i, t in enumerate(_texts(n))])
     rng = np.random.default_rng(0)
-    items = store.items(state="ingested")
+    items = store.items.list(state="ingested")
     p = rng.uniform(0.5, 0.9, size=len(items))
-    store.record_predictions([{"item_id": it.id, "model_version": "bench", "label": "fresh", "confidence": float(c),
+    store.predictions.record([{"item_id": it.id, "model_version": "bench", "label": "fresh", "confidence": float(c),
                                "probabilities": {"fresh": float(c), "rotten": float(1 - c)}}
                               for it, c in zip(items, p)])
     spec = TaskSpec(name=title, labels=["fresh", "rotten"], routing={"accept_threshold": 1.0, "spot_check_rate": 0.0})
@@ -64,8 +64,8 @@ def bench_push(workdir: Path, client: LabelStudioClient, n: int, batch: int = 50
     bare_s, ours_s = [], []
     for r in range(rounds):
         sync = _prepared_sync(workdir, client, f"bench push sync {r}", n)
-        routed = sync.store.routed(action="review")
-        preds = {p.item_id: p for p in sync.store.predictions([it.id for it, _ in routed])}
+        routed = sync.store.decisions.routed(action="review")
+        preds = {p.item_id: p for p in sync.store.predictions.list([it.id for it, _ in routed])}
         bare_tasks = [{"data": {**sync._push_item(it, d, preds[it.id]).data, "hitl_id": it.external_id},
                        "predictions": [{"result": [sync.control.result([preds[it.id].label])],
                                         "score": preds[it.id].confidence, "model_version": "bench"}]}
@@ -128,8 +128,8 @@ def bench_argilla_push(workdir: Path, n: int) -> dict[str, float]:
         spec = TaskSpec(name="bench-argilla-ours", tool="argilla", labels=["fresh", "rotten"])
         sync = ArgillaSync(prepared.store, spec, client)
         bare_ds = client.ensure_dataset("bench-argilla-bare", text_field="text", labels=["fresh", "rotten"])
-        routed = prepared.store.routed(action="review")
-        preds = {p.item_id: p for p in prepared.store.predictions([it.id for it, _ in routed])}
+        routed = prepared.store.decisions.routed(action="review")
+        preds = {p.item_id: p for p in prepared.store.predictions.list([it.id for it, _ in routed])}
         records = [rg.Record(id=it.external_id, fields={"text": it.text},
                              metadata={"reason": d.reason, "priority": float(d.priority),
                                        "confidence": float(preds[it.id].confidence)},

@@ -101,7 +101,7 @@ def answer_table(annotations: Iterable[Any], labels: Sequence[str]) -> AnswerTab
 class Consolidation:
     """What :func:`consolidate` decided.
 
-    ``rows``: one label row per answered item (``StateStore.save_labels`` format);
+    ``rows``: one label row per answered item (``StateStore.labels.save`` format);
     ``send_back``: ``(item_id, answers wanted, reason)`` for items that need another answer;
     ``result``: the consensus over ``table``; ``gold``: gold item id -> class code.
     """

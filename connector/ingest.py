@@ -2,7 +2,7 @@
 
 ``read_records`` is strict (the first bad line raises ``ValueError`` naming it); ``ingest_file``
 is lenient: a bad line becomes an ``"line N: why"`` entry in ``IngestResult.errors`` and every
-other line is still ingested. Ingesting the same file twice adds nothing (see ``StateStore.ingest``).
+other line is still ingested. Ingesting the same file twice adds nothing (see ``StateStore.items.ingest``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
 def ingest_file(store: StateStore, path: str | Path, **kw: Any) -> IngestResult:
     """Ingest a JSONL or CSV file into ``store`` in one transaction.
 
-    Keywords go to ``StateStore.ingest`` (``text_field``, ``id_field``, ``metadata_fields``,
+    Keywords go to ``StateStore.items.ingest`` (``text_field``, ``id_field``, ``metadata_fields``,
     ``gold_field``). Unreadable lines and invalid records are reported as ``"line N: why"``,
     in line order; the rest is ingested.
     """
@@ -108,7 +108,7 @@ def ingest_file(store: StateStore, path: str | Path, **kw: Any) -> IngestResult:
             assert record is not None
             records.append(record)
             lines.append(number)
-    result = store.ingest(records, line_numbers=lines, **kw)
+    result = store.items.ingest(records, line_numbers=lines, **kw)
     # the store words its errors "line N: why" too
     errors.extend((int(message.split(":", 1)[0].split()[1]), message) for message in result.errors)
     result.errors = [message for _, message in sorted(errors, key=lambda e: e[0])]

@@ -199,7 +199,7 @@ def _img(plt: Any, draw: Callable[[Any], Any], alt: str) -> str:
 
 
 def _payload(store: StateStore, kind: str) -> tuple[dict[str, Any], datetime | None]:
-    snap = store.latest_snapshot(kind)
+    snap = store.snapshots.latest(kind)
     if snap is None or not isinstance(snap.payload, Mapping):
         return {}, None
     return dict(snap.payload), snap.created_at
@@ -215,9 +215,9 @@ def _threshold_text(t: Mapping[str, Any]) -> str:
 
 
 def _summary(store: StateStore, models: ModelStore, thresholds: Mapping[str, Any], quality: Mapping[str, Any]) -> str:
-    states = store.counts_by_state()
-    decisions = store.decision_counts()
-    labels = store.labels()
+    states = store.items.counts_by_state()
+    decisions = store.decisions.counts()
+    labels = store.labels.list()
     routed = sum(decisions.values())
     by_method: dict[str, int] = {}
     for lb in labels:
@@ -252,7 +252,7 @@ def _summary(store: StateStore, models: ModelStore, thresholds: Mapping[str, Any
                                                  for a in flagged) if flagged else "none"))
     out = _table(["what", "value"], [(f"<b>{_e(k)}</b>", v) for k, v in rows])
 
-    jobs = store.job_summary()
+    jobs = store.job_runs.summary()
     if jobs:
         job_rows, classes = [], []
         for job_id in sorted(jobs):
@@ -407,7 +407,7 @@ def _thresholds(plt: Any, t: Mapping[str, Any], when: datetime | None) -> str:
 
 
 def _labels_over_time(plt: Any, store: StateStore) -> str:
-    snaps = [s for s in store.snapshots("counts") if isinstance(s.payload, Mapping)]
+    snaps = [s for s in store.snapshots.list("counts") if isinstance(s.payload, Mapping)]
     series = [(s.created_at, {str(k): int(v) for k, v in (s.payload.get("labels") or {}).items()},
                s.payload.get("decisions") or {}) for s in snaps]
     series = [row for row in series if row[1]]

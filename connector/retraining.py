@@ -119,12 +119,12 @@ class EmbeddingCache:
 
     def encode(self, texts: Sequence[str], hashes: Sequence[str]) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` and how many were encoded (not found in the cache)."""
-        found = self.store.get_embeddings(self.key, hashes)
+        found = self.store.embeddings.get(self.key, hashes)
         missing = [i for i, h in enumerate(hashes) if h not in found]
         if missing:
             x = self.encoder.encode([texts[i] for i in missing]).astype(np.float32)
             new = {hashes[i]: x[j].tobytes() for j, i in enumerate(missing)}
-            self.store.put_embeddings(self.key, new)
+            self.store.embeddings.put(self.key, new)
             found.update(new)
         dim = self.encoder.dim
         out = np.empty((len(texts), dim), dtype=np.float32)

@@ -227,7 +227,7 @@ def scheduler_once(job: str = typer.Argument(..., help="sync, metrics, retrain o
         if job not in scheduler.jobs:
             raise typer.BadParameter(f"unknown job {job!r}; jobs: {', '.join(scheduler.jobs)}")
         outcome = scheduler.execute(job)
-        run = store.job_runs(job, limit=1)
+        run = store.job_runs.list(job, limit=1)
     console.print(f"{job}: {outcome}" + (f" - {run[0].error or run[0].detail}" if run else ""))
     if outcome == "failed":
         raise typer.Exit(1)
@@ -242,7 +242,7 @@ def jobs() -> None:
 
     with open_store(SyncSettings()) as store:
         stored = {j["id"]: j for j in stored_jobs(store.engine)}
-        summary = store.job_summary()
+        summary = store.job_runs.summary()
     table = Table(title="jobs")
     for col in ("job", "trigger", "runs", "failures", "last run", "next run", "last error"):
         table.add_column(col)

@@ -71,8 +71,8 @@ def sync_job(ctx: JobContext) -> dict[str, Any]:
 
 def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], dict[int, str]]:
     """The submitted answers as a table, their items, and the known answers of the gold ones."""
-    table = answer_table(store.annotations(status="submitted"), spec.labels)
-    items = store.items_by_id(table.item_ids.tolist())
+    table = answer_table(store.annotations.list(status="submitted"), spec.labels)
+    items = store.items.get_many(table.item_ids.tolist())
     gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
     return table, items, gold
 
@@ -87,8 +87,8 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
         table.item_ids, table.R = table.item_ids[current], table.R[current]
     result = consolidate(table, policy, gold=gold)
-    before = {lb.item_id: lb for lb in store.labels(status=None, item_ids=table.item_ids.tolist())}
-    store.save_labels(result.rows)
+    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=table.item_ids.tolist())}
+    store.labels.save(result.rows)
     wanted = [(i, n, why) for i, n, why in result.send_back
               if not (i in before and before[i].status == "unsettled" and before[i].n_answers == n - 1)]
     sent = 0
@@ -112,12 +112,12 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     flagged = [q["annotator"] for q in quality if q["flagged"]]
     if flagged:
         log.warning("annotators below %.0f%% on gold: %s", 100 * policy.gold_min_accuracy, ", ".join(flagged))
-    store.add_snapshot("agreement", agreement)
-    store.add_snapshot("quality", {"annotators": quality, "flagged": flagged})
-    labels = store.labels()
-    store.add_snapshot("counts", {"states": store.counts_by_state(), "decisions": store.decision_counts(),
+    store.snapshots.add("agreement", agreement)
+    store.snapshots.add("quality", {"annotators": quality, "flagged": flagged})
+    labels = store.labels.list()
+    store.snapshots.add("counts", {"states": store.items.counts_by_state(), "decisions": store.decisions.counts(),
                                   "labels": _count([lb.label for lb in labels]), "human_labels": len(labels)})
-    store.add_snapshot("model", {"current": ctx.models.current()})
+    store.snapshots.add("model", {"current": ctx.models.current()})
     return {"items": agreement["n_items"], "annotators": agreement["n_annotators"],
             "fleiss_kappa": agreement.get("fleiss_kappa"), "flagged": flagged}
 
@@ -132,13 +132,13 @@ def _count(values: list[Any]) -> dict[str, int]:
 def training_set(store: StateStore, spec: TaskSpec) -> tuple[list[str], list[str], list[str], list[str]]:
     """Texts, labels, external ids and content hashes of the settled human labels of current
     items (plus auto-accepted model labels when the task's retraining policy says so)."""
-    labels = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
+    labels = {lb.item_id: lb.label for lb in store.labels.list() if lb.label is not None}
     if spec.retraining.include_auto_accepted:
-        decisions = store.latest_decisions()
+        decisions = store.decisions.latest()
         accepted = [i for i, d in decisions.items() if d.action == "auto_accept" and i not in labels]
-        preds = {p.item_id: p for p in store.predictions(accepted)}
+        preds = {p.item_id: p for p in store.predictions.list(accepted)}
         labels.update({i: preds[i].label for i in accepted if i in preds})
-    items = store.items_by_id(labels)
+    items = store.items.get_many(labels)
     keep = [i for i in sorted(labels) if i in items and items[i].is_current and labels[i] in spec.labels]
     return ([items[i].text for i in keep], [labels[i] for i in keep], [items[i].external_id for i in keep],
             [items[i].content_hash for i in keep])
@@ -150,17 +150,17 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     forced); then review the threshold. A promoted version is served by the ML backend's poller."""
     store, spec = ctx.store, ctx.spec
     texts, labels, ext, hashes = training_set(store, spec)
-    last = store.latest_snapshot("retrain")
+    last = store.snapshots.latest("retrain")
     seen = int(last.payload.get("n_labels", 0)) if last else 0
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
-    corpus = [it.text for it in store.items()] if spec.retraining.features != "embeddings" else None
+    corpus = [it.text for it in store.items.list()] if spec.retraining.features != "embeddings" else None
     result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models, corpus=corpus,
                                     cache_store=ctx.cache_store or store, policy=spec.retraining,
                                     encoder=ctx.encoder, transform_labels=transform_labels)
     payload = result.to_dict() | {"n_labels": len(labels)}
-    store.add_snapshot("retrain", payload)
-    store.add_snapshot("model", {"current": ctx.models.current()})
+    store.snapshots.add("retrain", payload)
+    store.snapshots.add("model", {"current": ctx.models.current()})
     # a model that stayed keeps its threshold review: that review's evidence was about this model
     review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
         else None
@@ -176,7 +176,7 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
 
     store, policy = ctx.store, ctx.spec.thresholds
     if evidence is None:
-        last = store.latest_snapshot("retrain")
+        last = store.snapshots.latest("retrain")
         evidence = (last.payload.get("evidence") or {}) if last else {}
     conf = np.asarray(evidence.get("confidence") or [], dtype=float)
     correct = np.asarray(evidence.get("correct") or [], dtype=float).astype(bool)
@@ -195,7 +195,7 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
                                      review_band=tuple(policy.review_band), min_n=policy.min_n)
     payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
                                   "evidence": policy.evidence, "n_evidence": len(conf)}
-    store.add_snapshot("thresholds", payload)
+    store.snapshots.add("thresholds", payload)
     log.info("threshold review: %s", choice.note)
     return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
             "within_band": choice.within_band, "note": choice.note}
@@ -208,14 +208,14 @@ RANDOM_REASONS = frozenset({"seed", "audit"})
 def drawn_at_random(store: StateStore) -> set[str]:
     """External ids of labelled items drawn at random: the seed set (seed labels, or items routed
     as ``seed``) and the router's audits."""
-    labels = store.labels(status=None)
-    decisions = store.latest_decisions([lb.item_id for lb in labels])
+    labels = store.labels.list(status=None)
+    decisions = store.decisions.latest([lb.item_id for lb in labels])
     ids = {lb.item_id for lb in labels
            if lb.method == "seed" or (lb.item_id in decisions and decisions[lb.item_id].reason in RANDOM_REASONS)}
-    return {it.external_id for it in store.items_by_id(ids).values()}
+    return {it.external_id for it in store.items.get_many(ids).values()}
 
 
 def _latest_predictions(store: StateStore) -> list[Any]:
-    items = store.items()
-    by_item = {p.item_id: p for p in store.predictions([it.id for it in items if it.model_version])}
+    items = store.items.list()
+    by_item = {p.item_id: p for p in store.predictions.list([it.id for it in items if it.model_version])}
     return list(by_item.values())

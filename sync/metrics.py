@@ -74,14 +74,14 @@ class SyncMetricsCollector(Collector):
 
     def _items(self) -> list[Metric]:
         items = GaugeMetricFamily("hitl_items", "Current items in each state.", labels=["state"])
-        for state, n in self.store.counts_by_state().items():
+        for state, n in self.store.items.counts_by_state().items():
             items.add_metric([state], n)
         queue = GaugeMetricFamily("hitl_review_queue", "Items routed to review, waiting to be pushed.",
                                   value=self._review_queue())
         return [items, queue]
 
     def _review_queue(self) -> int:
-        """``len(store.routed(action="review"))`` as one count query."""
+        """``len(store.decisions.routed(action="review"))`` as one count query."""
         latest = (select(RoutingDecision.item_id, func.max(RoutingDecision.id).label("id"))
                   .group_by(RoutingDecision.item_id).subquery())
         stmt = (select(func.count()).select_from(Item).join(latest, latest.c.item_id == Item.id)
@@ -91,7 +91,7 @@ class SyncMetricsCollector(Collector):
             return int(s.scalar(stmt) or 0)
 
     def _decisions(self) -> list[Metric]:
-        counts = self.store.decision_counts()
+        counts = self.store.decisions.counts()
         decisions = GaugeMetricFamily("hitl_routing_decisions", "Items whose latest routing decision is each action.",
                                       labels=["action"])
         for action, n in sorted(counts.items()):
@@ -123,7 +123,7 @@ class SyncMetricsCollector(Collector):
         return out
 
     def _payload(self, kind: str) -> dict[str, Any]:
-        snap = self.store.latest_snapshot(kind)
+        snap = self.store.snapshots.latest(kind)
         payload = snap.payload if snap is not None else None
         return payload if isinstance(payload, dict) else {}
 
@@ -132,7 +132,7 @@ class SyncMetricsCollector(Collector):
         failures = CounterMetricFamily("hitl_job_failures", "Failed runs of each scheduled job.", labels=["job"])
         success = GaugeMetricFamily("hitl_job_last_success_timestamp_seconds",
                                     "When the job's last successful run finished (Unix time).", labels=["job"])
-        for job, entry in sorted(self.store.job_summary().items()):
+        for job, entry in sorted(self.store.job_runs.summary().items()):
             runs.add_metric([job], entry["runs"])
             failures.add_metric([job], entry["failures"])
             finished = self._last_success(job, entry)
@@ -146,7 +146,7 @@ class SyncMetricsCollector(Collector):
             return last_run.finished_at
         if entry["runs"] == entry["failures"]:
             return None  # every run failed: no query
-        for run in self.store.job_runs(job, limit=SUCCESS_LOOKBACK):
+        for run in self.store.job_runs.list(job, limit=SUCCESS_LOOKBACK):
             if run.status == "ok" and run.finished_at is not None:
                 return run.finished_at
         return None

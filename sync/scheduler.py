@@ -88,7 +88,7 @@ class Scheduler:
             if not got:
                 log.info("job %s: another scheduler holds its lock; skipped", job_id)
                 return "locked"
-            run_id = self.store.claim_job_run(job_id, slot, self.host)
+            run_id = self.store.job_runs.claim(job_id, slot, self.host)
             if run_id is None:
                 log.info("job %s: slot %s already run by another scheduler", job_id, slot)
                 return "claimed"
@@ -103,10 +103,10 @@ class Scheduler:
                         detail = self.jobs[job_id]()
             except Exception as exc:
                 log.exception("job %s failed", job_id)
-                self.store.finish_job_run(run_id, "failed", error="".join(
+                self.store.job_runs.finish(run_id, "failed", error="".join(
                     traceback.format_exception_only(type(exc), exc)).strip())
                 return "failed"
-            self.store.finish_job_run(run_id, "ok", detail=detail or {})
+            self.store.job_runs.finish(run_id, "ok", detail=detail or {})
             log.info("job %s done: %s", job_id, detail)
             return "ran"
 

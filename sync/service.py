@@ -123,16 +123,16 @@ class SyncService:
         report = PassReport("predict")
         serving = getattr(self.predictor, "serving_version", None)
         version = serving() if serving is not None else None
-        stale = self.store.stale_items(version) if version is not None else []
+        stale = self.store.items.stale(version) if version is not None else []
         report.counts["rescored"] += len(stale)
         while True:
-            items = self.store.items(state="ingested", limit=batch)
+            items = self.store.items.list(state="ingested", limit=batch)
             if not items:  # each stale item is scored once per pass, whatever the backend answers
                 items, stale = stale[:batch], stale[batch:]
             if not items:
                 break
             preds = self.predictor.predict([it.text for it in items])
-            self.store.record_predictions([
+            self.store.predictions.record([
                 {"item_id": it.id, "model_version": p["model_version"], "label": p["label"],
                  "confidence": p["confidence"], "probabilities": p["probabilities"]}
                 for it, p in zip(items, preds)])
@@ -152,11 +152,13 @@ class SyncService:
         """
         report = PassReport("route")
         self._adapt_threshold()
-        idle = self.store.counts_by_state()["pushed"] == 0 and not self.store.routed(action="review", limit=1)
-        if idle and (requeued := self.store.requeue_deferred()):  # everything sent was answered: the next batch
+        idle = (self.store.items.counts_by_state()["pushed"] == 0
+                and not self.store.decisions.routed(action="review", limit=1))
+        # everything sent was answered: the next batch
+        if idle and (requeued := self.store.decisions.requeue_deferred()):
             report.counts["requeued"] = requeued
-        predicted = self.store.items(state="predicted")
-        preds = {p.item_id: p for p in self.store.predictions([it.id for it in predicted])}  # latest wins
+        predicted = self.store.items.list(state="predicted")
+        preds = {p.item_id: p for p in self.store.predictions.list([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]
         gold = [it for it in predicted if it.is_gold]
         if self.router.policy.review_budget is not None:  # the budget is per pass: one batch, one ranking
@@ -165,7 +167,7 @@ class SyncService:
             chunk = ordinary[i:i + batch]
             decisions = self.router.route(self._batch(chunk, preds),
                                           gold_pool=self._batch(gold, preds) if gold else None)
-            self.store.record_decisions([
+            self.store.decisions.record([
                 {"item_id": int(d.item_id), "model_version": preds[int(d.item_id)].model_version,
                  "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score}
                 for d in decisions])
@@ -178,7 +180,7 @@ class SyncService:
         """Use the scheduler's latest threshold review when the task lets the threshold adapt."""
         if not self.spec.thresholds.adapt:
             return
-        review = self.store.latest_snapshot("thresholds")
+        review = self.store.snapshots.latest("thresholds")
         if review is None or review.payload.get("threshold") is None:
             return
         t = min(float(review.payload["threshold"]), 1.0)
@@ -199,25 +201,25 @@ class SyncService:
     def reconcile(self) -> PassReport:
         """Settle pushes a crash left pending: confirm those the tool has, drop the others."""
         report = PassReport("reconcile")
-        pending = self.store.pending_pushes(self.tool, self.project)
+        pending = self.store.pushes.pending(self.tool, self.project)
         if not pending:
             return report
-        items = {p.item_id: self.store.get_item(p.item_id) for p in pending}
+        items = {p.item_id: self.store.items.get(p.item_id) for p in pending}
         by_ext = {it.external_id: it.id for it in items.values() if it is not None}
         found = self._remote_ids(list(by_ext))
         if found:
-            report.counts["confirmed"] += self.store.confirm_push({by_ext[e]: t for e, t in found.items()},
-                                                                  self.tool, self.project)
+            report.counts["confirmed"] += self.store.pushes.confirm({by_ext[e]: t for e, t in found.items()},
+                                                                    self.tool, self.project)
         missing = [i for e, i in by_ext.items() if e not in found]
         if missing:
-            report.counts["re-queued"] += self.store.cancel_push(missing, self.tool, self.project)
+            report.counts["re-queued"] += self.store.pushes.cancel(missing, self.tool, self.project)
         log.info("reconciled %d pending pushes: %s", len(pending), dict(report.counts))
         return report
 
     def push_pass(self, *, batch: int = 500) -> PassReport:
         """Create a task (with the model's suggestion) for every item routed to review.
 
-        Per chunk: ``begin_push`` (pending) → remote create → ``confirm_push``. The remote call of
+        Per chunk: ``pushes.begin`` (pending) → remote create → ``pushes.confirm``. The remote call of
         one chunk runs on a worker thread while this thread records the previous chunk's
         confirmation and begins the next one, so the store's bookkeeping hides behind the tool's
         own time; the order per chunk, which makes a crash recoverable, is unchanged.
@@ -226,20 +228,21 @@ class SyncService:
 
         report = PassReport("push")
         report.counts.update(self.reconcile().counts)
-        routed = self.store.routed(action="review")
-        preds = {p.item_id: p for p in self.store.predictions([it.id for it, _ in routed])}
+        routed = self.store.decisions.routed(action="review")
+        preds = {p.item_id: p for p in self.store.predictions.list([it.id for it, _ in routed])}
 
         def confirm(fut: Future, ext_to_id: dict[str, int]) -> None:
             mapping = fut.result()
-            report.counts["pushed"] += self.store.confirm_push({ext_to_id[e]: t for e, t in mapping.items()},
-                                                               self.tool, self.project)
+            report.counts["pushed"] += self.store.pushes.confirm({ext_to_id[e]: t for e, t in mapping.items()},
+                                                                 self.tool, self.project)
             self._progress("push", len(ext_to_id))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as pool:
             inflight: tuple[Future, dict[str, int]] | None = None
             for i in range(0, len(routed), batch):
                 chunk = routed[i:i + batch]
-                begun = {p.item_id for p in self.store.begin_push([it.id for it, _ in chunk], self.tool, self.project)}
+                begun = {p.item_id for p in
+                         self.store.pushes.begin([it.id for it, _ in chunk], self.tool, self.project)}
                 todo = [(it, d) for it, d in chunk if it.id in begun]
                 if not todo:
                     continue
@@ -302,26 +305,26 @@ class LabelStudioSync(SyncService):
         starts exactly there (so a quiet project is not re-read).
         """
         report = PassReport("pull")
-        cursor = self.store.get_cursor(TOOL, self.project, "updated_at")
-        settled = self.store.get_cursor(TOOL, self.project, "settled") == "1"
+        cursor = self.store.cursors.get(TOOL, self.project, "updated_at")
+        settled = self.store.cursors.get(TOOL, self.project, "settled") == "1"
         server_now = self.client.server_time()
         snaps = list(self.client.changed_tasks(self.project_id, cursor, overlap_s=0.0 if settled else self.overlap_s))
         rows = self._annotation_rows(snaps)
         if rows:
-            result = self.store.upsert_annotations(rows)
+            result = self.store.annotations.upsert(rows)
             report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
                                  deleted=sum(r["status"] == "deleted" for r in rows))
         new_cursor = max([cursor] * (cursor is not None) + [s.updated_at for s in snaps], default=None)
         if new_cursor is not None:
             lag = (server_now - datetime.fromisoformat(new_cursor)).total_seconds()
-            self.store.set_cursor(TOOL, self.project, "updated_at", new_cursor)
-            self.store.set_cursor(TOOL, self.project, "settled", "1" if lag > self.overlap_s + 2.0 else "0")
+            self.store.cursors.set(TOOL, self.project, "updated_at", new_cursor)
+            self.store.cursors.set(TOOL, self.project, "settled", "1" if lag > self.overlap_s + 2.0 else "0")
         self._progress("pull", len(rows))
         return report
 
     def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
         """Raise each task's overlap to the answers wanted and return it to the queue."""
-        tasks = self.store.remote_ids([i for i, _, _ in wanted], TOOL, self.project)
+        tasks = self.store.pushes.remote_ids([i for i, _, _ in wanted], TOOL, self.project)
         sent = 0
         for item_id, n, reason in wanted:
             if item_id in tasks:
@@ -333,7 +336,7 @@ class LabelStudioSync(SyncService):
     def _annotation_rows(self, snaps: list[TaskSnapshot]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for snap in snaps:
-            push = self.store.find_push(TOOL, self.project, snap.task_id)
+            push = self.store.pushes.find(TOOL, self.project, snap.task_id)
             if push is None:
                 log.warning("task %s (hitl_id %s) was not pushed by us; its annotations are ignored",
                             snap.task_id, snap.external_id)
@@ -344,7 +347,7 @@ class LabelStudioSync(SyncService):
                 rows.append({"item_id": push.item_id, "tool": TOOL, "project": self.project, "remote_id": a.remote_id,
                              "annotator": a.annotator, "value": a.value, "status": a.status,
                              "remote_updated_at": a.updated_at, "lead_time": a.lead_time})
-            for old in self.store.annotations([push.item_id], tool=TOOL, project=self.project):
+            for old in self.store.annotations.list([push.item_id], tool=TOOL, project=self.project):
                 if old.remote_id not in seen and old.status != "deleted":
                     rows.append({"item_id": push.item_id, "tool": TOOL, "project": self.project,
                                  "remote_id": old.remote_id, "annotator": old.annotator, "value": old.value,
@@ -403,7 +406,7 @@ class ArgillaSync(SyncService):
         responses = self.client.submitted_responses(self.dataset)
         rows, seen = [], set()
         for r in responses:
-            push = self.store.find_push(self.tool, self.project, r.record_id)
+            push = self.store.pushes.find(self.tool, self.project, r.record_id)
             if push is None:
                 log.warning("record %s (external id %s) was not pushed by us; ignored", r.record_id, r.external_id)
                 continue
@@ -412,13 +415,13 @@ class ArgillaSync(SyncService):
                          "remote_id": str(r.remote_id), "annotator": r.annotator, "value": r.value,
                          "status": r.status, "remote_updated_at": r.updated_at})
         now = datetime.now(UTC).isoformat()
-        for old in self.store.annotations(tool=self.tool, project=self.project):
+        for old in self.store.annotations.list(tool=self.tool, project=self.project):
             if old.remote_id not in seen and old.status != "deleted":
                 rows.append({"item_id": old.item_id, "tool": self.tool, "project": self.project,
                              "remote_id": old.remote_id, "annotator": old.annotator, "value": old.value,
                              "status": "deleted", "remote_updated_at": now})
         if rows:
-            result = self.store.upsert_annotations(rows)
+            result = self.store.annotations.upsert(rows)
             report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
                                  deleted=sum(r["status"] == "deleted" for r in rows))
         self._progress("pull", len(rows))

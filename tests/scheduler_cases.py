@@ -34,7 +34,7 @@ def two_schedulers_run_each_slot_once(url: str, tmp_path: Path, seconds: float =
     assert all(p.returncode == 0 for p in procs), logs
     ticks = out.read_text().splitlines()
     with StateStore(url) as store:
-        runs = store.job_runs("tick")
+        runs = store.job_runs.list("tick")
     slots = collections.Counter(r.slot for r in runs)
     assert len(ticks) >= seconds - 2, (ticks, logs)
     # one execution per run row, one run row per slot: no slot ran twice

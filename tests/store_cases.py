@@ -1,7 +1,9 @@
-"""The state store's tests, written once and run on SQLite (``tests/unit/test_store.py``) and on
-PostgreSQL (``tests/integration/test_store_postgres.py``).
+"""The state store's tests, one class per repository, written once and run on SQLite
+(``tests/unit/test_store*.py``, one file per repository) and on PostgreSQL (``StoreCases``, all of
+them, in ``tests/integration/test_store_postgres.py``).
 
-A subclass provides ``empty_store``: a ``StateStore`` on a fresh, empty database.
+A subclass provides ``empty_store``: a ``StateStore`` on a fresh, empty database (the unit tests'
+is in ``tests/unit/conftest.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from connector.ingest import ingest_file
-from connector.store import ITEM_STATES, StateStore, alembic_config, content_hash
+from connector.store import ITEM_STATES, EmbeddingRepository, StateStore, alembic_config, content_hash
 from connector.store.models import Base
 
 TABLES = {"items", "predictions", "routing_decisions", "pushes", "annotations", "cursors", "alembic_version",
@@ -36,8 +38,8 @@ def write_csv(path, lines):
 
 
 def ingest_three(store):
-    store.ingest([{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
-    return {item.external_id: item.id for item in store.items()}
+    store.items.ingest([{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
+    return {item.external_id: item.id for item in store.items.list()}
 
 
 def prediction(item_id, model_version="m1", label="pos", confidence=0.9):
@@ -51,13 +53,15 @@ def annotation(item_id, remote_id="101", value=("pos",), updated_at=T0, status="
             "lead_time": 3.5}
 
 
-class StoreCases:
+class _Cases:
     @pytest.fixture
     def store(self, empty_store: StateStore) -> StateStore:
         empty_store.migrate()
         return empty_store
 
-    # ------------------------------------------------------------ migrations
+
+class FacadeCases(_Cases):
+    """The facade: migrations, one engine for every repository, one transaction per call."""
 
     def test_migrate_creates_every_table_on_an_empty_database_matching_the_models(self, empty_store):
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -70,14 +74,31 @@ class StoreCases:
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
 
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
-        store.ingest([{"id": "a", "text": "alpha"}])
+        store.items.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
         assert store.schema_revision() == "0002"
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
-        assert [i.external_id for i in store.items()] == ["a"]
+        assert [i.external_id for i in store.items.list()] == ["a"]
 
-    # ------------------------------------------------------------ ingest
+    def test_every_repository_shares_the_facades_engine_and_sessions(self, store):
+        repos = [store.items, store.predictions, store.decisions, store.pushes, store.annotations, store.cursors,
+                 store.labels, store.embeddings, store.job_runs, store.snapshots]
+        assert all(r.engine is store.engine for r in repos)
+        assert len({id(r._sessions) for r in repos}) == 1
+
+    def test_a_failing_call_changes_nothing(self, store):
+        ids = ingest_three(store)
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.predictions.record([prediction(ids["a"]), prediction(999_999)])
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.pushes.begin([ids["a"], 999_999], "label_studio", "7")
+        assert store.predictions.list([ids["a"]]) == [] and store.pushes.pending("label_studio", "7") == []
+        assert store.items.get(ids["a"]).state == "ingested"
+
+
+class ItemCases(_Cases):
+    """``store.items``: ingest, versions, states."""
 
     @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
     def test_ingesting_the_same_file_twice_adds_nothing(self, store, tmp_path, fmt):
@@ -90,26 +111,26 @@ class StoreCases:
         second = ingest_file(store, path)
         assert (first.added, first.new_versions, first.unchanged, first.errors) == (2, 0, 0, [])
         assert (second.added, second.new_versions, second.unchanged, second.errors) == (0, 0, 2, [])
-        items = store.items()
+        items = store.items.list()
         assert [(i.external_id, i.version, i.state) for i in items] == [("1", 1, "ingested"), ("2", 1, "ingested")]
         assert items[0].data == {"text": "good film", "lang": "en"}
         assert items[0].content_hash == content_hash("good film")
 
     def test_a_changed_text_becomes_version_2_and_version_1_is_kept(self, store, tmp_path):
         ingest_file(store, write_jsonl(tmp_path / "v1.jsonl", [{"id": "x", "text": "first draft"}]))
-        (v1,) = store.items()
-        store.record_predictions([prediction(v1.id)])
+        (v1,) = store.items.list()
+        store.predictions.record([prediction(v1.id)])
         result = ingest_file(store, write_jsonl(tmp_path / "v2.jsonl", [{"id": "x", "text": "second draft"}]))
         assert (result.added, result.new_versions, result.unchanged) == (0, 1, 0)
-        old, new = store.versions("x")
+        old, new = store.items.versions("x")
         assert (old.version, old.text, old.is_current, old.state) == (1, "first draft", False, "predicted")
         assert (new.version, new.text, new.is_current, new.state) == (2, "second draft", True, "ingested")
-        assert [i.id for i in store.items()] == [new.id]  # only the current version is listed
-        assert store.predictions([old.id])[0].model_version == "m1"  # the old version's history stays
+        assert [i.id for i in store.items.list()] == [new.id]  # only the current version is listed
+        assert store.predictions.list([old.id])[0].model_version == "m1"  # the old version's history stays
         # the same changed record again is unchanged; going back to the first text is version 3
-        assert store.ingest([{"id": "x", "text": "second draft"}]).unchanged == 1
-        assert store.ingest([{"id": "x", "text": "first draft"}]).new_versions == 1
-        assert [v.version for v in store.versions("x")] == [1, 2, 3]
+        assert store.items.ingest([{"id": "x", "text": "second draft"}]).unchanged == 1
+        assert store.items.ingest([{"id": "x", "text": "first draft"}]).new_versions == 1
+        assert [v.version for v in store.items.versions("x")] == [1, 2, 3]
 
     def test_malformed_jsonl_lines_are_reported_with_their_line_and_the_rest_ingested(self, store, tmp_path):
         path = write_jsonl(tmp_path / "mixed.jsonl", [
@@ -126,7 +147,7 @@ class StoreCases:
         assert [e.split(":")[0] for e in result.errors] == ["line 2", "line 3", "line 5", "line 6"]
         assert "invalid JSON" in result.errors[0] and "no text field 'text'" in result.errors[1]
         assert "must be a string, not int" in result.errors[2] and "JSON object" in result.errors[3]
-        assert [i.external_id for i in store.items()] == ["1", "5"]
+        assert [i.external_id for i in store.items.list()] == ["1", "5"]
 
     def test_malformed_csv_rows_are_reported_with_their_line_and_the_rest_ingested(self, store, tmp_path):
         path = write_csv(tmp_path / "mixed.csv", [
@@ -145,230 +166,248 @@ class StoreCases:
                                  "line 6: text field 'text' is empty",
                                  "line 7: gold field 'is_gold' is 'perhaps'; expected true or false",
                                  "line 9: gold item without its answer in 'gold_label'"]
-        items = {i.external_id: i for i in store.items()}
+        items = {i.external_id: i for i in store.items.list()}
         assert sorted(items) == ["1", "3", "6"]
         assert items["3"].text == "a quoted text\nover two lines" and items["3"].is_gold
         assert items["3"].meta == {"gold_label": "pos"} and "gold_label" not in items["3"].data
         assert not items["1"].is_gold and "is_gold" not in items["1"].data
 
     def test_api_records_bad_ones_are_errors_and_lose_nothing_else(self, store):
-        result = store.ingest([{"id": "ok", "text": "t"}, "not a dict", {"id": 1.5, "text": "t"},
-                               {"id": "nan", "text": "t", "score": float("nan")}, {"id": "ok2", "text": "u"}])
+        result = store.items.ingest([{"id": "ok", "text": "t"}, "not a dict", {"id": 1.5, "text": "t"},
+                                    {"id": "nan", "text": "t", "score": float("nan")}, {"id": "ok2", "text": "u"}])
         assert result.added == 2
         assert [e.split(":")[0] for e in result.errors] == ["record 2", "record 3", "record 4"]
-        assert [i.external_id for i in store.items()] == ["ok", "ok2"]
+        assert [i.external_id for i in store.items.list()] == ["ok", "ok2"]
 
     def test_a_record_without_an_id_gets_a_stable_id_from_the_content_hash(self, store):
-        first = store.ingest([{"text": "no id here"}, {"id": "", "text": "empty id"}])
-        again = store.ingest([{"text": "no id here"}, {"id": None, "text": "empty id"}])
+        first = store.items.ingest([{"text": "no id here"}, {"id": "", "text": "empty id"}])
+        again = store.items.ingest([{"text": "no id here"}, {"id": None, "text": "empty id"}])
         assert (first.added, again.added, again.unchanged) == (2, 0, 2)
-        ids = [i.external_id for i in store.items()]
+        ids = [i.external_id for i in store.items.list()]
         assert ids == [f"sha256-{content_hash('no id here')[:16]}", f"sha256-{content_hash('empty id')[:16]}"]
 
     def test_metadata_fields_and_gold_flag_are_kept_apart_from_the_data(self, store):
-        store.ingest([{"doc": 7, "body": "text", "source": "web", "split": "test", "is_gold": True,
-                      "gold_label": "pos"}],
-                     text_field="body", id_field="doc", metadata_fields=["source", "split"])
-        (item,) = store.items()
+        store.items.ingest([{"doc": 7, "body": "text", "source": "web", "split": "test", "is_gold": True,
+                            "gold_label": "pos"}],
+                           text_field="body", id_field="doc", metadata_fields=["source", "split"])
+        (item,) = store.items.list()
         assert (item.external_id, item.text, item.is_gold) == ("7", "text", True)
         assert item.data == {"body": "text"}  # the gold answer never reaches what annotators see
         assert item.meta == {"source": "web", "split": "test", "gold_label": "pos"}
         # a change in metadata alone is a new version too: nothing is overwritten in place
-        result = store.ingest([{"doc": 7, "body": "text", "source": "api", "split": "test", "is_gold": True,
-                                "gold_label": "pos"}], text_field="body", id_field="doc", metadata_fields=["source", "split"])
-        assert result.new_versions == 1 and [v.meta["source"] for v in store.versions("7")] == ["web", "api"]
+        result = store.items.ingest([{"doc": 7, "body": "text", "source": "api", "split": "test", "is_gold": True,
+                                     "gold_label": "pos"}],
+                                    text_field="body", id_field="doc", metadata_fields=["source", "split"])
+        assert result.new_versions == 1 and [v.meta["source"] for v in store.items.versions("7")] == ["web", "api"]
 
     def test_a_repeated_id_within_one_call_is_versioned_in_order(self, store):
-        result = store.ingest([{"id": "d", "text": "one"}, {"id": "d", "text": "one"}, {"id": "d", "text": "two"}])
+        result = store.items.ingest([{"id": "d", "text": "one"}, {"id": "d", "text": "one"},
+                                     {"id": "d", "text": "two"}])
         assert (result.added, result.unchanged, result.new_versions) == (1, 1, 1)
-        assert [(v.version, v.text, v.is_current) for v in store.versions("d")] == [(1, "one", False), (2, "two", True)]
+        assert [(v.version, v.text, v.is_current) for v in store.items.versions("d")] == [(1, "one", False),
+                                                                                          (2, "two", True)]
 
-    # ------------------------------------------------------------ predictions and routing
+    def test_counts_by_state_lists_every_state_and_set_state_consolidates(self, store):
+        ids = ingest_three(store)
+        assert store.items.set_state([ids["a"], ids["b"]], "consolidated") == 2
+        assert store.items.counts_by_state() == dict.fromkeys(ITEM_STATES, 0) | {"ingested": 1, "consolidated": 2}
+        assert [i.external_id for i in store.items.list(state="consolidated", limit=1)] == ["a"]
+        with pytest.raises(ValueError, match="unknown state"):
+            store.items.set_state([ids["c"]], "done")
+
+
+class RoutingCases(_Cases):
+    """``store.predictions`` and ``store.decisions``."""
 
     def test_predictions_are_idempotent_per_model_version(self, store):
         ids = ingest_three(store)
-        assert store.record_predictions([prediction(ids["a"]), prediction(ids["b"])]) == 2
-        assert store.record_predictions([prediction(ids["a"], confidence=0.1)]) == 0  # same version: ignored
-        assert store.record_predictions([prediction(ids["a"], model_version="m2", label="neg", confidence=0.6)]) == 1
-        preds = store.predictions([ids["a"]])
+        assert store.predictions.record([prediction(ids["a"]), prediction(ids["b"])]) == 2
+        assert store.predictions.record([prediction(ids["a"], confidence=0.1)]) == 0  # same version: ignored
+        assert store.predictions.record([prediction(ids["a"], model_version="m2", label="neg", confidence=0.6)]) == 1
+        preds = store.predictions.list([ids["a"]])
         assert [(p.model_version, p.label, p.confidence) for p in preds] == [("m1", "pos", 0.9), ("m2", "neg", 0.6)]
         assert preds[0].probabilities == {"pos": 0.9, "neg": pytest.approx(0.1)}
-        item = store.get_item(ids["a"])
+        item = store.items.get(ids["a"])
         assert (item.state, item.model_version) == ("predicted", "m2")
-        assert store.counts_by_state() == dict.fromkeys(ITEM_STATES, 0) | {"ingested": 1, "predicted": 2}
+        assert store.items.counts_by_state() == dict.fromkeys(ITEM_STATES, 0) | {"ingested": 1, "predicted": 2}
 
     def test_decisions_move_items_to_routed_and_the_latest_decision_counts(self, store):
         ids = ingest_three(store)
-        store.record_predictions([prediction(i) for i in ids.values()])
-        assert store.record_decisions([
+        store.predictions.record([prediction(i) for i in ids.values()])
+        assert store.decisions.record([
             {"item_id": ids["a"], "action": "review", "reason": "uncertain", "priority": 0.2, "score": 0.55},
             {"item_id": ids["b"], "action": "review", "reason": "uncertain", "priority": 0.8, "score": 0.51},
             {"item_id": ids["c"], "action": "auto_accept", "reason": "confident", "priority": 0.0},
         ]) == 3
-        store.record_decisions([{"item_id": ids["a"], "action": "auto_accept", "reason": "re-routed", "priority": 0}])
-        assert store.counts_by_state()["routed"] == 3
-        review = store.routed("review")
+        store.decisions.record([{"item_id": ids["a"], "action": "auto_accept", "reason": "re-routed", "priority": 0}])
+        assert store.items.counts_by_state()["routed"] == 3
+        review = store.decisions.routed("review")
         assert [(item.external_id, d.reason, d.model_version) for item, d in review] == [("b", "uncertain", "m1")]
-        assert [item.external_id for item, _ in store.routed()] == ["b", "a", "c"]  # highest priority first
+        assert [item.external_id for item, _ in store.decisions.routed()] == ["b", "a", "c"]  # highest priority first
 
-    def test_a_failing_call_changes_nothing(self, store):
+    def test_requeue_deferred_puts_only_deferred_routed_items_back_to_predicted(self, store):
         ids = ingest_three(store)
-        with pytest.raises(ValueError, match="unknown item ids"):
-            store.record_predictions([prediction(ids["a"]), prediction(999_999)])
-        with pytest.raises(ValueError, match="unknown item ids"):
-            store.begin_push([ids["a"], 999_999], "label_studio", "7")
-        assert store.predictions([ids["a"]]) == [] and store.pending_pushes("label_studio", "7") == []
-        assert store.get_item(ids["a"]).state == "ingested"
+        store.predictions.record([{"item_id": i, "model_version": "v1", "label": "pos", "confidence": 0.5,
+                                   "probabilities": {"pos": 0.5}} for i in ids.values()])
+        store.decisions.record([{"item_id": ids["a"], "action": "defer", "reason": "over_budget", "priority": 0.5},
+                                {"item_id": ids["b"], "action": "review", "reason": "uncertain", "priority": 0.5},
+                                {"item_id": ids["c"], "action": "auto_accept", "reason": "confident", "priority": 0.1}])
+        assert store.decisions.requeue_deferred() == 1
+        assert {k: store.items.get(i).state for k, i in ids.items()} == {"a": "predicted", "b": "routed", "c": "routed"}
+        assert [it.external_id for it in store.items.stale("v2")] == ["a", "b", "c"] and store.items.stale("v1") == []
+        assert store.pushes.remote_ids([ids["a"]], "label_studio", "7") == {}
 
-    # ------------------------------------------------------------ pushes
+
+class PushCases(_Cases):
+    """``store.pushes``: begin, confirm, pending after a crash, cancel."""
 
     def test_push_begin_confirm_and_pending_after_a_simulated_crash(self, store):
         ids = ingest_three(store)
         a, b, c = ids["a"], ids["b"], ids["c"]
-        begun = store.begin_push([a, b, c], "label_studio", "7")
+        begun = store.pushes.begin([a, b, c], "label_studio", "7")
         assert [(p.item_id, p.status, p.remote_id) for p in begun] == [(a, "pending", None), (b, "pending", None),
                                                                       (c, "pending", None)]
         # the remote call created tasks for a and b, then the process died before confirming c
-        assert store.confirm_push({a: 501, b: "502"}, "label_studio", "7") == 2
+        assert store.pushes.confirm({a: 501, b: "502"}, "label_studio", "7") == 2
         # a restarted process: c is found pending; nothing is begun twice
         restarted = StateStore(store.url)
         try:
-            assert [p.item_id for p in restarted.pending_pushes("label_studio", "7")] == [c]
-            assert restarted.begin_push([a, b, c], "label_studio", "7") == []
-            assert restarted.confirm_push({a: "501"}, "label_studio", "7") == 0  # confirming again: a no-op
+            assert [p.item_id for p in restarted.pushes.pending("label_studio", "7")] == [c]
+            assert restarted.pushes.begin([a, b, c], "label_studio", "7") == []
+            assert restarted.pushes.confirm({a: "501"}, "label_studio", "7") == 0  # confirming again: a no-op
             with pytest.raises(ValueError, match="already confirmed"):
-                restarted.confirm_push({a: "999"}, "label_studio", "7")
+                restarted.pushes.confirm({a: "999"}, "label_studio", "7")
             # reconciliation: no remote copy of c, so it is dropped and begun again
-            assert restarted.cancel_push([a, c], "label_studio", "7") == 1
-            assert [p.item_id for p in restarted.begin_push([c], "label_studio", "7")] == [c]
-            assert restarted.confirm_push({c: 503}, "label_studio", "7") == 1
+            assert restarted.pushes.cancel([a, c], "label_studio", "7") == 1
+            assert [p.item_id for p in restarted.pushes.begin([c], "label_studio", "7")] == [c]
+            assert restarted.pushes.confirm({c: 503}, "label_studio", "7") == 1
         finally:
             restarted.close()
-        assert store.pending_pushes("label_studio", "7") == []
-        assert store.find_push("label_studio", "7", 502).item_id == b
-        assert store.find_push("label_studio", "8", 502) is None
-        assert store.counts_by_state()["pushed"] == 3
+        assert store.pushes.pending("label_studio", "7") == []
+        assert store.pushes.find("label_studio", "7", 502).item_id == b
+        assert store.pushes.find("label_studio", "8", 502) is None
+        assert store.items.counts_by_state()["pushed"] == 3
         # the same items may go to another project or tool
-        assert len(store.begin_push([a], "argilla", "reviews")) == 1
+        assert len(store.pushes.begin([a], "argilla", "reviews")) == 1
 
     def test_confirming_a_push_that_was_never_begun_or_an_unknown_tool_is_refused(self, store):
         ids = ingest_three(store)
         with pytest.raises(ValueError, match="no push"):
-            store.confirm_push({ids["a"]: 1}, "label_studio", "7")
+            store.pushes.confirm({ids["a"]: 1}, "label_studio", "7")
         with pytest.raises(ValueError, match="unknown tool"):
-            store.begin_push([ids["a"]], "prodigy", "7")
+            store.pushes.begin([ids["a"]], "prodigy", "7")
 
-    # ------------------------------------------------------------ annotations
+
+class AnnotationCases(_Cases):
+    """``store.annotations``, ``store.cursors`` and ``store.labels``."""
 
     def test_annotation_upsert_inserts_ignores_repeats_and_older_and_takes_newer(self, store):
         ids = ingest_three(store)
         a = ids["a"]
-        store.begin_push([a], "label_studio", "7")
-        store.confirm_push({a: 501}, "label_studio", "7")
-        first = store.upsert_annotations([annotation(a)])
+        store.pushes.begin([a], "label_studio", "7")
+        store.pushes.confirm({a: 501}, "label_studio", "7")
+        first = store.annotations.upsert([annotation(a)])
         assert (first.inserted, first.updated, first.unchanged) == (1, 0, 0)
-        assert store.get_item(a).state == "annotated"
-        same = store.upsert_annotations([annotation(a)])
+        assert store.items.get(a).state == "annotated"
+        same = store.annotations.upsert([annotation(a)])
         assert (same.inserted, same.updated, same.unchanged) == (0, 0, 1)
         # the same instant written in another zone (and as a string) is not newer
         same_instant = (T0.astimezone(timezone(timedelta(hours=2)))).isoformat()
-        assert store.upsert_annotations([annotation(a, value=["neg"], updated_at=same_instant)]).unchanged == 1
-        newer = store.upsert_annotations([annotation(a, value=["neg"], updated_at=T0 + timedelta(minutes=5),
+        assert store.annotations.upsert([annotation(a, value=["neg"], updated_at=same_instant)]).unchanged == 1
+        newer = store.annotations.upsert([annotation(a, value=["neg"], updated_at=T0 + timedelta(minutes=5),
                                                      annotator="ann2")])
         assert (newer.inserted, newer.updated, newer.unchanged) == (0, 1, 0)
-        older = store.upsert_annotations([annotation(a, value=["pos"], updated_at=T0 + timedelta(minutes=1))])
+        older = store.annotations.upsert([annotation(a, value=["pos"], updated_at=T0 + timedelta(minutes=1))])
         assert (older.inserted, older.updated, older.unchanged) == (0, 0, 1)
-        (stored,) = store.annotations([a])
+        (stored,) = store.annotations.list([a])
         assert (stored.value, stored.annotator, stored.status, stored.lead_time) == (["neg"], "ann2", "submitted", 3.5)
         assert stored.remote_updated_at == T0 + timedelta(minutes=5)
         assert stored.remote_updated_at.tzinfo is not None
         # a deletion that is newer is recorded (status), not lost
-        deleted = store.upsert_annotations([annotation(a, status="deleted", updated_at=T0 + timedelta(hours=1))])
-        assert deleted.updated == 1 and store.annotations(status="deleted")[0].remote_id == "101"
+        deleted = store.annotations.upsert([annotation(a, status="deleted", updated_at=T0 + timedelta(hours=1))])
+        assert deleted.updated == 1 and store.annotations.list(status="deleted")[0].remote_id == "101"
 
     def test_annotations_of_several_annotators_and_tools_are_kept_apart(self, store):
         ids = ingest_three(store)
         rows = [annotation(ids["a"], remote_id="1"), annotation(ids["a"], remote_id="2", annotator="ann2"),
                 annotation(ids["a"], remote_id="1") | {"tool": "argilla", "project": "reviews"},
                 annotation(ids["b"], remote_id="3", status="skipped")]
-        assert store.upsert_annotations(rows).inserted == 4
-        assert len(store.annotations([ids["a"]])) == 3 and len(store.annotations(tool="argilla")) == 1
+        assert store.annotations.upsert(rows).inserted == 4
+        assert len(store.annotations.list([ids["a"]])) == 3 and len(store.annotations.list(tool="argilla")) == 1
         # a skipped annotation does not make its item annotated
-        assert store.get_item(ids["b"]).state == "ingested" and store.get_item(ids["a"]).state == "annotated"
+        assert store.items.get(ids["b"]).state == "ingested" and store.items.get(ids["a"]).state == "annotated"
         with pytest.raises(ValueError, match="unknown annotation status"):
-            store.upsert_annotations([annotation(ids["c"], status="maybe")])
-
-    # ------------------------------------------------------------ cursors and states
+            store.annotations.upsert([annotation(ids["c"], status="maybe")])
 
     def test_cursors_round_trip_per_tool_project_and_name(self, store):
-        assert store.get_cursor("label_studio", "7", "updated_at") is None
-        assert store.get_cursor("label_studio", "7", "updated_at", "1970-01-01") == "1970-01-01"
-        store.set_cursor("label_studio", "7", "updated_at", "2026-11-01T12:00:00+00:00")
-        store.set_cursor("label_studio", "8", "updated_at", "other project")
-        store.set_cursor("label_studio", "7", "updated_at", "2026-11-02T08:00:00+00:00")
-        assert store.get_cursor("label_studio", "7", "updated_at") == "2026-11-02T08:00:00+00:00"
-        assert store.get_cursor("label_studio", "8", "updated_at") == "other project"
-        assert store.get_cursor("argilla", "7", "updated_at") is None
-
-    def test_counts_by_state_lists_every_state_and_set_state_consolidates(self, store):
-        ids = ingest_three(store)
-        assert store.set_state([ids["a"], ids["b"]], "consolidated") == 2
-        assert store.counts_by_state() == dict.fromkeys(ITEM_STATES, 0) | {"ingested": 1, "consolidated": 2}
-        assert [i.external_id for i in store.items(state="consolidated", limit=1)] == ["a"]
-        with pytest.raises(ValueError, match="unknown state"):
-            store.set_state([ids["c"]], "done")
-
-    # ------------------------------------------------------------ scheduler tables
+        assert store.cursors.get("label_studio", "7", "updated_at") is None
+        assert store.cursors.get("label_studio", "7", "updated_at", "1970-01-01") == "1970-01-01"
+        store.cursors.set("label_studio", "7", "updated_at", "2026-11-01T12:00:00+00:00")
+        store.cursors.set("label_studio", "8", "updated_at", "other project")
+        store.cursors.set("label_studio", "7", "updated_at", "2026-11-02T08:00:00+00:00")
+        assert store.cursors.get("label_studio", "7", "updated_at") == "2026-11-02T08:00:00+00:00"
+        assert store.cursors.get("label_studio", "8", "updated_at") == "other project"
+        assert store.cursors.get("argilla", "7", "updated_at") is None
 
     def test_labels_replace_per_item_and_move_items_between_consolidated_and_annotated(self, store):
         ids = ingest_three(store)
         row = {"item_id": ids["a"], "label": "pos", "status": "settled", "method": "majority", "n_answers": 3,
                "reason": "agreed", "agreement": np.float64(2 / 3)}
-        assert store.save_labels([row, {**row, "item_id": ids["b"], "label": None, "status": "unsettled",
+        assert store.labels.save([row, {**row, "item_id": ids["b"], "label": None, "status": "unsettled",
                                         "reason": "tie"}]) == 2
-        assert [(lb.label, lb.agreement) for lb in store.labels()] == [("pos", pytest.approx(2 / 3))]
-        assert store.get_item(ids["a"]).state == "consolidated" and store.get_item(ids["b"]).state == "ingested"
-        store.save_labels([{**row, "label": None, "status": "unsettled", "reason": "tie"}])
-        assert store.labels() == [] and store.get_item(ids["a"]).state == "annotated"
-        assert {lb.reason for lb in store.labels(status=None)} == {"tie"}
+        assert [(lb.label, lb.agreement) for lb in store.labels.list()] == [("pos", pytest.approx(2 / 3))]
+        assert store.items.get(ids["a"]).state == "consolidated" and store.items.get(ids["b"]).state == "ingested"
+        store.labels.save([{**row, "label": None, "status": "unsettled", "reason": "tie"}])
+        assert store.labels.list() == [] and store.items.get(ids["a"]).state == "annotated"
+        assert {lb.reason for lb in store.labels.list(status=None)} == {"tie"}
         with pytest.raises(ValueError, match="unknown label status"):
-            store.save_labels([{**row, "status": "maybe"}])
+            store.labels.save([{**row, "status": "maybe"}])
+
+
+class EmbeddingCases(_Cases):
+    """``store.embeddings``, and the cache on its own (``EmbeddingRepository.open``)."""
 
     def test_the_embedding_cache_keeps_the_first_vector_per_encoder_and_hash(self, store):
         v1, v2 = np.arange(3, dtype=np.float32).tobytes(), np.ones(3, dtype=np.float32).tobytes()
-        assert store.put_embeddings("enc", {"h1": v1, "h2": v2}) == 2
-        assert store.put_embeddings("enc", {"h1": v2, "h3": v1}) == 1
-        assert store.get_embeddings("enc", ["h1", "h3", "missing"]) == {"h1": v1, "h3": v1}
-        assert store.get_embeddings("other", ["h1"]) == {}
+        assert store.embeddings.put("enc", {"h1": v1, "h2": v2}) == 2
+        assert store.embeddings.put("enc", {"h1": v2, "h3": v1}) == 1
+        assert store.embeddings.get("enc", ["h1", "h3", "missing"]) == {"h1": v1, "h3": v1}
+        assert store.embeddings.get("other", ["h1"]) == {}
+
+    def test_the_cache_opened_alone_migrates_once_and_shares_the_database(self, empty_store):
+        v = np.ones(2, dtype=np.float32).tobytes()
+        with EmbeddingRepository.open(empty_store.url) as cache:  # migrates the empty database
+            assert cache.put("enc", {"h": v}) == 1
+        assert empty_store.schema_revision() == "0002"
+        with EmbeddingRepository.open(empty_store.url) as again:  # a second open: the migration is a no-op
+            assert again.get("enc", ["h"]) == {"h": v}
+        assert empty_store.embeddings.get("enc", ["h"]) == {"h": v}
+        assert EmbeddingRepository(empty_store.engine).get("enc", ["h"]) == {"h": v}  # on an engine alone
+
+
+class RunCases(_Cases):
+    """``store.job_runs`` and ``store.snapshots``."""
 
     def test_a_job_slot_is_claimed_once_and_the_summary_keeps_the_last_error(self, store):
-        first = store.claim_job_run("sync", "2026-11-27T10:00:00+00:00", "host-a")
-        assert first is not None and store.claim_job_run("sync", "2026-11-27T10:00:00+00:00", "host-b") is None
-        store.finish_job_run(first, "failed", error="boom", detail={"n": np.int64(3)})
-        second = store.claim_job_run("sync", "2026-11-27T10:01:00+00:00", "host-b")
-        store.finish_job_run(second, "ok", detail={"pushed": 2})
-        summary = store.job_summary()["sync"]
+        first = store.job_runs.claim("sync", "2026-11-27T10:00:00+00:00", "host-a")
+        assert first is not None and store.job_runs.claim("sync", "2026-11-27T10:00:00+00:00", "host-b") is None
+        store.job_runs.finish(first, "failed", error="boom", detail={"n": np.int64(3)})
+        second = store.job_runs.claim("sync", "2026-11-27T10:01:00+00:00", "host-b")
+        store.job_runs.finish(second, "ok", detail={"pushed": 2})
+        summary = store.job_runs.summary()["sync"]
         assert (summary["runs"], summary["failures"]) == (2, 1)
         assert summary["last_run"].id == second and summary["last_error"].error == "boom"
-        assert [r.host for r in store.job_runs("sync")] == ["host-b", "host-a"]
+        assert [r.host for r in store.job_runs.list("sync")] == ["host-b", "host-a"]
 
     def test_snapshots_are_dated_and_listed_oldest_first(self, store):
-        assert store.latest_snapshot("agreement") is None
-        store.add_snapshot("agreement", {"fleiss": np.float64(0.5), "matrix": np.eye(2)})
-        store.add_snapshot("agreement", {"fleiss": 0.7})
-        store.add_snapshot("other", {"x": 1})
-        assert [s.payload["fleiss"] for s in store.snapshots("agreement")] == [0.5, 0.7]
-        assert store.latest_snapshot("agreement").payload == {"fleiss": 0.7}
-        assert store.snapshots("agreement")[0].payload["matrix"] == [[1.0, 0.0], [0.0, 1.0]]
+        assert store.snapshots.latest("agreement") is None
+        store.snapshots.add("agreement", {"fleiss": np.float64(0.5), "matrix": np.eye(2)})
+        store.snapshots.add("agreement", {"fleiss": 0.7})
+        store.snapshots.add("other", {"x": 1})
+        assert [s.payload["fleiss"] for s in store.snapshots.list("agreement")] == [0.5, 0.7]
+        assert store.snapshots.latest("agreement").payload == {"fleiss": 0.7}
+        assert store.snapshots.list("agreement")[0].payload["matrix"] == [[1.0, 0.0], [0.0, 1.0]]
 
-    def test_requeue_deferred_puts_only_deferred_routed_items_back_to_predicted(self, store):
-        ids = ingest_three(store)
-        store.record_predictions([{"item_id": i, "model_version": "v1", "label": "pos", "confidence": 0.5,
-                                   "probabilities": {"pos": 0.5}} for i in ids.values()])
-        store.record_decisions([{"item_id": ids["a"], "action": "defer", "reason": "over_budget", "priority": 0.5},
-                                {"item_id": ids["b"], "action": "review", "reason": "uncertain", "priority": 0.5},
-                                {"item_id": ids["c"], "action": "auto_accept", "reason": "confident", "priority": 0.1}])
-        assert store.requeue_deferred() == 1
-        assert {k: store.get_item(i).state for k, i in ids.items()} == {"a": "predicted", "b": "routed", "c": "routed"}
-        assert [it.external_id for it in store.stale_items("v2")] == ["a", "b", "c"] and store.stale_items("v1") == []
-        assert store.remote_ids([ids["a"]], "label_studio", "7") == {}
+
+class StoreCases(FacadeCases, ItemCases, RoutingCases, PushCases, AnnotationCases, EmbeddingCases, RunCases):
+    """Every repository's cases, for a database that runs them all (PostgreSQL)."""

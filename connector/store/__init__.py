@@ -1,9 +1,15 @@
-"""The state store: SQLAlchemy 2 models, Alembic migrations and the ``StateStore`` API.
+"""The state store: SQLAlchemy 2 models, Alembic migrations and the ``StateStore`` facade over
+one repository per area (items, predictions, decisions, pushes, annotations, cursors, labels,
+embeddings, job runs, snapshots).
 
 SQLite by default (``sqlite:///var/state.db``), PostgreSQL by URL (``postgresql+psycopg://...``);
 the same code and tests run on both.
 """
 
+from connector.store.annotations import UpsertResult
+from connector.store.database import DEFAULT_URL, alembic_config
+from connector.store.embeddings import EmbeddingRepository
+from connector.store.items import IngestResult
 from connector.store.models import (
     ANNOTATION_STATUSES,
     ITEM_STATES,
@@ -20,7 +26,8 @@ from connector.store.models import (
     RoutingDecision,
     Snapshot,
 )
-from connector.store.store import DEFAULT_URL, IngestResult, StateStore, UpsertResult, alembic_config, content_hash
+from connector.store.repository import content_hash
+from connector.store.store import StateStore
 
 __all__ = [
     "ANNOTATION_STATUSES",
@@ -31,6 +38,7 @@ __all__ = [
     "Annotation",
     "Cursor",
     "Embedding",
+    "EmbeddingRepository",
     "IngestResult",
     "Item",
     "JobRun",

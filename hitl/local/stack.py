@@ -205,11 +205,11 @@ def _ensure_state(s: StackSettings) -> tuple[Path, Path]:
         _, demo = stratified_split(labels[rest], s.demo_tasks / len(rest), seed=1)
         demo = rest[demo]
         # the demo items' labels stay out of the store: the loop must find them through annotators
-        store.ingest([{"id": f"rt-{i}", "text": ds.texts[i]} for i in demo])
-        store.ingest([{"id": f"seed-{i}", "text": ds.texts[i]} for i in seed])
-        ids = {it.external_id: it.id for it in store.items()}
-        if not store.labels():
-            store.save_labels([{"item_id": ids[f"seed-{i}"], "label": ds.labels[i], "status": "settled",
+        store.items.ingest([{"id": f"rt-{i}", "text": ds.texts[i]} for i in demo])
+        store.items.ingest([{"id": f"seed-{i}", "text": ds.texts[i]} for i in seed])
+        ids = {it.external_id: it.id for it in store.items.list()}
+        if not store.labels.list():
+            store.labels.save([{"item_id": ids[f"seed-{i}"], "label": ds.labels[i], "status": "settled",
                                 "method": "seed", "n_answers": 0, "reason": "seed label from the data set"}
                                for i in seed])
         models = ModelStore(s.var_dir / "models")
@@ -243,7 +243,7 @@ def _first_sync(env: dict[str, str], backend_url: str, ls_url: str | None) -> di
             ctx = build_context(settings, store)
             scheduler = build_scheduler(settings, store, ctx)
             outcome = scheduler.execute("sync", slot=f"hitl up {time.time():.0f}")
-            run = store.job_runs("sync", limit=1)[0]
+            run = store.job_runs.list("sync", limit=1)[0]
             if outcome == "failed":
                 raise SystemExit(f"the first sync failed: {run.error}")
             if ls_url is not None:

@@ -157,7 +157,7 @@ class OfflineSync(SyncService):
         report = PassReport("pull")
         new, self._pulled = self.answers[self._pulled:], len(self.answers)
         if new:
-            report.counts["inserted"] = self.store.upsert_annotations(new).inserted
+            report.counts["inserted"] = self.store.annotations.upsert(new).inserted
         return report
 
     def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
@@ -177,7 +177,7 @@ class LabelStudioAnnotating:
                                             password=f"pw-{stamp}").id for name in names}
 
     def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
-        task = self.sync.store.remote_ids([item_id], self.sync.tool, self.sync.project)[item_id]
+        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool, self.sync.project)[item_id]
         self.sync.client.annotate(int(task), [self.sync.control.result([label])], completed_by=self.users[annotator])
 
 
@@ -268,8 +268,8 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         ctx = JobContext(store, spec, models, make_sync=lambda: sync, encoder=encoder, cache_store=cache_store)
         annotators = SimulatedAnnotators(spec.labels, n=cfg.annotators, accuracy=cfg.annotator_accuracy, seed=cfg.seed + 1)
         annotate = sync.annotate if isinstance(sync, OfflineSync) else LabelStudioAnnotating(sync, annotators.names).annotate
-        store.ingest([{"id": f"item-{i}", "text": data.texts[i]} for i in pool_idx])
-        ids = {it.external_id: it.id for it in store.items()}
+        store.items.ingest([{"id": f"item-{i}", "text": data.texts[i]} for i in pool_idx])
+        ids = {it.external_id: it.id for it in store.items.list()}
         budget = int(cfg.budget * len(pool_idx))
         # the seed: random items, labelled like every other reviewed item, before any model exists
         seed_ext = [f"item-{i}" for i in pool_idx[:cfg.seed_size]]
@@ -286,7 +286,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         y_pool = np.array([data.labels[i] for i in pool_idx])
         rounds: list[dict[str, Any]] = []
         while True:
-            reviewed = len(store.labels(status=None))
+            reviewed = len(store.labels.list(status=None))
             _record_round(rounds, store, predictor, (x_eval, t_eval, y_eval), reviewed, (x_pool, t_pool, y_pool),
                           pool_ids)
             if progress:
@@ -300,7 +300,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
             pushed = sync.push_pass().counts.get("pushed", 0)
             if not pushed:
                 break
-            for it in store.items(state="pushed"):
+            for it in store.items.list(state="pushed"):
                 for _ in range(spec.overlap):
                     _answer(store, it, truth, annotators, annotate)
             _settle(ctx, sync, store, truth, annotators, annotate, spec)
@@ -316,7 +316,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
 
 def _answer(store: StateStore, item: Any, truth: dict[str, str], annotators: SimulatedAnnotators,
             annotate: Callable[..., None]) -> None:
-    done = {a.annotator for a in store.annotations([item.id])}
+    done = {a.annotator for a in store.annotations.list([item.id])}
     who, label = annotators.answer(truth[item.external_id], done)
     annotate(item.id, item.external_id, who, label)
 
@@ -328,11 +328,11 @@ def _settle(ctx: JobContext, sync: SyncService, store: StateStore, truth: dict[s
     while True:
         sync.pull_pass()
         consolidate_job(ctx)
-        again = [lb.item_id for lb in store.labels(status="unsettled")
+        again = [lb.item_id for lb in store.labels.list(status="unsettled")
                  if lb.reason in SEND_BACK_REASONS and lb.n_answers < max_answers]
         if not again:
             return
-        for it in store.items_by_id(again).values():
+        for it in store.items.get_many(again).values():
             _answer(store, it, truth, annotators, annotate)
 
 
@@ -340,10 +340,10 @@ def _label_directly(ctx: JobContext, sync: SyncService, external_ids: list[str],
                     truth: dict[str, str], annotators: SimulatedAnnotators, annotate: Callable[..., None]) -> None:
     """Push the seed items without a model's suggestion and have them answered."""
     store, spec = ctx.store, ctx.spec
-    store.record_decisions([{"item_id": ids[e], "action": "review", "reason": "seed", "priority": 1.0}
+    store.decisions.record([{"item_id": ids[e], "action": "review", "reason": "seed", "priority": 1.0}
                             for e in external_ids])
     sync.push_pass()
-    for it in store.items_by_id([ids[e] for e in external_ids]).values():
+    for it in store.items.get_many([ids[e] for e in external_ids]).values():
         for _ in range(spec.overlap):
             _answer(store, it, truth, annotators, annotate)
     _settle(ctx, sync, store, truth, annotators, annotate, spec)
@@ -354,13 +354,13 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
                   pool: tuple[np.ndarray, list[str], np.ndarray], pool_ids: list[int]) -> None:
     """One point of the curves: reviewed items, answers, and the labels' accuracy if the loop
     stopped here (human labels where there are, the current model's elsewhere)."""
-    point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations(status="submitted")),
+    point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations.list(status="submitted")),
                              "version": predictor.serving_version()}
     (x_eval, t_eval, y_eval), (x_pool, t_pool, y_pool) = evaluation, pool
     if predictor.serving_version():
         _, clf = predictor.model()  # the version the sync passes serve, already loaded
         model = clf.classes_[clf.predict_proba_from_embeddings(x_pool, texts=t_pool).argmax(1)]
-        human = {lb.item_id: lb.label for lb in store.labels() if lb.label is not None}
+        human = {lb.item_id: lb.label for lb in store.labels.list() if lb.label is not None}
         final = np.array([human.get(i, m) for i, m in zip(pool_ids, model)])
         point["label_accuracy"] = float((final == y_pool).mean())
         point["model_errors"] = int((model != y_pool).sum())
@@ -380,7 +380,7 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
 def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, models: ModelStore, cache: EmbeddingCache,
              truth: dict[str, str], ids: dict[str, int], seed_version: str | None, rounds: list[dict[str, Any]],
              spec: TaskSpec) -> RunResult:
-    items = store.items_by_id(ids.values())
+    items = store.items.get_many(ids.values())
     ext = [items[i].external_id for i in ids.values()]
     texts = [items[i].text for i in ids.values()]
     y = np.array([truth[e] for e in ext])
@@ -389,8 +389,8 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     raw = clf.predict_proba_from_embeddings(x, texts=texts, calibrated=False)
     cal = clf.predict_proba_from_embeddings(x, texts=texts)
     model_label = clf.classes_[cal.argmax(1)]
-    human = {lb.item_id: lb.label for lb in store.labels(status=None)}
-    answers = store.annotations(status="submitted")
+    human = {lb.item_id: lb.label for lb in store.labels.list(status=None)}
+    answers = store.annotations.list(status="submitted")
     by_item: dict[int, list[str]] = {}
     for a in answers:
         by_item.setdefault(a.item_id, []).append(a.value[0])
@@ -407,13 +407,13 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     no_review = float((seed_clf.classes_[seed_clf.predict_proba_from_embeddings(x, texts=texts).argmax(1)] == y).mean())
     errors = int((model_label != y).sum())
     oracle = 1.0 - max(0, errors - int(reviewed.sum())) / len(y)
-    decisions = store.latest_decisions(ids.values())
+    decisions = store.decisions.latest(ids.values())
     accepted = np.array([decisions.get(i) is not None and decisions[i].action == "auto_accept" and i not in human
                          for i in ids.values()])
     y_codes = np.searchsorted(clf.classes_, y)
     rest = ~reviewed
-    threshold = store.latest_snapshot("thresholds")
-    retrains = store.snapshots("retrain")
+    threshold = store.snapshots.latest("thresholds")
+    retrains = store.snapshots.list("retrain")
     return RunResult(
         dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
         answers=len(answers), label_accuracy=float((final == y).mean()), no_review_accuracy=no_review,

@@ -73,10 +73,10 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
 
         store = StateStore(f"sqlite:///{var / 'state.db'}")
         try:
-            _wait("the annotations to be pulled", lambda: len(store.annotations(status="submitted")) == 6)
-            _wait("the labels to settle", lambda: len([lb for lb in store.labels() if lb.method != "seed"]) == 6)
+            _wait("the annotations to be pulled", lambda: len(store.annotations.list(status="submitted")) == 6)
+            _wait("the labels to settle", lambda: len([lb for lb in store.labels.list() if lb.method != "seed"]) == 6)
             retrain = _wait("a retraining on the new labels", lambda: next(
-                (r for r in store.job_runs("retrain") if r.status == "ok" and "candidate" in r.detail), None))
+                (r for r in store.job_runs.list("retrain") if r.status == "ok" and "candidate" in r.detail), None))
             assert retrain.detail["n_train"] + retrain.detail["n_test"] == 66  # 60 seed labels + the 6 new ones
         finally:
             store.close()

@@ -36,10 +36,10 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
     ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
     sched = Scheduler(store, {"sync": lambda: jobs.sync_job(ctx), "metrics": lambda: jobs.metrics_job(ctx),
                               "retrain": lambda: jobs.retrain_job(ctx)}, {"sync": interval(3600)})
-    store.ingest([{"id": f"loop-{i}", "text": t} for i, t in enumerate(rt_sample[0][200:208])])
+    store.items.ingest([{"id": f"loop-{i}", "text": t} for i, t in enumerate(rt_sample[0][200:208])])
     try:
         assert sched.execute("sync", slot="1") == "ran"
-        first = store.job_runs("sync")[0].detail
+        first = store.job_runs.list("sync")[0].detail
         assert first["push"]["pushed"] == 8 and first["pull"] == {}
 
         tasks = sorted(client.task_ids_by_external_id(sync.project_id).items())
@@ -51,28 +51,28 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
             for user, label in zip(users, answers):
                 client.annotate(task_id, _choice(label), completed_by=user.id)
         assert sched.execute("sync", slot="2") == "ran"
-        second = store.job_runs("sync")[0].detail
+        second = store.job_runs.list("sync")[0].detail
         assert second["pull"]["inserted"] == 8
         assert second["consolidate"] == {"items": 4, "settled": 3, "unsettled": 1, "sent_back": 1, "invalid_answers": 0}
         tie = client._ls.tasks.get(id=tasks[1][1])
         assert tie.overlap == 3 and not tie.is_labeled  # back in the queue for a third answer
-        labels = {lb.item_id: lb for lb in store.labels(status=None)}
+        labels = {lb.item_id: lb for lb in store.labels.list(status=None)}
         assert sorted(lb.reason for lb in labels.values()) == ["settled", "settled", "settled", "tie"]
 
         assert sched.execute("sync", slot="3") == "ran"  # nothing new: not sent back twice
-        assert store.job_runs("sync")[0].detail["consolidate"]["sent_back"] == 0
+        assert store.job_runs.list("sync")[0].detail["consolidate"]["sent_back"] == 0
 
         client.annotate(tasks[1][1], _choice("rotten"), completed_by=users[2].id)
         assert sched.execute("sync", slot="4") == "ran"
-        assert store.job_runs("sync")[0].detail["consolidate"]["settled"] == 4
-        settled = {store.get_item(lb.item_id).external_id: lb.label for lb in store.labels()}
+        assert store.job_runs.list("sync")[0].detail["consolidate"]["settled"] == 4
+        settled = {store.items.get(lb.item_id).external_id: lb.label for lb in store.labels.list()}
         assert settled[tasks[1][0]] == "rotten" and len(settled) == 4
 
         assert sched.execute("metrics", slot="1") == "ran"
-        agreement = store.latest_snapshot("agreement").payload
+        agreement = store.snapshots.latest("agreement").payload
         assert agreement["n_items"] == 4 and agreement["n_annotators"] == 3
         assert sched.execute("retrain", slot="1") == "ran"
-        retrained = store.job_runs("retrain")[0].detail
+        retrained = store.job_runs.list("retrain")[0].detail
         assert retrained["candidate"] == "v2" and retrained["n_train"] + retrained["n_test"] == 4
         assert not retrained["promoted"] and "min_test" in retrained["reason"]  # 4 labels prove nothing
     finally:

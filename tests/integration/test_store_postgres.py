@@ -1,4 +1,4 @@
-"""The state store's shared cases (``tests/store_cases.py``) on a real PostgreSQL."""
+"""The state store's shared cases (``tests/store_cases.py``, every repository) on a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -27,4 +27,4 @@ def test_the_session_database_url_is_psycopg_on_loopback(postgres_url):
     assert postgres_url.startswith("postgresql+psycopg://postgres@127.0.0.1:") and postgres_url.endswith("/hitl")
     with StateStore(postgres_url) as store:
         store.migrate()
-        assert store.ingest([{"id": 1, "text": "x"}]).added == 1
+        assert store.items.ingest([{"id": 1, "text": "x"}]).added == 1

@@ -21,7 +21,7 @@ def setup(tmp_path, argilla, backend, rt_sample):
                     routing={"accept_threshold": 0.9, "spot_check_rate": 0.0})
     client = ArgillaClient(argilla.url, argilla.api_key)
     sync = ArgillaSync(store, spec, client, HttpPredictor(backend.url))
-    store.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(rt_sample[0][200:230])])
+    store.items.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(rt_sample[0][200:230])])
     yield store, sync, client, argilla
     store.close()
 
@@ -47,6 +47,6 @@ def test_argilla_push_is_idempotent_and_pull_stores_each_answer_once(setup):
     assert first["inserted"] == 6
     again = sync.pull_pass().counts
     assert again["inserted"] == 0 and again["updated"] == 0
-    stored = store.annotations(tool="argilla", project=sync.project)
+    stored = store.annotations.list(tool="argilla", project=sync.project)
     assert len(stored) == 6 and {a.annotator for a in stored} == {"sync-ann-0", "sync-ann-1"}
     assert sorted(tuple(a.value) for a in stored) == [("fresh",)] * 3 + [("rotten",)] * 3

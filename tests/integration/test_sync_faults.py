@@ -84,10 +84,10 @@ def test_cli_push_survives_sigkill_at_random_points(workspace, label_studio):
     ext_ids = [t.data["hitl_id"] for t in tasks]
     assert len(ext_ids) == len(set(ext_ids))  # no task twice
     with StateStore(env["HITL_DB_URL"]) as store:
-        review = store.routed(action="review")  # items still waiting (should be none)
+        review = store.decisions.routed(action="review")  # items still waiting (should be none)
         assert review == []
-        assert store.pending_pushes(TOOL, str(pid)) == []
-        pushed = {i.external_id for i in store.items(state="pushed")}
+        assert store.pushes.pending(TOOL, str(pid)) == []
+        pushed = {i.external_id for i in store.items.list(state="pushed")}
     assert pushed == set(ext_ids) and len(pushed) > 100
 
 
@@ -108,7 +108,7 @@ def test_cli_pull_survives_sigkill_at_random_points(workspace, label_studio):
     done = _hitl(env, "sync", "pull")
     assert done.returncode == 0, done.stderr
     with StateStore(env["HITL_DB_URL"]) as store:
-        anns = store.annotations(tool=TOOL, project=str(pid))
+        anns = store.annotations.list(tool=TOOL, project=str(pid))
     assert len(anns) == expected == len({a.remote_id for a in anns})  # none lost, none doubled
     assert {a.annotator for a in anns} == {u.email for u in users}
 
@@ -124,10 +124,10 @@ def test_a_label_studio_that_is_down_fails_the_pass_clearly_and_loses_nothing(wo
     assert "ConnectError" in r.stderr or "Connection refused" in r.stderr
     assert time.monotonic() - t0 < 110  # retried with backoff, then gave up
     with StateStore(env["HITL_DB_URL"]) as store:
-        before = len(store.annotations(tool=TOOL))
+        before = len(store.annotations.list(tool=TOOL))
     assert _hitl(env, "sync", "pull").returncode == 0
     with StateStore(env["HITL_DB_URL"]) as store:
-        assert len(store.annotations(tool=TOOL)) == before
+        assert len(store.annotations.list(tool=TOOL)) == before
 
 
 def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplicates(tmp_path, rt_sample, backend):
@@ -164,8 +164,8 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
         ext = [t.data["hitl_id"] for t in tasks]
         assert len(ext) == len(set(ext))
         with StateStore(env["HITL_DB_URL"]) as store:
-            assert store.pending_pushes(TOOL, str(pid)) == [] and store.routed(action="review") == []
-            assert {i.external_id for i in store.items(state="pushed")} == set(ext)
+            assert store.pushes.pending(TOOL, str(pid)) == [] and store.decisions.routed(action="review") == []
+            assert {i.external_id for i in store.items.list(state="pushed")} == set(ext)
     finally:
         server.stop()
 
@@ -191,8 +191,8 @@ def test_argilla_push_and_pull_survive_sigkill_at_random_points(tmp_path, argill
     dataset = client.ensure_dataset("argilla-faults", text_field="text", labels=["fresh", "rotten"])
     records = client.record_ids_by_external_id(dataset)
     with StateStore(env["HITL_DB_URL"]) as store:
-        pushed = {i.external_id for i in store.items(state="pushed")}
-        assert store.pending_pushes("argilla", "argilla-faults") == []
+        pushed = {i.external_id for i in store.items.list(state="pushed")}
+        assert store.pushes.pending("argilla", "argilla-faults") == []
     assert set(records) == pushed and len(pushed) > 50  # one record per pushed item, none missing
 
     users = [_annotator(client, argilla.url, f"fault-ann-{k}", dataset.workspace.name) for k in range(2)]
@@ -206,6 +206,6 @@ def test_argilla_push_and_pull_survive_sigkill_at_random_points(tmp_path, argill
         _kill_at_random(env, ["sync", "pull"], rng, max_delay=4.0)
     assert _hitl(env, "sync", "pull").returncode == 0
     with StateStore(env["HITL_DB_URL"]) as store:
-        anns = store.annotations(tool="argilla", project="argilla-faults")
+        anns = store.annotations.list(tool="argilla", project="argilla-faults")
     assert len(anns) == expected == len({a.remote_id for a in anns})
     assert {a.annotator for a in anns} == {"fault-ann-0", "fault-ann-1"}

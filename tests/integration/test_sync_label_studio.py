@@ -27,7 +27,7 @@ def setup(tmp_path, label_studio, backend, rt_sample, request):
     client = LabelStudioClient(label_studio.url, label_studio.token)
     sync = LabelStudioSync(store, spec, client, HttpPredictor(backend.url))
     texts = rt_sample[0][100:140]
-    store.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(texts)])
+    store.items.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(texts)])
     yield store, sync, client
     store.close()
 
@@ -55,18 +55,18 @@ def test_a_crash_between_import_and_confirm_is_reconciled_without_duplicates(set
     store, sync, client = setup
     sync.predict_pass()
     sync.route_pass()
-    routed = store.routed(action="review")
+    routed = store.decisions.routed(action="review")
     crashed = routed[:3]
     # the pass began the pushes and imported the tasks, then died before confirming
-    store.begin_push([it.id for it, _ in crashed], TOOL, sync.project)
+    store.pushes.begin([it.id for it, _ in crashed], TOOL, sync.project)
     client.import_items(sync.project_id, [sync._push_item(it, d, None) for it, d in crashed])
     # and one begun push whose import never happened
-    store.begin_push([routed[3][0].id], TOOL, sync.project)
+    store.pushes.begin([routed[3][0].id], TOOL, sync.project)
     report = sync.push_pass().counts
     assert report["confirmed"] == 3 and report["re-queued"] == 1
     remote = _remote_tasks(client, sync.project_id)
     assert len(remote) == len(routed)  # every review item exactly once
-    assert store.pending_pushes(TOOL, sync.project) == []
+    assert store.pushes.pending(TOOL, sync.project) == []
 
 
 def test_pull_stores_each_answer_once_with_its_annotator_and_follows_edits(setup):
@@ -86,7 +86,7 @@ def test_pull_stores_each_answer_once_with_its_annotator_and_follows_edits(setup
     first = sync.pull_pass().counts
     assert first["inserted"] == 7
     assert sync.pull_pass().counts["inserted"] == 0  # nothing twice
-    stored = store.annotations(tool=TOOL, project=sync.project)
+    stored = store.annotations.list(tool=TOOL, project=sync.project)
     assert len(stored) == 7 and len({a.remote_id for a in stored}) == 7
     by_remote = {a.remote_id: a for a in stored}
     assert by_remote[str(ids[(tasks[1], 1)])].annotator == users[1].email
@@ -97,7 +97,7 @@ def test_pull_stores_each_answer_once_with_its_annotator_and_follows_edits(setup
     client._ls.annotations.delete(id=ids[(tasks[2], 0)])
     again = sync.pull_pass().counts
     assert again["updated"] == 2 and again["inserted"] == 0 and again["deleted"] == 1
-    stored = {a.remote_id: a for a in store.annotations(tool=TOOL, project=sync.project)}
+    stored = {a.remote_id: a for a in store.annotations.list(tool=TOOL, project=sync.project)}
     assert len(stored) == 7
     assert stored[str(ids[(tasks[1], 1)])].value == ["fresh"]
     assert stored[str(ids[(tasks[2], 0)])].status == "deleted"

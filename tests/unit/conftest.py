@@ -1,10 +1,12 @@
-"""Unit fixtures: one loaded ML backend service per test module, and an app client around it."""
+"""Unit fixtures: one loaded ML backend service per test module, an app client around it, and an
+empty state store."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
 
+from connector.store import StateStore
 from ml_backend.app import create_app
 from ml_backend.service import ModelService
 from ml_backend.settings import BackendSettings
@@ -22,3 +24,10 @@ def backend_client(service: ModelService, tmp_path, **overrides) -> TestClient:
     settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
                                events_path=tmp_path / "events.jsonl", **overrides)
     return TestClient(create_app(settings, service))
+
+
+@pytest.fixture
+def empty_store(tmp_path):
+    """A ``StateStore`` on a fresh, empty SQLite file (the shared cases in ``tests/store_cases.py`` migrate it)."""
+    with StateStore(f"sqlite:///{tmp_path}/state.db") as store:
+        yield store

@@ -140,26 +140,26 @@ def _sync_client(store):
 
 def _fill(store):
     """a..e routed, f only ingested, g routed to review and pushed; b's latest decision is auto_accept."""
-    store.ingest([{"id": x, "text": f"text {x}"} for x in "abcdefg"])
-    ids = {it.external_id: it.id for it in store.items()}
+    store.items.ingest([{"id": x, "text": f"text {x}"} for x in "abcdefg"])
+    ids = {it.external_id: it.id for it in store.items.list()}
     routed = "abcdeg"
-    store.record_predictions([{"item_id": ids[x], "model_version": "v1", "label": "fresh", "confidence": 0.7,
+    store.predictions.record([{"item_id": ids[x], "model_version": "v1", "label": "fresh", "confidence": 0.7,
                                "probabilities": {"fresh": 0.7, "rotten": 0.3}} for x in routed])
     actions = {"a": "review", "b": "review", "c": "auto_accept", "d": "auto_reject", "e": "defer", "g": "review"}
-    store.record_decisions([{"item_id": ids[x], "action": a, "reason": "test", "priority": 0.5}
+    store.decisions.record([{"item_id": ids[x], "action": a, "reason": "test", "priority": 0.5}
                             for x, a in actions.items()])
-    store.record_decisions([{"item_id": ids["b"], "action": "auto_accept", "reason": "rerouted", "priority": 0.1}])
-    store.set_state([ids["g"]], "pushed")
-    store.add_snapshot("agreement", {"fleiss_kappa": 0.1, "percent_agreement": 0.2})
-    store.add_snapshot("agreement", {"fleiss_kappa": 0.61, "krippendorff_alpha": None, "percent_agreement": 0.8})
-    store.add_snapshot("model", {"current": "v3", "versions": ["v1", "v3"]})
-    store.add_snapshot("thresholds", {"threshold": 0.92})
-    ok = store.claim_job_run("sync", "slot1", "host")
-    store.finish_job_run(ok, "ok")
-    failed = store.claim_job_run("sync", "slot2", "host")
-    store.finish_job_run(failed, "failed", error="boom")
-    train = store.claim_job_run("train", "slot1", "host")
-    store.finish_job_run(train, "failed", error="boom")
+    store.decisions.record([{"item_id": ids["b"], "action": "auto_accept", "reason": "rerouted", "priority": 0.1}])
+    store.items.set_state([ids["g"]], "pushed")
+    store.snapshots.add("agreement", {"fleiss_kappa": 0.1, "percent_agreement": 0.2})
+    store.snapshots.add("agreement", {"fleiss_kappa": 0.61, "krippendorff_alpha": None, "percent_agreement": 0.8})
+    store.snapshots.add("model", {"current": "v3", "versions": ["v1", "v3"]})
+    store.snapshots.add("thresholds", {"threshold": 0.92})
+    ok = store.job_runs.claim("sync", "slot1", "host")
+    store.job_runs.finish(ok, "ok")
+    failed = store.job_runs.claim("sync", "slot2", "host")
+    store.job_runs.finish(failed, "failed", error="boom")
+    train = store.job_runs.claim("train", "slot1", "host")
+    store.job_runs.finish(train, "failed", error="boom")
 
 
 def test_sync_metrics_read_the_store(store):
@@ -183,7 +183,7 @@ def test_sync_metrics_read_the_store(store):
     assert _get(samples, "hitl_job_failures_total", job="sync") == 1
     assert _get(samples, "hitl_job_runs_total", job="train") == 1
     assert _get(samples, "hitl_job_failures_total", job="train") == 1
-    ok = next(r for r in store.job_runs("sync") if r.status == "ok")
+    ok = next(r for r in store.job_runs.list("sync") if r.status == "ok")
     expected = ok.finished_at.replace(tzinfo=ok.finished_at.tzinfo or UTC).timestamp()
     assert _get(samples, "hitl_job_last_success_timestamp_seconds", job="sync") == pytest.approx(expected)
     assert ("hitl_job_last_success_timestamp_seconds", (("job", "train"),)) not in samples

@@ -127,20 +127,20 @@ def _retrain_payload(rng: np.random.Generator, n: int = 240, k: int = 3) -> dict
 def _fill(store: StateStore, root: Path) -> ModelStore:
     rng = np.random.default_rng(1)
     retrain = _retrain_payload(rng)
-    store.add_snapshot("retrain", retrain)
+    store.snapshots.add("retrain", retrain)
     conf = np.array(retrain["evidence"]["confidence"])
     correct = np.array(retrain["evidence"]["correct"]).astype(bool)
     choice = choose_accept_threshold(conf, correct, target_error=0.1, delta=0.1,
                                      pool_confidence=rng.uniform(0.34, 1.0, 2000))
     assert choice.curve  # the synthetic evidence is good enough to test some thresholds
-    store.add_snapshot("thresholds", choice.to_dict() | {"adapt": True, "target_error": 0.1, "delta": 0.1})
+    store.snapshots.add("thresholds", choice.to_dict() | {"adapt": True, "target_error": 0.1, "delta": 0.1})
     names = ["ann", "<b>eve</b>", "bob"]
-    store.add_snapshot("agreement", {
+    store.snapshots.add("agreement", {
         "n_items": 150, "n_annotators": 3, "n_classes": 3, "n_answers": 400, "annotators": names,
         "labels": ["pos", "neg", "neu"], "percent_agreement": 0.81, "fleiss_kappa": 0.62, "krippendorff_alpha": 0.63,
         "cohen_kappa": [[1.0, 0.55, 0.7], [0.55, 1.0, None], [0.7, None, 1.0]], "mean_cohen_kappa": 0.625,
         "pair_counts": [[150, 60, 90], [60, 100, 0], [90, 0, 150]]})
-    store.add_snapshot("quality", {"annotators": [
+    store.snapshots.add("quality", {"annotators": [
         {"annotator": "ann", "answers": 150, "gold_n": 12, "gold_correct": 11, "gold_accuracy": 11 / 12,
          "consensus_n": 120, "consensus_agreement": 0.9, "flagged": False},
         {"annotator": "<b>eve</b>", "answers": 100, "gold_n": 10, "gold_correct": 5, "gold_accuracy": 0.5,
@@ -149,15 +149,15 @@ def _fill(store: StateStore, root: Path) -> ModelStore:
          "consensus_n": 0, "consensus_agreement": None, "flagged": False},
     ], "flagged": ["<b>eve</b>"]})
     for step in range(1, 5):
-        store.add_snapshot("counts", {
+        store.snapshots.add("counts", {
             "states": {"routed": 100 - 20 * step, "consolidated": 40 * step},
             "decisions": {"review": 30 + step, "auto_accept": 70 - step},
             "labels": {"pos": 20 * step, "neg": 15 * step, "neu": 5 * step}, "human_labels": 40 * step})
-    store.add_snapshot("model", {"current": "v2"})
-    run = store.claim_job_run("retrain", "slot-1", "host")
-    store.finish_job_run(run, "failed", error="boom <script>alert(1)</script>")
-    run = store.claim_job_run("metrics", "slot-1", "host")
-    store.finish_job_run(run, "ok", detail={"items": 150})
+    store.snapshots.add("model", {"current": "v2"})
+    run = store.job_runs.claim("retrain", "slot-1", "host")
+    store.job_runs.finish(run, "failed", error="boom <script>alert(1)</script>")
+    run = store.job_runs.claim("metrics", "slot-1", "host")
+    store.job_runs.finish(run, "ok", detail={"items": 150})
 
     models = ModelStore(root)
     clf = TextClassifier(None)

@@ -24,9 +24,9 @@ def labelled(tmp_path_factory, rt_sample, encoder):
     texts, labels = rt_sample
     store = StateStore(f"sqlite:///{tmp}/state.db")
     store.migrate()
-    store.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
-    ids = {it.external_id: it.id for it in store.items()}
-    store.save_labels([{"item_id": ids[f"rt{i}"], "label": lb, "status": "settled", "method": "majority",
+    store.items.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
+    ids = {it.external_id: it.id for it in store.items.list()}
+    store.labels.save([{"item_id": ids[f"rt{i}"], "label": lb, "status": "settled", "method": "majority",
                         "n_answers": 2, "reason": "settled"} for i, lb in enumerate(labels)])
     models = ModelStore(tmp / "models")
     weak = [i for i in range(len(texts)) if not in_test_split(f"rt{i}", 0.2)][:16]
@@ -72,12 +72,12 @@ def test_the_threshold_review_and_metrics_snapshots_follow_a_retraining(labelled
     ctx = with_thresholds(labelled, evidence="all")
     review = threshold_job(ctx)
     assert 0.5 <= review["threshold"] <= 1.0 + 1e-9 and "note" in review
-    snap = ctx.store.latest_snapshot("thresholds").payload
+    snap = ctx.store.snapshots.latest("thresholds").payload
     assert snap["target_error"] == 0.1 and snap["error_ucb"] is not None
-    assert snap["n_evidence"] == len(ctx.store.latest_snapshot("retrain").payload["evidence"]["confidence"])
+    assert snap["n_evidence"] == len(ctx.store.snapshots.latest("retrain").payload["evidence"]["confidence"])
     out = metrics_job(ctx)
     assert out["items"] == 0  # no raw answers were stored in this fixture, only settled labels
-    assert ctx.store.latest_snapshot("model").payload["current"] == ctx.models.current()
+    assert ctx.store.snapshots.latest("model").payload["current"] == ctx.models.current()
 
 
 def test_the_promotion_rule():
@@ -139,20 +139,20 @@ def test_random_evidence_counts_only_labels_of_items_drawn_at_random(labelled):
     items and would bias the error bound among confident ones."""
     ctx = with_thresholds(labelled, min_evidence=10)
     store = ctx.store
-    evidence = store.latest_snapshot("retrain").payload["evidence"]
-    ids = {it.external_id: it.id for it in store.items()}
+    evidence = store.snapshots.latest("retrain").payload["evidence"]
+    ids = {it.external_id: it.id for it in store.items.list()}
     assert threshold_job(ctx)["skipped"].startswith("0 labeled predictions (random evidence)")
     audited = evidence["external_id"][:40]
-    store.record_decisions([{"item_id": ids[e], "action": "review", "reason": "audit", "priority": 0.5}
+    store.decisions.record([{"item_id": ids[e], "action": "review", "reason": "audit", "priority": 0.5}
                             for e in audited[:25]]
                            + [{"item_id": ids[e], "action": "review", "reason": "active_learning", "priority": 0.9}
                               for e in audited[25:]])
     seeded = [ids[e] for e in evidence["external_id"][40:55]]
-    store.save_labels([{"item_id": lb.item_id, "label": lb.label, "status": "settled", "method": "seed",
-                        "n_answers": 0, "reason": "seed label"} for lb in store.labels(item_ids=seeded)])
+    store.labels.save([{"item_id": lb.item_id, "label": lb.label, "status": "settled", "method": "seed",
+                        "n_answers": 0, "reason": "seed label"} for lb in store.labels.list(item_ids=seeded)])
     review = threshold_job(ctx)
     assert "skipped" not in review
-    assert store.latest_snapshot("thresholds").payload["n_evidence"] == 25 + 15
+    assert store.snapshots.latest("thresholds").payload["n_evidence"] == 25 + 15
 
 
 def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_path, rt_sample, encoder):
@@ -162,14 +162,14 @@ def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_
     texts, labels = rt_sample
     store = StateStore(f"sqlite:///{tmp_path}/state.db")
     store.migrate()
-    store.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
-    ids = {it.external_id: it.id for it in store.items()}
+    store.items.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
+    ids = {it.external_id: it.id for it in store.items.list()}
     models = ModelStore(tmp_path / "models")
     spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 1, "min_test": 5, "test_fraction": 0.2})
     ctx = JobContext(store, spec, models, encoder=encoder)
 
     def settle(rows: range) -> None:
-        store.save_labels([{"item_id": ids[f"rt{i}"], "label": labels[i], "status": "settled", "method": "majority",
+        store.labels.save([{"item_id": ids[f"rt{i}"], "label": labels[i], "status": "settled", "method": "majority",
                             "n_answers": 2, "reason": "settled"} for i in rows])
 
     settle(range(300))

@@ -39,7 +39,7 @@ def test_a_slot_runs_once_and_a_held_lock_skips_at_once(store):
         assert got
         assert sched.execute("job", slot="another") == "locked" and len(calls) == 1
     assert sched.execute("job", slot="another") == "ran"
-    assert [r.detail for r in store.job_runs("job")] == [{"n": 2}, {"n": 1}]
+    assert [r.detail for r in store.job_runs.list("job")] == [{"n": 2}, {"n": 1}]
 
 
 def test_a_failing_job_is_retried_recorded_with_its_error_and_never_stops_the_scheduler(store):
@@ -52,14 +52,14 @@ def test_a_failing_job_is_retried_recorded_with_its_error_and_never_stops_the_sc
     sched = Scheduler(store, {"bad": flaky, "good": lambda: good.append(1) or {}},
                       {"bad": interval(1), "good": interval(1)}, retries=1, retry_wait_s=0.01)
     assert sched.execute("bad", slot="manual") == "failed" and len(attempts) == 2
-    run = store.job_runs("bad")[0]
+    run = store.job_runs.list("bad")[0]
     assert (run.status, run.error) == ("failed", "RuntimeError: Label Studio is down")
     sched.start()
     try:
         time.sleep(3.5)
     finally:
         sched.shutdown()
-    summary = store.job_summary()
+    summary = store.job_runs.summary()
     assert summary["bad"]["failures"] >= 3 and summary["good"]["runs"] >= 3 and summary["good"]["failures"] == 0
     assert {j["id"] for j in stored_jobs(store.engine)} == {"bad", "good"}  # the job store is in the state db
 

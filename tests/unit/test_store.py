@@ -1,4 +1,5 @@
-"""The state store on SQLite (the shared cases in ``tests/store_cases.py``), and the file readers."""
+"""The state store's facade on SQLite (migrations, one engine, one transaction per call; the shared
+cases in ``tests/store_cases.py``), and the file readers. Each repository has its own file."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ import pytest
 
 from connector.ingest import read_records
 from connector.store import DEFAULT_URL, StateStore
-from tests.store_cases import StoreCases, write_csv, write_jsonl
+from tests.store_cases import FacadeCases, write_csv, write_jsonl
 
 
-class TestStoreOnSQLite(StoreCases):
-    @pytest.fixture
-    def empty_store(self, tmp_path):
-        store = StateStore(f"sqlite:///{tmp_path}/state.db")
-        yield store
-        store.close()
+class TestFacadeOnSQLite(FacadeCases):
+    pass
 
 
 def test_the_default_store_is_a_sqlite_file_under_var_created_with_its_folder(tmp_path, monkeypatch):

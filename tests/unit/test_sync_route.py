@@ -10,12 +10,12 @@ from sync.service import LabelStudioSync
 def _store(tmp_path, n, n_gold, seed=0):
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     store.migrate()
-    store.ingest([{"id": f"i{i}", "text": f"text {i}"} for i in range(n)]
-                 + [{"id": f"g{i}", "text": f"gold {i}", "is_gold": True, "gold_label": "pos"} for i in range(n_gold)])
+    gold = [{"id": f"g{i}", "text": f"gold {i}", "is_gold": True, "gold_label": "pos"} for i in range(n_gold)]
+    store.items.ingest([{"id": f"i{i}", "text": f"text {i}"} for i in range(n)] + gold)
     rng = np.random.default_rng(seed)
-    items = store.items(state="ingested")
+    items = store.items.list(state="ingested")
     conf = rng.uniform(0.5, 1.0, size=len(items))
-    store.record_predictions([{"item_id": it.id, "model_version": "v1", "label": "a", "confidence": float(c),
+    store.predictions.record([{"item_id": it.id, "model_version": "v1", "label": "a", "confidence": float(c),
                                "probabilities": {"a": float(c), "b": float(1 - c)}} for it, c in zip(items, conf)])
     return store
 
@@ -28,10 +28,10 @@ def test_route_pass_mixes_gold_items_at_the_set_rate_and_keeps_the_rest_for_late
     counts = sync.route_pass().counts
     assert counts["review"] + counts["auto_accept"] == 400  # every ordinary item routed once
     assert counts["gold"] == round(0.1 * counts["review"])
-    routed = store.routed()
+    routed = store.decisions.routed()
     gold_routed = [it for it, d in routed if it.is_gold]
     assert len(gold_routed) == counts["gold"] and all(d.reason == "gold" for it, d in routed if it.is_gold)
-    still_waiting = [it for it in store.items(state="predicted") if it.is_gold]
+    still_waiting = [it for it in store.items.list(state="predicted") if it.is_gold]
     assert len(still_waiting) == 30 - counts["gold"]  # the others stay in the pool
     assert sync.route_pass().counts == {}  # nothing ordinary left: no gold drawn for an empty batch
 
@@ -40,7 +40,7 @@ def test_route_pass_records_a_reason_for_every_decision(tmp_path):
     store = _store(tmp_path, 100, 0, seed=3)
     spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.8, "review_budget": 10})
     LabelStudioSync(store, spec, client=None).route_pass()
-    reasons = {d.reason for _, d in store.routed()}
+    reasons = {d.reason for _, d in store.decisions.routed()}
     assert reasons <= {"confident", "spot_check", "active_learning", "over_budget"} and "over_budget" in reasons
 
 
@@ -51,11 +51,11 @@ def test_deferred_items_are_routed_again_only_once_every_review_item_was_answere
     sync = LabelStudioSync(store, spec, client=None)
     assert sync.route_pass().counts["review"] == 10
     assert sync.route_pass().counts == {}  # ten still wait to be pushed: no second batch
-    first = [it.id for it, _ in store.routed(action="review")]
-    store.set_state(first, "annotated")  # pushed and answered
+    first = [it.id for it, _ in store.decisions.routed(action="review")]
+    store.items.set_state(first, "annotated")  # pushed and answered
     again = sync.route_pass().counts
     assert again["requeued"] == again["defer"] + again["review"] and again["review"] == 10
-    assert not set(first) & {it.id for it, _ in store.routed(action="review")}
+    assert not set(first) & {it.id for it, _ in store.decisions.routed(action="review")}
 
 
 def test_the_review_budget_holds_for_the_whole_pass_however_many_items(tmp_path):
