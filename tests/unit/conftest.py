@@ -1,5 +1,5 @@
-"""Unit fixtures: one loaded ML backend service per test module, an app client around it, and an
-empty state store."""
+"""Unit fixtures: one ML backend service per test module (on the tiny random model), an app client
+around it, and an empty state store."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from ml_backend.settings import BackendSettings
 
 
 @pytest.fixture(scope="module")
-def service(model_root):
-    s = ModelService(BackendSettings(model_root=model_root, reload_interval_s=0))
+def service(tiny_model_root):
+    s = ModelService(BackendSettings(model_root=tiny_model_root, reload_interval_s=0, torch_threads=1))
     yield s
     s.close()
 

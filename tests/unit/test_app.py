@@ -137,10 +137,10 @@ def test_basic_auth_and_bearer_token_when_configured(service, tmp_path):
         assert c.post("/setup", json={"schema": CONFIG}).status_code == 401
 
 
-def test_hot_swap_to_a_promoted_version(service, trained, tmp_path):
+def test_hot_swap_to_a_promoted_version(service, tiny_trained, tmp_path):
     from connector.model_store import ModelStore
 
-    clf, _, _ = trained
+    clf, _, _ = tiny_trained
     store = ModelStore(service.settings.model_root)
     before = service.model_version
     meta = store.save(clf, promote=True)

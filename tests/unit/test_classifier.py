@@ -5,6 +5,7 @@ from connector.calibration import expected_calibration_error
 from connector.classifier import TextClassifier, fit_softmax_head, stratified_split
 
 
+@pytest.mark.slow
 def test_classifier_beats_chance_and_is_calibrated_on_held_out(trained):
     clf, x_test, y_test = trained
     y = clf.label_indices(y_test)
@@ -15,6 +16,7 @@ def test_classifier_beats_chance_and_is_calibrated_on_held_out(trained):
     assert expected_calibration_error(probs, y) < 0.2
 
 
+@pytest.mark.slow
 def test_predict_from_texts_uses_the_same_path(trained, rt_sample):
     clf, _, _ = trained
     texts = rt_sample[0][:5]

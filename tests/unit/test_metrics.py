@@ -103,6 +103,7 @@ def test_queue_full_and_too_large_rejections_are_counted(service, tmp_path, monk
     assert _get(samples, "hitl_backend_texts_predicted_total", endpoint="/v1/predict") == 0
 
 
+@pytest.mark.slow
 def test_model_info_follows_a_hot_swap(service, trained, tmp_path):
     from connector.model_store import ModelStore
 

@@ -6,6 +6,7 @@ import pytest
 from connector.model_store import ModelStore
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_gives_identical_predictions(tmp_path, trained):
     clf, x_test, _ = trained
     store = ModelStore(tmp_path)
@@ -19,6 +20,7 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, trained):
     assert json.loads((tmp_path / "versions" / "v1" / "meta.json").read_text())["labels"] == ["fresh", "rotten"]
 
 
+@pytest.mark.slow
 def test_versions_increment_and_promotion_picks_the_served_one(tmp_path, trained):
     clf, _, _ = trained
     store = ModelStore(tmp_path)
@@ -37,6 +39,7 @@ def test_loading_from_an_empty_root_says_how_to_get_a_model(tmp_path):
         ModelStore(tmp_path).load()
 
 
+@pytest.mark.slow
 def test_a_head_that_does_not_fit_the_encoder_is_refused(tmp_path, trained):
     from safetensors.numpy import save_file
 

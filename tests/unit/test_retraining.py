@@ -38,11 +38,13 @@ def labelled(tmp_path_factory, rt_sample, encoder):
     store.close()
 
 
+@pytest.mark.slow
 def test_training_set_is_the_settled_human_labels(labelled, rt_sample):
     texts, labels, _ext, hashes = training_set(labelled.store, labelled.spec)
     assert len(labels) == 600 and sorted(set(labels)) == LABELS and len(set(hashes)) == len(set(texts))
 
 
+@pytest.mark.slow
 def test_a_better_candidate_is_promoted_and_a_shuffled_label_one_refused(labelled):
     ctx = labelled
     first = retrain_job(ctx)
@@ -68,6 +70,7 @@ def with_thresholds(ctx: JobContext, **kw) -> JobContext:
     return JobContext(ctx.store, spec, ctx.models)
 
 
+@pytest.mark.slow
 def test_the_threshold_review_and_metrics_snapshots_follow_a_retraining(labelled):
     ctx = with_thresholds(labelled, evidence="all")
     review = threshold_job(ctx)
@@ -112,6 +115,7 @@ def test_the_held_out_split_is_stable_and_about_the_fraction():
 
 
 
+@pytest.mark.slow
 def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embedding_head(labelled, tmp_path, encoder):
     from connector.retraining import retrain
 
@@ -134,6 +138,7 @@ def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embed
     assert result.candidate_metrics["accuracy"] > 0.6
 
 
+@pytest.mark.slow
 def test_random_evidence_counts_only_labels_of_items_drawn_at_random(labelled):
     """The default evidence is the seed set and the audits: labels a strategy picked are the hardest
     items and would bias the error bound among confident ones."""
@@ -155,6 +160,7 @@ def test_random_evidence_counts_only_labels_of_items_drawn_at_random(labelled):
     assert store.snapshots.latest("thresholds").payload["n_evidence"] == 25 + 15
 
 
+@pytest.mark.slow
 def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_path, rt_sample, encoder):
     """Held-out labels plus the labels that arrived after the current model was trained (scored by
     the candidate's out-of-fold predictions): with uncertainty sampling the held-out slice alone is
