@@ -23,6 +23,18 @@ from connector.consolidation import (
 )
 from connector.model_store import ModelStore
 from connector.retraining import RetrainResult, retrain
+from connector.snapshots import (
+    AgreementSnapshot,
+    AnnotatorQuality,
+    CountsSnapshot,
+    Evidence,
+    ModelSnapshot,
+    QualitySnapshot,
+    RetrainSnapshot,
+    ThresholdsSnapshot,
+    read_latest,
+    write_snapshot,
+)
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 
@@ -107,19 +119,19 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     policy = consensus_policy(spec)
     table, _, gold = _answers(store, spec)
     result = consolidate(table, policy, gold=gold)
-    agreement = agreement_snapshot(table)
-    quality = annotator_quality(result, policy)
-    flagged = [q["annotator"] for q in quality if q["flagged"]]
+    agreement = AgreementSnapshot.model_validate(agreement_snapshot(table))
+    quality = [AnnotatorQuality.model_validate(q) for q in annotator_quality(result, policy)]
+    flagged = [q.annotator for q in quality if q.flagged]
     if flagged:
         log.warning("annotators below %.0f%% on gold: %s", 100 * policy.gold_min_accuracy, ", ".join(flagged))
-    store.snapshots.add("agreement", agreement)
-    store.snapshots.add("quality", {"annotators": quality, "flagged": flagged})
+    write_snapshot(store, agreement)
+    write_snapshot(store, QualitySnapshot(annotators=quality, flagged=flagged))
     labels = store.labels.list()
-    store.snapshots.add("counts", {"states": store.items.counts_by_state(), "decisions": store.decisions.counts(),
-                                  "labels": _count([lb.label for lb in labels]), "human_labels": len(labels)})
-    store.snapshots.add("model", {"current": ctx.models.current()})
-    return {"items": agreement["n_items"], "annotators": agreement["n_annotators"],
-            "fleiss_kappa": agreement.get("fleiss_kappa"), "flagged": flagged}
+    write_snapshot(store, CountsSnapshot(states=store.items.counts_by_state(), decisions=store.decisions.counts(),
+                                         labels=_count([lb.label for lb in labels]), human_labels=len(labels)))
+    write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
+    return {"items": agreement.n_items, "annotators": agreement.n_annotators,
+            "fleiss_kappa": agreement.fleiss_kappa, "flagged": flagged}
 
 
 def _count(values: list[Any]) -> dict[str, int]:
@@ -150,17 +162,16 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     forced); then review the threshold. A promoted version is served by the ML backend's poller."""
     store, spec = ctx.store, ctx.spec
     texts, labels, ext, hashes = training_set(store, spec)
-    last = store.snapshots.latest("retrain")
-    seen = int(last.payload.get("n_labels", 0)) if last else 0
+    last = read_latest(store, RetrainSnapshot)
+    seen = last.snapshot.n_labels if last else 0
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
     corpus = [it.text for it in store.items.list()] if spec.retraining.features != "embeddings" else None
     result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models, corpus=corpus,
                                     cache_store=ctx.cache_store or store, policy=spec.retraining,
                                     encoder=ctx.encoder, transform_labels=transform_labels)
-    payload = result.to_dict() | {"n_labels": len(labels)}
-    store.snapshots.add("retrain", payload)
-    store.snapshots.add("model", {"current": ctx.models.current()})
+    write_snapshot(store, RetrainSnapshot.model_validate(result.to_dict() | {"n_labels": len(labels)}))
+    write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
     # a model that stayed keeps its threshold review: that review's evidence was about this model
     review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
         else None
@@ -176,12 +187,14 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
 
     store, policy = ctx.store, ctx.spec.thresholds
     if evidence is None:
-        last = store.snapshots.latest("retrain")
-        evidence = (last.payload.get("evidence") or {}) if last else {}
-    conf = np.asarray(evidence.get("confidence") or [], dtype=float)
-    correct = np.asarray(evidence.get("correct") or [], dtype=float).astype(bool)
+        last = read_latest(store, RetrainSnapshot)
+        honest = last.snapshot.evidence if last else Evidence()
+    else:
+        honest = Evidence.model_validate(evidence)
+    conf = np.asarray(honest.confidence, dtype=float)
+    correct = np.asarray(honest.correct, dtype=float).astype(bool)
     if policy.evidence == "random":
-        ext = evidence.get("external_id") or []
+        ext = honest.external_id
         if len(ext) != len(conf):
             return {"skipped": "the evidence does not name its items (retrain again to review the threshold)"}
         keep = np.isin(np.asarray(ext, dtype=object), list(drawn_at_random(store)))
@@ -193,9 +206,9 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
     choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
                                      pool_confidence=pool if len(pool) else None,
                                      review_band=tuple(policy.review_band), min_n=policy.min_n)
-    payload = choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
-                                  "evidence": policy.evidence, "n_evidence": len(conf)}
-    store.snapshots.add("thresholds", payload)
+    write_snapshot(store, ThresholdsSnapshot.model_validate(
+        choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
+                            "evidence": policy.evidence, "n_evidence": len(conf)}))
     log.info("threshold review: %s", choice.note)
     return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
             "within_band": choice.within_band, "note": choice.note}

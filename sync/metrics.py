@@ -32,11 +32,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from connector.snapshots import AgreementSnapshot, ModelSnapshot, ThresholdsSnapshot, read_latest
 from connector.store import StateStore
 from connector.store.models import Item, RoutingDecision
 
 log = logging.getLogger(__name__)
 
+#: fields of :class:`AgreementSnapshot` exported as ``hitl_<field>``
 AGREEMENT_KEYS = {
     "fleiss_kappa": "Fleiss' kappa of the latest agreement snapshot.",
     "krippendorff_alpha": "Krippendorff's alpha of the latest agreement snapshot.",
@@ -106,26 +108,22 @@ class SyncMetricsCollector(Collector):
 
     def _snapshots(self) -> list[Metric]:
         out: list[Metric] = []
-        agreement = self._payload("agreement")
+        agreement = read_latest(self.store, AgreementSnapshot)
         for key, doc in AGREEMENT_KEYS.items():
-            value = _number(agreement.get(key))
+            value = _number(getattr(agreement.snapshot, key)) if agreement else None
             if value is not None:
                 out.append(GaugeMetricFamily(f"hitl_{key}", doc, value=value))
-        current = self._payload("model").get("current")
-        if current is not None:
+        model = read_latest(self.store, ModelSnapshot)
+        if model is not None and model.snapshot.current is not None:
             info = GaugeMetricFamily("hitl_model_info", "The promoted model version (value 1).", labels=["version"])
-            info.add_metric([str(current)], 1)
+            info.add_metric([model.snapshot.current], 1)
             out.append(info)
-        threshold = _number(self._payload("thresholds").get("threshold"))
+        review = read_latest(self.store, ThresholdsSnapshot)
+        threshold = _number(review.snapshot.threshold) if review else None
         if threshold is not None:
             out.append(GaugeMetricFamily("hitl_accept_threshold", "Confidence from which a prediction is auto-accepted.",
                                          value=threshold))
         return out
-
-    def _payload(self, kind: str) -> dict[str, Any]:
-        snap = self.store.snapshots.latest(kind)
-        payload = snap.payload if snap is not None else None
-        return payload if isinstance(payload, dict) else {}
 
     def _jobs(self) -> list[Metric]:
         runs = CounterMetricFamily("hitl_job_runs", "Runs of each scheduled job.", labels=["job"])

@@ -34,6 +34,7 @@ from connector.datasets import LabeledTexts
 from connector.label_studio_client import PushItem
 from connector.model_store import ModelStore
 from connector.retraining import EmbeddingCache, encoder_key
+from connector.snapshots import RetrainSnapshot, ThresholdsSnapshot, read_history, read_latest
 from connector.store import StateStore, content_hash
 from connector.task_spec import TaskSpec
 from sync.jobs import JobContext, consensus_policy, consolidate_job, retrain_job
@@ -412,22 +413,22 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
                          for i in ids.values()])
     y_codes = np.searchsorted(clf.classes_, y)
     rest = ~reviewed
-    threshold = store.snapshots.latest("thresholds")
-    retrains = store.snapshots.list("retrain")
+    threshold = read_latest(store, ThresholdsSnapshot)
+    retrains = read_history(store, RetrainSnapshot)
     return RunResult(
         dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
         answers=len(answers), label_accuracy=float((final == y).mean()), no_review_accuracy=no_review,
         oracle_accuracy=oracle, model_accuracy=float((model_label[rest] == y[rest]).mean()) if rest.any() else 1.0,
         auto_accepted=int(accepted.sum()),
         auto_accept_error=float((model_label[accepted] != y[accepted]).mean()) if accepted.any() else None,
-        threshold=None if threshold is None else float(threshold.payload["threshold"]), target_error=cfg.target_error,
-        threshold_evidence=0 if threshold is None else int(threshold.payload.get("n_evidence", 0)),
-        threshold_certified=bool(threshold is not None and threshold.payload.get("meets_target")),
+        threshold=None if threshold is None else threshold.snapshot.threshold, target_error=cfg.target_error,
+        threshold_evidence=0 if threshold is None else threshold.snapshot.n_evidence or 0,
+        threshold_certified=bool(threshold is not None and threshold.snapshot.meets_target),
         audits=sum(1 for i, d in decisions.items() if d.reason == "audit" and i in human),
         ece_uncalibrated=expected_calibration_error(raw[rest], y_codes[rest]) if rest.any() else 0.0,
         ece_calibrated=expected_calibration_error(cal[rest], y_codes[rest]) if rest.any() else 0.0,
         temperature=float(clf.temperature_), versions=len(models.versions()),
-        promoted=sum(1 for r in retrains if r.payload.get("promoted")),
+        promoted=sum(1 for r in retrains if r.snapshot.promoted),
         agreement={k: v for k, v in agreement_snapshot(answer_table(answers, spec.labels)).items()
                    if k in ("n_items", "n_annotators", "percent_agreement", "fleiss_kappa", "krippendorff_alpha")},
         rounds=rounds)

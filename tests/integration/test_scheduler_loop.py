@@ -10,6 +10,7 @@ import pytest
 
 from connector.label_studio_client import LabelStudioClient
 from connector.model_store import ModelStore
+from connector.snapshots import AgreementSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from sync import jobs
@@ -69,8 +70,8 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
         assert settled[tasks[1][0]] == "rotten" and len(settled) == 4
 
         assert sched.execute("metrics", slot="1") == "ran"
-        agreement = store.snapshots.latest("agreement").payload
-        assert agreement["n_items"] == 4 and agreement["n_annotators"] == 3
+        agreement = read_latest(store, AgreementSnapshot).snapshot
+        assert agreement.n_items == 4 and agreement.n_annotators == 3
         assert sched.execute("retrain", slot="1") == "ran"
         retrained = store.job_runs.list("retrain")[0].detail
         assert retrained["candidate"] == "v2" and retrained["n_train"] + retrained["n_test"] == 4
