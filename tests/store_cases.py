@@ -64,7 +64,7 @@ class StoreCases:
         assert empty_store.schema_revision() is None
         assert set(inspect(empty_store.engine).get_table_names()) == set()
         empty_store.migrate()
-        assert empty_store.schema_revision() == head == "0002"
+        assert empty_store.schema_revision() == head == "0003"
         assert set(inspect(empty_store.engine).get_table_names()) == TABLES
         with empty_store.engine.connect() as conn:  # the revision and the models agree, column by column
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -72,9 +72,9 @@ class StoreCases:
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
         store.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
-        assert store.schema_revision() == "0002"
+        assert store.schema_revision() == "0003"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
         assert [i.external_id for i in store.items()] == ["a"]
 
     # ------------------------------------------------------------ ingest
