@@ -1,6 +1,6 @@
 """Sync throughput against a real Label Studio started for the run (run by hand, not in CI).
 
-1. Push 10,000 routed items through ``LabelStudioSync.push_pass`` (store bookkeeping, pending →
+1. Push 10,000 routed items through ``SyncService.push_pass`` (Label Studio tool) (store bookkeeping, pending →
    confirmed, 500 tasks per import) versus one bare ``projects.import_tasks`` bulk call of the
    same tasks, into fresh projects, in the same run; prints the ratio.
 2. Pull 100 new annotations from a project of 10,000 tasks and from one of 1,000 tasks (the
@@ -23,11 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connector.label_studio_client import LabelStudioClient  # noqa: E402
-from connector.store import StateStore  # noqa: E402
-from connector.task_spec import TaskSpec  # noqa: E402
-from hitl.local.label_studio_server import start_from_template, throwaway_credentials  # noqa: E402
-from sync.service import LabelStudioSync  # noqa: E402
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from connector.tools.base import AnnotationTool
+from connector.tools.label_studio import LabelStudioTool
+from connector.tools.offline import OfflineTool
+from hitl.local.label_studio_server import start_from_template, throwaway_credentials
+from sync.service import SyncService
 
 
 def _texts(n: int) -> list[str]:
@@ -40,7 +42,7 @@ def _texts(n: int) -> list[str]:
     return [f"{base[i % len(base)]} [{i}]" for i in range(n)]
 
 
-def _prepared_sync(workdir: Path, client: LabelStudioClient, title: str, n: int) -> LabelStudioSync:
+def _prepared_sync(workdir: Path, client: AnnotationTool, title: str, n: int) -> SyncService:
     """A store with ``n`` items predicted and routed to review, and a sync bound to a new project."""
     store = StateStore(f"sqlite:///{workdir / (title.replace(' ', '_') + '.db')}")
     store.migrate()
@@ -52,12 +54,12 @@ def _prepared_sync(workdir: Path, client: LabelStudioClient, title: str, n: int)
                                "probabilities": {"fresh": float(c), "rotten": float(1 - c)}}
                               for it, c in zip(items, p)])
     spec = TaskSpec(name=title, labels=["fresh", "rotten"], routing={"accept_threshold": 1.0, "spot_check_rate": 0.0})
-    sync = LabelStudioSync(store, spec, client)
+    sync = SyncService(store, spec, client)
     sync.route_pass()
     return sync
 
 
-def bench_push(workdir: Path, client: LabelStudioClient, n: int, batch: int = 500,
+def bench_push(workdir: Path, client: LabelStudioTool, n: int, batch: int = 500,
                rounds: int = 2) -> dict[str, float]:
     """Alternate bare and ours (bare first, then ours first), each into a fresh project; the
     ratio of the summed times, so the server's drift between runs hits both sides alike."""
@@ -70,15 +72,15 @@ def bench_push(workdir: Path, client: LabelStudioClient, n: int, batch: int = 50
                        "predictions": [{"result": [sync.control.result([preds[it.id].label])],
                                         "score": preds[it.id].confidence, "model_version": "bench"}]}
                       for it, d in routed]
-        bare_project = client.ensure_project(f"bench push bare {r}", sync.spec.label_config())
-        _ = sync.project_id  # both projects exist before any timing
+        bare_project = client.project_id(f"bench push bare {r}", sync.spec.label_config())
+        _ = sync.project  # both projects exist before any timing
 
-        def bare() -> None:
+        def bare(project: int = bare_project, tasks: list = bare_tasks) -> None:
             t0 = time.perf_counter()
-            client._ls.projects.import_tasks(bare_project, request=bare_tasks, return_task_ids=True)
+            client._ls.projects.import_tasks(project, request=tasks, return_task_ids=True)
             bare_s.append(time.perf_counter() - t0)
 
-        def ours() -> None:
+        def ours(sync: SyncService = sync) -> None:
             t0 = time.perf_counter()
             report = sync.push_pass(batch=batch)
             ours_s.append(time.perf_counter() - t0)
@@ -95,13 +97,13 @@ def bench_push(workdir: Path, client: LabelStudioClient, n: int, batch: int = 50
     return out
 
 
-def bench_pull(workdir: Path, client: LabelStudioClient, n_tasks: int, n_annotations: int = 100) -> float:
+def bench_pull(workdir: Path, client: LabelStudioTool, n_tasks: int, n_annotations: int = 100) -> float:
     sync = _prepared_sync(workdir, client, f"bench pull {n_tasks}", n_tasks)
     sync.push_pass(batch=1000)
     sync.pull_pass()  # sets the cursor past the import
     time.sleep(4)
     sync.pull_pass()  # the periodic loop's next pass: the cursor has settled
-    tasks = sorted(client.task_ids_by_external_id(sync.project_id).values())
+    tasks = sorted(client.find(sync.project).values())
     rng = np.random.default_rng(1)
     for t in rng.choice(tasks, size=n_annotations, replace=False):
         client.annotate(int(t), [sync.control.result(["fresh"])])
@@ -114,19 +116,18 @@ def bench_pull(workdir: Path, client: LabelStudioClient, n_tasks: int, n_annotat
 
 
 def bench_argilla_push(workdir: Path, n: int) -> dict[str, float]:
-    """``ArgillaSync.push_pass`` against bare ``dataset.records.log`` of the same records."""
+    """``SyncService.push_pass`` (Argilla tool) against bare ``dataset.records.log`` of the same records."""
     import argilla as rg
 
-    from connector.argilla_client import ArgillaClient
-    from sync.service import ArgillaSync
+    from connector.tools.argilla import ArgillaTool
     from tests.support.argilla_stack import start as start_argilla
 
     stack = start_argilla(workdir / "argilla")
     try:
-        client = ArgillaClient(stack.url, stack.api_key)
-        prepared = _prepared_sync(workdir, _NoTool(), "argilla bench", n)  # fills a store, routes to review
+        client = ArgillaTool(stack.url, stack.api_key)
+        prepared = _prepared_sync(workdir, OfflineTool(), "argilla bench", n)  # fills a store, routes to review
         spec = TaskSpec(name="bench-argilla-ours", tool="argilla", labels=["fresh", "rotten"])
-        sync = ArgillaSync(prepared.store, spec, client)
+        sync = SyncService(prepared.store, spec, client)
         bare_ds = client.ensure_dataset("bench-argilla-bare", text_field="text", labels=["fresh", "rotten"])
         routed = prepared.store.decisions.routed(action="review")
         preds = {p.item_id: p for p in prepared.store.predictions.list([it.id for it, _ in routed])}
@@ -139,7 +140,7 @@ def bench_argilla_push(workdir: Path, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         bare_ds.records.log(records, batch_size=500)
         bare = time.perf_counter() - t0
-        _ = sync.dataset
+        _ = sync.project  # the dataset exists before the timing
         t0 = time.perf_counter()
         report = sync.push_pass(batch=500)
         ours = time.perf_counter() - t0
@@ -150,13 +151,6 @@ def bench_argilla_push(workdir: Path, n: int) -> dict[str, float]:
     print(f"argilla push {n} items: bare records.log {n / bare:6.0f} records/s ({bare:.1f} s) | "
           f"push_pass {n / ours:6.0f} records/s ({ours:.1f} s) | ours / bare = {ratio:.2f}")
     return {"n": n, "bare_s": bare, "ours_s": ours, "ratio": ratio}
-
-
-class _NoTool:
-    """Stands in for a tool client while a store is prepared (nothing is sent anywhere)."""
-
-    def ensure_project(self, *args, **kwargs) -> int:
-        return 0
 
 
 def main() -> None:
@@ -172,7 +166,7 @@ def main() -> None:
     if not args.skip_label_studio:
         server = start_from_template(workdir, **throwaway_credentials())
         try:
-            client = LabelStudioClient(server.url, server.token)
+            client = LabelStudioTool(server.url, server.token)
             results["push"] = bench_push(workdir, client, args.n, args.push_batch)
             small, large = bench_pull(workdir, client, 1_000), bench_pull(workdir, client, args.n)
             results["pull"] = {"1000_s": small, f"{args.n}_s": large, "ratio": large / small}

@@ -7,12 +7,12 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 
-from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
+from connector.tools.base import AnnotationTool
 from sync.jobs import JobContext
 from sync.scheduler import Scheduler
-from sync.service import ArgillaSync, HttpPredictor, LabelStudioSync, PassReport, SyncService
+from sync.service import HttpPredictor, PassReport, SyncService
 from sync.settings import SyncSettings
 from sync.webhooks import PullRequests, create_webhook_app
 
@@ -25,21 +25,24 @@ def open_store(settings: SyncSettings) -> StateStore:
     return store
 
 
+def build_tool(spec: TaskSpec) -> AnnotationTool:
+    """The annotation tool the task file names, with its connection settings."""
+    if spec.tool == "argilla":
+        from connector.tools.argilla import ArgillaTool
+
+        return ArgillaTool(spec.argilla.url, spec.argilla.api_key(), workspace=spec.argilla.workspace)
+    from connector.tools.label_studio import LabelStudioTool
+
+    return LabelStudioTool(spec.label_studio.url, spec.label_studio.api_key())
+
+
 def build_sync(settings: SyncSettings, store: StateStore, *,
                progress: Callable[[str, int], None] | None = None) -> SyncService:
     """The sync for the task file's tool: switching tools is the task file's ``tool`` setting."""
     spec = TaskSpec.load(settings.task)
     token = settings.backend_token.get_secret_value() if settings.backend_token else None
     predictor = HttpPredictor(settings.backend_url, token=token)
-    sync: SyncService
-    if spec.tool == "argilla":
-        from connector.argilla_client import ArgillaClient
-
-        client = ArgillaClient(spec.argilla.url, spec.argilla.api_key(), workspace=spec.argilla.workspace)
-        sync = ArgillaSync(store, spec, client, predictor, progress=progress)
-    else:
-        sync = LabelStudioSync(store, spec, LabelStudioClient(spec.label_studio.url, spec.label_studio.api_key()),
-                               predictor, progress=progress)
+    sync = SyncService(store, spec, build_tool(spec), predictor, progress=progress)
     sync.push_batch = settings.push_batch
     return sync
 

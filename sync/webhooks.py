@@ -62,7 +62,7 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
     async def argilla(request: Request) -> JSONResponse:
         """Standard Webhooks: the signature over the raw body is checked before anything else;
         Argilla retries up to 3 times, and a repeated delivery only asks for a pull again."""
-        from connector.argilla_client import WebhookError, verify_webhook
+        from connector.tools.argilla import WebhookError, verify_webhook
 
         if argilla_secret is None:
             return JSONResponse({"detail": "no Argilla webhook secret configured"}, status_code=503)

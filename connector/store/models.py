@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 ITEM_STATES = ("ingested", "predicted", "routed", "pushed", "annotated", "consolidated")
-TOOLS = ("label_studio", "argilla")
+TOOLS = ("label_studio", "argilla", "offline")
 PUSH_STATUSES = ("pending", "confirmed")
 ANNOTATION_STATUSES = ("submitted", "skipped", "deleted")
 LABEL_STATUSES = ("settled", "unsettled")

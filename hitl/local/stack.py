@@ -135,7 +135,7 @@ def _ensure_backend(s: StackSettings) -> str:
     env = {**os.environ, "HITL_MODEL_ROOT": str((s.var_dir / "models").resolve()), "HITL_PORT": str(s.backend_port),
            "HITL_HOST": "127.0.0.1", "HITL_EVENTS_PATH": str((s.var_dir / "events" / "ml_backend.jsonl").resolve()),
            "HF_HUB_OFFLINE": "1"}
-    with open(log, "ab") as out:  # the child keeps its own descriptor
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     (run / "ml-backend.pid").write_text(str(proc.pid))
@@ -247,11 +247,10 @@ def _first_sync(env: dict[str, str], backend_url: str, ls_url: str | None) -> di
             if outcome == "failed":
                 raise SystemExit(f"the first sync failed: {run.error}")
             if ls_url is not None:
-                ls = ctx.sync.client._ls
-                if not ls.ml.list(project=ctx.sync.project_id):
-                    ls.ml.create(project=ctx.sync.project_id, url=backend_url, title="hitl ML backend",
-                                 is_interactive=False)
-                run.detail["project_id"] = ctx.sync.project_id
+                ls, project_id = ctx.sync.tool._ls, int(ctx.sync.project)
+                if not ls.ml.list(project=project_id):
+                    ls.ml.create(project=project_id, url=backend_url, title="hitl ML backend", is_interactive=False)
+                run.detail["project_id"] = project_id
             return run.detail
     finally:
         for k, v in old.items():

@@ -4,8 +4,9 @@ Each round runs the real parts: the sync service's predict, route and push passe
 served in-process from the model store), simulated annotators who answer the true label with a
 set accuracy (two answers per item, a third when they disagree: the consensus policy's send-back),
 the pull pass, consolidation, and the scheduler's retraining (promotion only when better on
-held-out labels) with its threshold review. Against the store alone (``offline``: the "tool" is
-an in-memory list of tasks) or against a real Label Studio (tasks, users and annotations made
+held-out labels) with its threshold review. Against the in-memory ``offline`` tool
+(``connector.tools.offline``: tasks and answers kept in memory, filed in the store as tool
+``offline``) or against a real Label Studio (tasks, users and annotations made
 through its API). Embeddings are cached in a store of their own, shared by every run on a data set.
 
 Reported per run (:class:`RunResult`): final label accuracy (human consensus for reviewed items,
@@ -31,14 +32,14 @@ import numpy as np
 from connector.calibration import expected_calibration_error
 from connector.consolidation import SEND_BACK_REASONS, agreement_snapshot, answer_table
 from connector.datasets import LabeledTexts
-from connector.label_studio_client import PushItem
 from connector.model_store import ModelStore
 from connector.retraining import EmbeddingCache, encoder_key
 from connector.snapshots import RetrainSnapshot, ThresholdsSnapshot, read_history, read_latest
 from connector.store import StateStore, content_hash
 from connector.task_spec import TaskSpec
+from connector.tools.offline import OfflineTool
 from sync.jobs import JobContext, consensus_policy, consolidate_job, retrain_job
-from sync.service import LabelStudioSync, PassReport, SyncService
+from sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -123,63 +124,31 @@ class InProcessPredictor:
                  "probabilities": dict(zip(labels, map(float, probs[i])))} for i in range(len(texts))]
 
 
-class OfflineSync(SyncService):
-    """The sync passes against an in-memory tool: tasks are kept here, answers are written here by
-    the simulation and pulled from here, each once."""
+class OfflineAnnotating:
+    """Simulated annotators writing their answers into the offline tool."""
 
-    tool = "label_studio"  # the store knows two tools; the project name says this one is simulated
-
-    def __init__(self, store: StateStore, spec: TaskSpec, predictor: Any) -> None:
-        super().__init__(store, spec, predictor)
-        self.tasks: dict[str, str] = {}  # external id -> task id
-        self.answers: list[dict[str, Any]] = []
-        self._pulled = 0
-
-    @property
-    def project(self) -> str:
-        return "offline simulation"
-
-    def _remote_ids(self, external_ids: Sequence[str]) -> dict[str, Any]:
-        return {e: self.tasks[e] for e in external_ids if e in self.tasks}
-
-    def _push_remote(self, items: list[PushItem]) -> dict[str, Any]:
-        for it in items:
-            self.tasks.setdefault(it.external_id, f"task-{len(self.tasks) + 1}")
-        return {it.external_id: self.tasks[it.external_id] for it in items}
+    def __init__(self, sync: SyncService) -> None:
+        self.sync = sync
 
     def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
-        from datetime import UTC, datetime
-
-        self.answers.append({"item_id": item_id, "tool": self.tool, "project": self.project,
-                             "remote_id": f"{self.tasks[external_id]}/{annotator}", "annotator": annotator,
-                             "value": [label], "status": "submitted", "remote_updated_at": datetime.now(UTC)})
-
-    def pull_pass(self) -> PassReport:
-        report = PassReport("pull")
-        new, self._pulled = self.answers[self._pulled:], len(self.answers)
-        if new:
-            report.counts["inserted"] = self.store.annotations.upsert(new).inserted
-        return report
-
-    def send_back(self, wanted: Sequence[tuple[int, int, str]]) -> int:
-        return len(wanted)  # the simulation answers unsettled items itself
+        self.sync.tool.annotate(self.sync.project, external_id, annotator, [label])
 
 
 class LabelStudioAnnotating:
     """Simulated annotators as Label Studio users, answering through its API."""
 
-    def __init__(self, sync: LabelStudioSync, names: Sequence[str]) -> None:
+    def __init__(self, sync: SyncService, names: Sequence[str]) -> None:
         import time
 
         self.sync = sync
-        ls = sync.client._ls
+        ls = sync.tool._ls
         stamp = time.time_ns()
         self.users = {name: ls.users.create(username=f"{name}-{stamp}", email=f"{name}-{stamp}@example.com",
                                             password=f"pw-{stamp}").id for name in names}
 
     def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
-        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool, self.sync.project)[item_id]
-        self.sync.client.annotate(int(task), [self.sync.control.result([label])], completed_by=self.users[annotator])
+        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool.name, self.sync.project)[item_id]
+        self.sync.tool.annotate(task, [self.sync.control.result([label])], completed_by=self.users[annotator])
 
 
 @dataclass
@@ -260,15 +229,16 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
                                                                   "chunk": getattr(encoder, "chunk", False)}))
         predictor = InProcessPredictor(models, cache)
         if label_studio is not None:
-            from connector.label_studio_client import LabelStudioClient
+            from connector.tools.label_studio import LabelStudioTool
 
             spec = spec.model_copy(update={"name": f"{spec.name} seed {cfg.seed} {time.time_ns()}"})
-            sync: SyncService = LabelStudioSync(store, spec, LabelStudioClient(*label_studio), predictor)
+            sync = SyncService(store, spec, LabelStudioTool(*label_studio), predictor)
         else:
-            sync = OfflineSync(store, spec, predictor)
+            sync = SyncService(store, spec, OfflineTool(project="offline simulation"), predictor)
         ctx = JobContext(store, spec, models, make_sync=lambda: sync, encoder=encoder, cache_store=cache_store)
         annotators = SimulatedAnnotators(spec.labels, n=cfg.annotators, accuracy=cfg.annotator_accuracy, seed=cfg.seed + 1)
-        annotate = sync.annotate if isinstance(sync, OfflineSync) else LabelStudioAnnotating(sync, annotators.names).annotate
+        annotate = (OfflineAnnotating(sync) if label_studio is None
+                    else LabelStudioAnnotating(sync, annotators.names)).annotate
         store.items.ingest([{"id": f"item-{i}", "text": data.texts[i]} for i in pool_idx])
         ids = {it.external_id: it.id for it in store.items.list()}
         budget = int(cfg.budget * len(pool_idx))

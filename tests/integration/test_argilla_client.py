@@ -1,4 +1,4 @@
-"""The Argilla client against a real argilla-server: datasets, upserts, suggestions, pulls, webhooks."""
+"""The Argilla tool against a real argilla-server: datasets, upserts, suggestions, pulls, webhooks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from connector.argilla_client import ArgillaClient, WebhookError, verify_webhook
-from connector.label_studio_client import PushItem
+from connector.tools.argilla import ArgillaTool, WebhookError, verify_webhook
+from connector.tools.base import PushItem
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ LABELS = ["pos", "neg"]
 
 @pytest.fixture(scope="module")
 def client(argilla):
-    return ArgillaClient(argilla.url, argilla.api_key)
+    return ArgillaTool(argilla.url, argilla.api_key)
 
 
 def _dataset(client, name, **kwargs):
@@ -73,10 +73,10 @@ def test_ensure_dataset_is_idempotent_by_name_and_has_the_settings(client):
     assert again.workspace.name == "default"
 
 
-def test_log_items_writes_suggestions_and_metadata_and_upserts_by_external_id(client):
+def test_push_writes_suggestions_and_metadata_and_upserts_by_external_id(client):
     dataset = _dataset(client, "client-log")
     items = _items(20)
-    mapping = client.log_items(dataset, items)
+    mapping = client.push(dataset.name, items)
     assert sorted(mapping) == sorted(it.external_id for it in items) and len(set(mapping.values())) == 20
     records = {r.id: r for r in dataset.records(with_suggestions=True)}
     assert len(records) == 20
@@ -90,15 +90,15 @@ def test_log_items_writes_suggestions_and_metadata_and_upserts_by_external_id(cl
         assert rec.metadata["confidence"] == pytest.approx(it.score)
         assert rec.fields["text"] == it.data["text"]
 
-    again = client.log_items(dataset, items)  # a re-push after a crash, say
+    again = client.push(dataset.name, items)  # a re-push after a crash, say
     assert again == mapping
     assert len(list(dataset.records(with_suggestions=False))) == 20
-    assert client.record_ids_by_external_id(dataset) == mapping
-    assert client.record_ids_by_external_id(dataset, ["e3", "missing"]) == {"e3": mapping["e3"]}
+    assert client.find(dataset.name) == mapping
+    assert client.find(dataset.name, ["e3", "missing"]) == {"e3": mapping["e3"]}
 
 
-def test_log_items_splits_requests_at_500_records(client, monkeypatch):
-    import connector.argilla_client as module
+def test_push_splits_requests_at_500_records(client, monkeypatch):
+    import connector.tools.argilla as module
 
     monkeypatch.setattr(module, "MAX_PER_REQUEST", 7)
     dataset = _dataset(client, "client-chunks")
@@ -106,13 +106,13 @@ def test_log_items_splits_requests_at_500_records(client, monkeypatch):
     upsert = client._rg.api.records.bulk_upsert
     monkeypatch.setattr(client._rg.api.records, "bulk_upsert",
                         lambda dataset_id, models: sizes.append(len(models)) or upsert(dataset_id, models))
-    mapping = client.log_items(dataset, _items(16, prefix="c"))
+    mapping = client.push(dataset.name, _items(16, prefix="c"))
     assert sizes == [7, 7, 2] and len(mapping) == 16
 
 
 def test_submitted_responses_returns_each_answer_once_and_then_only_changes(client, argilla):
     dataset = _dataset(client, "client-pull")
-    mapping = client.log_items(dataset, _items(4, prefix="p"))
+    mapping = client.push(dataset.name, _items(4, prefix="p"))
     alice, alice_rg = _annotator(client, argilla.url, "alice", "default")
     bob, bob_rg = _annotator(client, argilla.url, "bob", "default")
     a0 = _submit(alice_rg, mapping["p0"], "neg", alice.id)
@@ -121,21 +121,21 @@ def test_submitted_responses_returns_each_answer_once_and_then_only_changes(clie
     _submit(bob_rg, mapping["p2"], None, bob.id, status="discarded")
     _submit(alice_rg, mapping["p3"], "pos", alice.id, status="draft")  # drafts are not pulled
 
-    rows = client.submitted_responses(dataset)
+    rows = client.submitted_responses(dataset.name)
     got = sorted((r.external_id, r.annotator, tuple(r.value), r.status) for r in rows)
     assert got == [("p0", "alice", ("neg",), "submitted"), ("p0", "bob", ("pos",), "submitted"),
                    ("p1", "alice", ("pos",), "submitted"), ("p2", "bob", (), "skipped")]
     assert len({r.remote_id for r in rows}) == 4 and a0["id"] in {r.remote_id for r in rows}
     assert all(datetime.fromisoformat(r.updated_at).tzinfo == UTC for r in rows)
-    assert {r.record_id for r in rows if r.external_id == "p0"} == {mapping["p0"]}
+    assert {r.item_remote_id for r in rows if r.external_id == "p0"} == {mapping["p0"]}
 
-    known = {(r.external_id, r.user_id): r.updated_at for r in rows}
-    assert client.submitted_responses(dataset, known) == []
+    known = {(r.external_id, r.annotator_id): r.updated_at for r in rows}
+    assert client.submitted_responses(dataset.name, known) == []
     time.sleep(1.1)
     edited = alice_rg.http_client.put(f"/api/v1/responses/{a0['id']}",
                                       json={"values": {"label": {"value": "pos"}}, "status": "submitted"})
     edited.raise_for_status()
-    (row,) = client.submitted_responses(dataset, known)
+    (row,) = client.submitted_responses(dataset.name, known)
     before = known[("p0", str(alice.id))]
     assert (row.remote_id, row.external_id, row.annotator, row.value) == (a0["id"], "p0", "alice", ["pos"])
     assert datetime.fromisoformat(row.updated_at) > datetime.fromisoformat(before)
@@ -150,12 +150,12 @@ def test_deleted_responses_and_suggestions_leave_the_search_index(client, argill
     import argilla as rg
 
     dataset = _dataset(client, "client-delete")
-    mapping = client.log_items(dataset, _items(2, prefix="d"))
+    mapping = client.push(dataset.name, _items(2, prefix="d"))
     dave, dave_rg = _annotator(client, argilla.url, "dave", "default")
     sent = _submit(dave_rg, mapping["d0"], "pos", dave.id)
-    assert [r.remote_id for r in client.submitted_responses(dataset)] == [sent["id"]]
+    assert [r.remote_id for r in client.submitted_responses(dataset.name)] == [sent["id"]]
     dave_rg.http_client.delete(f"/api/v1/responses/{sent['id']}").raise_for_status()
-    assert client.submitted_responses(dataset) == []
+    assert client.submitted_responses(dataset.name) == []
 
     def suggested(label):
         query = rg.Query(filter=rg.Filter([("label", "==", label)]))
@@ -165,6 +165,19 @@ def test_deleted_responses_and_suggestions_leave_the_search_index(client, argill
     (record,) = dataset.records(query=rg.Query(filter=rg.Filter([("id", "==", "d0")])))
     client._rg.http_client.delete(f"/api/v1/suggestions/{record.suggestions['label'].id}").raise_for_status()
     assert suggested("pos") == [] and suggested("neg") == ["d1"]
+
+
+def test_pull_returns_every_answer_and_delete_removes_records(client, argilla):
+    dataset = _dataset(client, "client-pull-all")
+    mapping = client.push(dataset.name, _items(3, prefix="q"))
+    erin, erin_rg = _annotator(client, argilla.url, "erin", "default")
+    sent = _submit(erin_rg, mapping["q0"], "pos", erin.id)
+    pulled = client.pull(dataset.name, {})
+    assert pulled.items is None and pulled.cursor == {}  # every answer: the store marks the rest deleted
+    assert [(a.remote_id, a.item_remote_id, a.annotator) for a in pulled.answers] == [(sent["id"], mapping["q0"], "erin")]
+    assert client.delete(dataset.name, [mapping["q0"], mapping["q1"]]) == 2
+    assert client.find(dataset.name) == {"q2": mapping["q2"]}
+    assert client.pull(dataset.name, {}).answers == []
 
 
 def test_verify_webhook_accepts_a_signed_body_and_rejects_tampering_and_missing_headers():
@@ -208,7 +221,7 @@ def test_a_submitted_response_is_delivered_as_a_signed_webhook(client, argilla):
                          _client=client._rg).create()
     try:
         dataset = _dataset(client, "client-webhook")
-        mapping = client.log_items(dataset, _items(1, prefix="w"))
+        mapping = client.push(dataset.name, _items(1, prefix="w"))
         carol, carol_rg = _annotator(client, argilla.url, "carol", "default")
         sent = _submit(carol_rg, mapping["w0"], "pos", carol.id)
         deadline = time.monotonic() + 20
@@ -233,6 +246,6 @@ def test_a_dataset_left_unpublished_by_a_killed_creation_is_made_again(client, a
     assert draft.status_code == 201 and draft.json()["status"] == "draft"
     dataset = client.ensure_dataset("half-made", text_field="text", labels=["a", "b"])
     assert dataset._model.status == "ready" and str(dataset.id) != draft.json()["id"]
-    assert client.record_ids_by_external_id(dataset) == {}  # the search index exists: no 500
-    client.log_items(dataset, [PushItem("x-1", {"text": "hello"})])
-    assert set(client.record_ids_by_external_id(dataset)) == {"x-1"}
+    assert client.find(dataset.name) == {}  # the search index exists: no 500
+    client.push("half-made", [PushItem("x-1", {"text": "hello"})])
+    assert set(client.find(dataset.name)) == {"x-1"}

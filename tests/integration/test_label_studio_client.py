@@ -1,4 +1,4 @@
-"""The Label Studio client against a real Label Studio: push, reconcile, incremental pull."""
+"""The Label Studio tool against a real Label Studio: push, reconcile, incremental pull, delete."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from connector.label_studio_client import LabelStudioClient, PushItem
+from connector.task_spec import TaskSpec
+from connector.tools.base import PushItem
+from connector.tools.label_studio import LabelStudioTool
 
 pytestmark = pytest.mark.slow
 
@@ -18,46 +20,69 @@ def _choice(label):
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
 
+def _project(client, title):
+    return client.ensure_project(TaskSpec(name=title, labels=["pos", "neg"], label_studio={"label_config": CONFIG}))
+
+
 @pytest.fixture(scope="module")
 def client(label_studio):
-    return LabelStudioClient(label_studio.url, label_studio.token)
+    return LabelStudioTool(label_studio.url, label_studio.token)
 
 
 def test_ensure_project_is_idempotent_by_title(client):
-    first = client.ensure_project("client test: ensure", CONFIG)
-    assert client.ensure_project("client test: ensure", CONFIG) == first
+    first = _project(client, "client test: ensure")
+    assert _project(client, "client test: ensure") == first == str(client.project_id("client test: ensure", CONFIG))
 
 
-def test_import_then_find_by_external_id(client):
-    pid = client.ensure_project("client test: import", CONFIG)
+def test_push_then_find_by_external_id_then_delete(client):
+    pid = _project(client, "client test: import")
     items = [PushItem(f"e{i}", {"text": f"text {i}"}, _choice("pos"), 0.61, "v1") for i in range(4)]
-    mapping = client.import_items(pid, items)
+    mapping = client.push(pid, items)
     assert sorted(mapping) == ["e0", "e1", "e2", "e3"] and len(set(mapping.values())) == 4
-    assert client.task_ids_by_external_id(pid) == mapping
-    assert client.task_ids_by_external_id(pid, ["e2", "missing"]) == {"e2": mapping["e2"]}
-    preds = client._ls.predictions.list(project=pid)
+    assert client.find(pid) == mapping
+    assert client.find(pid, ["e2", "missing"]) == {"e2": mapping["e2"]}
+    preds = client._ls.predictions.list(project=int(pid))
     assert {p.score for p in preds} == {0.61} and {p.model_version for p in preds} == {"v1"}
+    assert client.delete(pid, [mapping["e0"], mapping["e1"]]) == 2
+    assert client.delete(pid, [mapping["e0"]]) == 0  # already gone
+    assert sorted(client.find(pid)) == ["e2", "e3"]
 
 
 def test_incremental_pull_sees_new_updated_skipped_and_deleted_annotations(client):
-    pid = client.ensure_project("client test: pull", CONFIG)
-    mapping = client.import_items(pid, [PushItem(f"p{i}", {"text": f"t{i}"}) for i in range(3)])
+    pid = _project(client, "client test: pull")
+    mapping = client.push(pid, [PushItem(f"p{i}", {"text": f"t{i}"}) for i in range(3)])
     user = client._ls.users.create(username="annotator-b", email="annotator-b@example.com", password="pw-123456789")
-    cursor = max(s.updated_at for s in client.changed_tasks(pid, None))
+    first = client.pull(pid, {})
+    assert {it.external_id for it in first.items} == {"p0", "p1", "p2"} and first.answers == []
+    cursor = {**first.cursor, "settled": "1"}  # read exactly from the cursor on
     time.sleep(1.1)
     a1 = client.annotate(mapping["p0"], _choice("neg"), completed_by=user.id)
     client.annotate(mapping["p1"], [], skipped=True)
-    snaps = {s.external_id: s for s in client.changed_tasks(pid, cursor, overlap_s=0)}
-    assert set(snaps) == {"p0", "p1"}  # p2 did not change
-    (ann,) = snaps["p0"].annotations
+    pulled = client.pull(pid, cursor)
+    assert {it.external_id for it in pulled.items} == {"p0", "p1"}  # p2 did not change
+    answers = {a.external_id: a for a in pulled.answers}
+    ann = answers["p0"]
     assert (ann.remote_id, ann.annotator, ann.value, ann.status) == (str(a1), "annotator-b@example.com", ["neg"], "submitted")
-    assert snaps["p1"].annotations[0].status == "skipped"
-    cursor = max(s.updated_at for s in snaps.values())
+    assert (ann.item_remote_id, ann.annotator_id) == (mapping["p0"], str(user.id))
+    assert answers["p1"].status == "skipped"
+    cursor = {**pulled.cursor, "settled": "1"}
     time.sleep(1.1)
     client._ls.annotations.update(id=a1, result=_choice("pos"))
-    (snap,) = list(client.changed_tasks(pid, cursor, overlap_s=0))
-    assert snap.annotations[0].value == ["pos"] and snap.annotations[0].updated_at > ann.updated_at
+    pulled = client.pull(pid, cursor)
+    (edited,) = pulled.answers
+    assert edited.value == ["pos"] and edited.updated_at > ann.updated_at
+    cursor = {**pulled.cursor, "settled": "1"}
     time.sleep(1.1)
     client._ls.annotations.delete(id=a1)
-    (snap,) = [s for s in client.changed_tasks(pid, snap.updated_at, overlap_s=0)]
-    assert snap.external_id == "p0" and snap.annotations == []
+    pulled = client.pull(pid, cursor)
+    assert [it.external_id for it in pulled.items] == ["p0"] and pulled.answers == []  # p0 whole: a1 is gone
+    assert set(pulled.cursor) == {"updated_at", "settled"}
+
+
+def test_send_back_raises_the_overlap_and_requeues_the_task(client):
+    pid = _project(client, "client test: send back")
+    mapping = client.push(pid, [PushItem("s0", {"text": "t"})])
+    client.annotate(mapping["s0"], _choice("pos"))
+    assert client.send_back(pid, [(mapping["s0"], 2, "disagreement")]) == 1
+    task = client._ls.tasks.get(id=int(mapping["s0"]))
+    assert task.overlap == 2 and not task.is_labeled

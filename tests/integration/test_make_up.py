@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
+from connector.tools.label_studio import LabelStudioTool
 from hitl.local.processes import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         assert set(pids) == {"label-studio", "ml-backend", "scheduler"} and all(map(_alive, pids.values()))
         creds = json.loads((var / "credentials.json").read_text())
         assert oct((var / "credentials.json").stat().st_mode & 0o777) == "0o600"
-        client = LabelStudioClient(f"http://127.0.0.1:{ports['HITL_LS_PORT']}", creds["token"])
+        client = LabelStudioTool(f"http://127.0.0.1:{ports['HITL_LS_PORT']}", creds["token"])
         project = next(p for p in client._ls.projects.list() if p.title.startswith("hitl demo"))
         tasks = list(client._ls.tasks.list(project=project.id, fields="all"))
         # what the annotator finds: the uncertain snippets, each with the model's label and score

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from connector.label_studio_client import LabelStudioClient
 from connector.model_store import ModelStore
 from connector.snapshots import AgreementSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
+from connector.tools.label_studio import LabelStudioTool
 from sync import jobs
 from sync.scheduler import Scheduler, interval
-from sync.service import HttpPredictor, LabelStudioSync
+from sync.service import HttpPredictor, SyncService
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,8 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
     spec = TaskSpec(name=f"scheduler loop {time.time_ns()}", labels=["fresh", "rotten"], overlap=2,
                     routing={"accept_threshold": 0.999, "spot_check_rate": 0.0},
                     consensus={"max_answers": 3}, retraining={"min_new_labels": 4})
-    client = LabelStudioClient(label_studio.url, label_studio.token)
-    sync = LabelStudioSync(store, spec, client, HttpPredictor(backend.url))
+    client = LabelStudioTool(label_studio.url, label_studio.token)
+    sync = SyncService(store, spec, client, HttpPredictor(backend.url))
     shutil.copytree(model_root, tmp_path / "models")
     ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
     sched = Scheduler(store, {"sync": lambda: jobs.sync_job(ctx), "metrics": lambda: jobs.metrics_job(ctx),
@@ -43,7 +43,7 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
         first = store.job_runs.list("sync")[0].detail
         assert first["push"]["pushed"] == 8 and first["pull"] == {}
 
-        tasks = sorted(client.task_ids_by_external_id(sync.project_id).items())
+        tasks = sorted(client.find(sync.project).items())
         users = [client._ls.users.create(username=f"u{k}-{time.time_ns()}", email=f"u{k}-{time.time_ns()}@example.com",
                                          password="pw-123456789") for k in range(3)]
         plan = {tasks[0][1]: ["fresh", "fresh"], tasks[1][1]: ["fresh", "rotten"], tasks[2][1]: ["rotten", "rotten"],
@@ -55,7 +55,7 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
         second = store.job_runs.list("sync")[0].detail
         assert second["pull"]["inserted"] == 8
         assert second["consolidate"] == {"items": 4, "settled": 3, "unsettled": 1, "sent_back": 1, "invalid_answers": 0}
-        tie = client._ls.tasks.get(id=tasks[1][1])
+        tie = client._ls.tasks.get(id=int(tasks[1][1]))
         assert tie.overlap == 3 and not tie.is_labeled  # back in the queue for a third answer
         labels = {lb.item_id: lb for lb in store.labels.list(status=None)}
         assert sorted(lb.reason for lb in labels.values()) == ["settled", "settled", "settled", "tie"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from connector.datasets import LabeledTexts
-from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
+from connector.tools.label_studio import LabelStudioTool
 from hitl.simulate import SimulationConfig, run
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def test_a_run_against_label_studio_pushes_answers_and_pulls_back_every_answer(l
     cfg = SimulationConfig(budget=0.3, batch=12, seed_size=12, eval_fraction=0.0, seed=5, target_error=0.1)
     result = run(data, cfg, cache_store=cache, encoder=encoder, label_studio=(label_studio.url, label_studio.token))
     cache.close()
-    client = LabelStudioClient(label_studio.url, label_studio.token)
+    client = LabelStudioTool(label_studio.url, label_studio.token)
     project = next(p for p in client._ls.projects.list() if p.title.startswith("simulation rt120 seed 5"))
     tasks = list(client._ls.tasks.list(project=project.id, fields="all"))
     assert len(tasks) == result.reviewed and 30 <= result.reviewed <= 36

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from connector.argilla_client import ArgillaClient
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from sync.service import ArgillaSync, HttpPredictor
+from connector.tools.argilla import ArgillaTool
+from sync.service import HttpPredictor, SyncService
 from tests.integration.test_argilla_client import _annotator, _submit
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,8 @@ def setup(tmp_path, argilla, backend, rt_sample):
     store.migrate()
     spec = TaskSpec(name="sync-argilla", tool="argilla", labels=["fresh", "rotten"], overlap=2,
                     routing={"accept_threshold": 0.9, "spot_check_rate": 0.0})
-    client = ArgillaClient(argilla.url, argilla.api_key)
-    sync = ArgillaSync(store, spec, client, HttpPredictor(backend.url))
+    client = ArgillaTool(argilla.url, argilla.api_key)
+    sync = SyncService(store, spec, client, HttpPredictor(backend.url))
     store.items.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(rt_sample[0][200:230])])
     yield store, sync, client, argilla
     store.close()
@@ -32,13 +32,14 @@ def test_argilla_push_is_idempotent_and_pull_stores_each_answer_once(setup):
     routed = sync.route_pass().counts
     assert sync.push_pass().counts["pushed"] == routed["review"] > 0
     assert sync.push_pass().counts["pushed"] == 0
-    records = client.record_ids_by_external_id(sync.dataset)
+    records = client.find(sync.project)
+    dataset = client.dataset(sync.project)
     assert len(records) == routed["review"]
-    record = next(iter(sync.dataset.records(with_suggestions=True)))
+    record = next(iter(dataset.records(with_suggestions=True)))
     (suggestion,) = list(record.suggestions)
     assert suggestion.value in ("fresh", "rotten") and 0 < suggestion.score <= 1 and suggestion.agent == "v1"
 
-    users = [_annotator(client, argilla.url, f"sync-ann-{k}", sync.dataset.workspace.name) for k in range(2)]
+    users = [_annotator(client, argilla.url, f"sync-ann-{k}", dataset.workspace.name) for k in range(2)]
     targets = sorted(records.values())[:3]
     for rid in targets:
         for k, (user, rg_client) in enumerate(users):

@@ -16,11 +16,12 @@ import time
 
 import pytest
 
-from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
-from sync.service import TOOL
+from connector.tools.label_studio import LabelStudioTool
 
 pytestmark = pytest.mark.slow
+
+TOOL = LabelStudioTool.name
 
 KILLS = int(os.environ.get("HITL_FAULT_KILLS", "10"))
 
@@ -45,7 +46,7 @@ def workspace(tmp_path_factory, label_studio, backend, rt_sample):
 
 def _hitl(env, *args, timeout=180):
     return subprocess.run([sys.executable, "-m", "hitl.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def _kill_at_random(env, args, rng, *, max_delay):
@@ -62,8 +63,8 @@ def _kill_at_random(env, args, rng, *, max_delay):
 
 
 def _project(label_studio, env):
-    client = LabelStudioClient(label_studio.url, label_studio.token)
-    return client, client.ensure_project("fault injection", "<View/>")
+    client = LabelStudioTool(label_studio.url, label_studio.token)
+    return client, client.project_id("fault injection", "<View/>")
 
 
 def test_cli_push_survives_sigkill_at_random_points(workspace, label_studio):
@@ -92,9 +93,9 @@ def test_cli_push_survives_sigkill_at_random_points(workspace, label_studio):
 
 
 def test_cli_pull_survives_sigkill_at_random_points(workspace, label_studio):
-    root, env = workspace
+    _, env = workspace
     client, pid = _project(label_studio, env)
-    tasks = sorted(client.task_ids_by_external_id(pid).values())[:40]
+    tasks = sorted(client.find(str(pid)).values())[:40]
     users = [client._ls.users.create(username=f"f-ann-{k}", email=f"f-ann-{k}@example.com", password="pw-123456789")
              for k in range(2)]
     rng = random.Random(11)
@@ -149,10 +150,10 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
         assert _hitl(env, "sync", "pull").returncode == 0  # creates the project; nothing to pull yet
         push = subprocess.Popen([sys.executable, "-m", "hitl.cli", "sync", "push"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        client = LabelStudioClient(server.url, server.token)
-        pid = client.ensure_project("tool stops", "<View/>")
+        client = LabelStudioTool(server.url, server.token)
+        pid = client.project_id("tool stops", "<View/>")
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(client.task_ids_by_external_id(pid)) < 30:
+        while time.monotonic() < deadline and len(client.find(str(pid))) < 30:
             time.sleep(0.3)
         server.stop()  # Label Studio goes away in the middle of the pass
         _, err = push.communicate(timeout=120)
@@ -160,7 +161,7 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
         server = lss.start(server.data_dir, port=port, username=LS_USERNAME, password=LS_PASSWORD, token=LS_TOKEN)  # back, same data
         done = _hitl(env, "sync", "push")
         assert done.returncode == 0, done.stderr
-        tasks = list(LabelStudioClient(server.url, server.token)._iter_tasks(pid, include="id,data"))
+        tasks = list(LabelStudioTool(server.url, server.token)._iter_tasks(pid, include="id,data"))
         ext = [t.data["hitl_id"] for t in tasks]
         assert len(ext) == len(set(ext))
         with StateStore(env["HITL_DB_URL"]) as store:
@@ -171,7 +172,7 @@ def test_label_studio_stopped_in_the_middle_of_a_push_then_back_gives_no_duplica
 
 
 def test_argilla_push_and_pull_survive_sigkill_at_random_points(tmp_path, argilla, backend, rt_sample):
-    from connector.argilla_client import ArgillaClient
+    from connector.tools.argilla import ArgillaTool
     from tests.integration.test_argilla_client import _annotator, _submit
 
     (tmp_path / "task.toml").write_text(
@@ -187,9 +188,9 @@ def test_argilla_push_and_pull_survive_sigkill_at_random_points(tmp_path, argill
         _kill_at_random(env, ["sync", "push"], rng, max_delay=5.0)
     done = _hitl(env, "sync", "push")
     assert done.returncode == 0, done.stderr
-    client = ArgillaClient(argilla.url, argilla.api_key)
+    client = ArgillaTool(argilla.url, argilla.api_key)
     dataset = client.ensure_dataset("argilla-faults", text_field="text", labels=["fresh", "rotten"])
-    records = client.record_ids_by_external_id(dataset)
+    records = client.find("argilla-faults")
     with StateStore(env["HITL_DB_URL"]) as store:
         pushed = {i.external_id for i in store.items.list(state="pushed")}
         assert store.pushes.pending("argilla", "argilla-faults") == []

@@ -6,12 +6,14 @@ import time
 
 import pytest
 
-from connector.label_studio_client import LabelStudioClient
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from sync.service import TOOL, HttpPredictor, LabelStudioSync
+from connector.tools.label_studio import LabelStudioTool
+from sync.service import HttpPredictor, SyncService
 
 pytestmark = pytest.mark.slow
+
+TOOL = LabelStudioTool.name
 
 
 def _choice(label):
@@ -24,29 +26,29 @@ def setup(tmp_path, label_studio, backend, rt_sample, request):
     store.migrate()
     spec = TaskSpec(name=f"sync {request.node.name}"[:50], labels=["fresh", "rotten"],
                     routing={"accept_threshold": 0.9, "spot_check_rate": 0.0})
-    client = LabelStudioClient(label_studio.url, label_studio.token)
-    sync = LabelStudioSync(store, spec, client, HttpPredictor(backend.url))
+    client = LabelStudioTool(label_studio.url, label_studio.token)
+    sync = SyncService(store, spec, client, HttpPredictor(backend.url))
     texts = rt_sample[0][100:140]
     store.items.ingest([{"id": f"rt-{i}", "text": t} for i, t in enumerate(texts)])
     yield store, sync, client
     store.close()
 
 
-def _remote_tasks(client, project_id):
-    return client.task_ids_by_external_id(project_id)
+def _remote_tasks(client, project):
+    return client.find(project)
 
 
 def test_push_sends_review_items_once_with_the_models_suggestion(setup):
-    store, sync, client = setup
+    _, sync, client = setup
     sync.predict_pass()
     routed = sync.route_pass().counts
     assert routed["review"] > 0 and routed["review"] + routed["auto_accept"] == 40
     first = sync.push_pass().counts
     assert first["pushed"] == routed["review"]
     assert sync.push_pass().counts["pushed"] == 0  # a second pass creates nothing
-    remote = _remote_tasks(client, sync.project_id)
+    remote = _remote_tasks(client, sync.project)
     assert len(remote) == routed["review"]
-    preds = client._ls.predictions.list(project=sync.project_id)
+    preds = client._ls.predictions.list(project=int(sync.project))
     assert len(preds) == len(remote) and all(0 < p.score <= 1 for p in preds)
     assert all(p.result[0]["value"]["choices"][0] in ("fresh", "rotten") for p in preds)
 
@@ -59,12 +61,12 @@ def test_a_crash_between_import_and_confirm_is_reconciled_without_duplicates(set
     crashed = routed[:3]
     # the pass began the pushes and imported the tasks, then died before confirming
     store.pushes.begin([it.id for it, _ in crashed], TOOL, sync.project)
-    client.import_items(sync.project_id, [sync._push_item(it, d, None) for it, d in crashed])
+    client.push(sync.project, [sync._push_item(it, d, None) for it, d in crashed])
     # and one begun push whose import never happened
     store.pushes.begin([routed[3][0].id], TOOL, sync.project)
     report = sync.push_pass().counts
     assert report["confirmed"] == 3 and report["re-queued"] == 1
-    remote = _remote_tasks(client, sync.project_id)
+    remote = _remote_tasks(client, sync.project)
     assert len(remote) == len(routed)  # every review item exactly once
     assert store.pushes.pending(TOOL, sync.project) == []
 
@@ -74,7 +76,7 @@ def test_pull_stores_each_answer_once_with_its_annotator_and_follows_edits(setup
     sync.predict_pass()
     sync.route_pass()
     sync.push_pass()
-    remote = _remote_tasks(client, sync.project_id)
+    remote = _remote_tasks(client, sync.project)
     tasks = sorted(remote.values())[:3]
     users = [client._ls.users.create(username=f"ann-{k}-{time.time_ns()}", email=f"ann{k}-{time.time_ns()}@example.com",
                                      password="pw-123456789") for k in range(2)]

@@ -4,7 +4,8 @@ import numpy as np
 
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from sync.service import LabelStudioSync
+from connector.tools.offline import OfflineTool
+from sync.service import SyncService
 
 
 def _store(tmp_path, n, n_gold, seed=0):
@@ -24,7 +25,7 @@ def test_route_pass_mixes_gold_items_at_the_set_rate_and_keeps_the_rest_for_late
     store = _store(tmp_path, 400, 30)
     spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.9, "spot_check_rate": 0.0,
                                                          "gold_rate": 0.1})
-    sync = LabelStudioSync(store, spec, client=None)
+    sync = SyncService(store, spec, OfflineTool())
     counts = sync.route_pass().counts
     assert counts["review"] + counts["auto_accept"] == 400  # every ordinary item routed once
     assert counts["gold"] == round(0.1 * counts["review"])
@@ -39,7 +40,7 @@ def test_route_pass_mixes_gold_items_at_the_set_rate_and_keeps_the_rest_for_late
 def test_route_pass_records_a_reason_for_every_decision(tmp_path):
     store = _store(tmp_path, 100, 0, seed=3)
     spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.8, "review_budget": 10})
-    LabelStudioSync(store, spec, client=None).route_pass()
+    SyncService(store, spec, OfflineTool()).route_pass()
     reasons = {d.reason for _, d in store.decisions.routed()}
     assert reasons <= {"confident", "spot_check", "active_learning", "over_budget"} and "over_budget" in reasons
 
@@ -48,7 +49,7 @@ def test_deferred_items_are_routed_again_only_once_every_review_item_was_answere
     store = _store(tmp_path, 100, 0, seed=4)
     spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.99, "spot_check_rate": 0.0,
                                                          "review_budget": 10})
-    sync = LabelStudioSync(store, spec, client=None)
+    sync = SyncService(store, spec, OfflineTool())
     assert sync.route_pass().counts["review"] == 10
     assert sync.route_pass().counts == {}  # ten still wait to be pushed: no second batch
     first = [it.id for it, _ in store.decisions.routed(action="review")]
@@ -62,5 +63,5 @@ def test_the_review_budget_holds_for_the_whole_pass_however_many_items(tmp_path)
     store = _store(tmp_path, 300, 0, seed=5)
     spec = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.99, "spot_check_rate": 0.0,
                                                          "review_budget": 7})
-    counts = LabelStudioSync(store, spec, client=None).route_pass(batch=64).counts  # five chunks of 64
+    counts = SyncService(store, spec, OfflineTool()).route_pass(batch=64).counts  # five chunks of 64
     assert counts["review"] == 7 and counts["review"] + counts["defer"] + counts["auto_accept"] == 300

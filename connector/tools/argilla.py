@@ -1,0 +1,311 @@
+"""Argilla as an :class:`~connector.tools.base.AnnotationTool`: datasets, records, responses, webhooks.
+
+Built on the ``argilla`` SDK (2.8); every remote call goes through the shared retry policy. Our
+external id is the record's ``id`` in the SDK (the server's ``external_id``), so logging the same
+item twice updates one record instead of adding another. The project key in the store is the
+dataset's name.
+
+Responses are pulled with a search on ``response.status`` (submitted or discarded), never on the
+record's ``updated_at``: a new response bumps ``updated_at`` in the database, but the search
+index keeps the old timestamp, so a filter on it misses exactly the records that changed. So a
+pull returns every submitted response (a stored answer it does not return was deleted); with
+``known`` (the ``updated_at`` already held per record and user), ``submitted_responses`` returns
+only what is new or newer. Webhooks (``response.created``/``response.updated``) say when to pull.
+
+The SDK's response objects carry neither the response id nor its ``updated_at``, so the pull
+posts the SDK-built query through the SDK's own HTTP client and reads the server's JSON.
+Webhook deliveries are signed the Standard Webhooks way: ``verify_webhook`` checks them.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from connector.tools.base import Pull, PushItem, RemoteAnswer, UserNames, as_utc, retrying
+
+if TYPE_CHECKING:
+    from connector.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+QUESTION = "label"
+MAX_PER_REQUEST = 500  # argilla-server's bulk upsert limit
+SEARCH_PAGE = 500  # the server allows up to 1,000
+PULLED_STATUSES = ("submitted", "discarded")
+DELETE_PAGE = 100  # record ids per delete request (they travel in the query string)
+
+
+class WebhookError(ValueError):
+    """A webhook delivery whose Standard Webhooks signature is missing, malformed, stale or wrong."""
+
+
+def suggested_labels(result: Any) -> list[str]:
+    """The labels in a suggestion given as a string, a list of strings, or Label Studio choices."""
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return [result]
+    labels: list[str] = []
+    for r in result:
+        if isinstance(r, str):
+            labels.append(r)
+        elif isinstance(r, dict) and r.get("type") == "choices":
+            labels.extend(r.get("value", {}).get("choices", []))
+    return labels
+
+
+class ArgillaTool:
+    """One Argilla server and workspace; ``api_key`` belongs to an owner or admin."""
+
+    name = "argilla"
+    cursor_keys: tuple[str, ...] = ()
+
+    def __init__(self, url: str, api_key: str, *, workspace: str = "default", attempts: int = 5,
+                 timeout: float = 60.0) -> None:
+        import argilla as rg
+
+        self.url = url.rstrip("/")
+        self.workspace = workspace
+        self._call = retrying(attempts)
+        self._rg = self._call(rg.Argilla, api_url=self.url, api_key=api_key, timeout=int(timeout))
+        self._users = UserNames(self._username)
+        self._datasets: dict[str, Any] = {}
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def ensure_project(self, spec: TaskSpec) -> str:
+        """The task's dataset (see ``ensure_dataset``), min_submitted = the task's overlap; its name."""
+        from connector.labeling_config import parse_labeling_config
+
+        control = parse_labeling_config(spec.label_config())[0]
+        self.ensure_dataset(spec.project_name, text_field=control.data_key, labels=list(spec.labels),
+                            multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap)
+        return spec.project_name
+
+    def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
+        """Upsert one record per item (by external id), with its suggestion; external id -> record id.
+
+        ``data`` holds the text field and any of the metadata keys ``reason``/``priority``/
+        ``confidence``; ``result`` is the suggested label or labels (a string, a list, or Label
+        Studio choices); an item may carry a ``metadata`` dict too. ``confidence`` defaults to
+        ``score``. At most 500 records go in one request; logging an item again updates its record.
+        """
+        import argilla as rg
+
+        dataset = self.dataset(project)
+        text_field = dataset.settings.fields[0].name
+        metadata_names = {m.name for m in dataset.settings.metadata}
+        multi = isinstance(dataset.settings.questions[QUESTION], rg.MultiLabelQuestion)
+        items = list(items)
+        mapping: dict[str, str] = {}
+        for start in range(0, len(items), MAX_PER_REQUEST):
+            models = []
+            for it in items[start:start + MAX_PER_REQUEST]:
+                data = dict(it.data)
+                metadata = {k: data.pop(k) for k in list(data) if k in metadata_names}
+                metadata.update(getattr(it, "metadata", None) or {})
+                metadata = {k: v for k, v in metadata.items() if v is not None}
+                if "confidence" not in metadata and it.score is not None:
+                    metadata["confidence"] = float(it.score)
+                suggestions = []
+                labels = suggested_labels(it.result)
+                if labels:
+                    suggestions.append(rg.Suggestion(QUESTION, labels if multi else labels[0], score=it.score,
+                                                     agent=it.model_version))
+                record = rg.Record(id=it.external_id, fields={text_field: data[text_field]}, metadata=metadata,
+                                   suggestions=suggestions)
+                record.dataset = dataset  # suggestions resolve their question id through it
+                models.append(record.api_model())
+            upserted, _ = self._call(self._rg.api.records.bulk_upsert, dataset.id, models)
+            mapping.update({str(m.external_id): str(m.id) for m in upserted})
+        missing = [it.external_id for it in items if it.external_id not in mapping]
+        if missing:
+            raise RuntimeError(f"Argilla returned no record for {len(missing)} logged items, e.g. {missing[:3]}")
+        return mapping
+
+    def find(self, project: str, external_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Our external ids -> record ids in the dataset (all of them, or only those asked for)."""
+        import argilla as rg
+
+        dataset = self.dataset(project)
+        if external_ids is None:
+            records = self._call(lambda: list(dataset.records(with_suggestions=False, with_responses=False)))
+            return {str(r.id): str(r._server_id) for r in records}
+        wanted = list(dict.fromkeys(external_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), SEARCH_PAGE):
+            query = rg.Query(filter=rg.Filter([("id", "in", wanted[start:start + SEARCH_PAGE])]))
+            for raw in self._search(dataset, query, include=()):
+                found[str(raw["external_id"])] = str(raw["id"])
+        return found
+
+    def pull(self, project: str, cursor: Mapping[str, str]) -> Pull:
+        """Every submitted or discarded response: a stored answer not among them was deleted."""
+        return Pull(self.submitted_responses(project), items=None)
+
+    def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
+        """Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record
+        setting to ask for one more answer: the items stay unsettled (their label row says why)
+        and are listed in the log for a reviewer; raise the task's ``overlap`` to ask for more."""
+        if wanted:
+            log.warning("%d Argilla records need more answers (e.g. record %s: %s); Argilla has no per-record "
+                        "overlap: raise the task's overlap", len(wanted), wanted[0][0], wanted[0][2])
+        return 0
+
+    def delete(self, project: str, remote_ids: Iterable[str]) -> int:
+        """Delete records (with their responses and suggestions) by record id; how many went."""
+        ids = [str(i) for i in remote_ids]
+        if not ids:
+            return 0
+        dataset = self.dataset(project)
+        for start in range(0, len(ids), DELETE_PAGE):
+
+            def delete(chunk: list[str] = ids[start:start + DELETE_PAGE]) -> None:
+                resp = self._rg.http_client.delete(f"/api/v1/datasets/{dataset.id}/records",
+                                                   params={"ids": ",".join(chunk)})
+                resp.raise_for_status()
+
+            self._call(delete)
+        return len(ids)
+
+    # -- Argilla's own calls --------------------------------------------------------------------
+
+    def dataset(self, project: str) -> Any:
+        """The SDK dataset behind a project key (``ensure_project`` or ``ensure_dataset`` made it known)."""
+        if project not in self._datasets:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found = self._call(self._rg.datasets, name=project, workspace=self.workspace)
+            if found is None:
+                raise KeyError(f"no Argilla dataset {project!r} in workspace {self.workspace!r}")
+            self._datasets[project] = found
+        return self._datasets[project]
+
+    def ensure_dataset(self, name: str, *, text_field: str, labels: list[str], multi_label: bool = False,
+                       instructions: str = "", min_submitted: int = 1) -> Any:
+        """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
+
+        Settings: one text field, one required question ``label`` (single or multi label),
+        metadata ``reason`` (terms), ``priority`` and ``confidence`` (floats), and a task
+        distribution that completes a record after ``min_submitted`` submitted responses.
+        An existing dataset is reused as it is, after checking that it has the ``label`` question;
+        one left unpublished by an interrupted creation is deleted and made again.
+        """
+        import argilla as rg
+
+        with warnings.catch_warnings():  # the SDK warns when the dataset is not found
+            warnings.simplefilter("ignore")
+            existing = self._call(self._rg.datasets, name=name, workspace=self._ensure_workspace())
+        if existing is not None and getattr(existing._model, "status", "ready") != "ready":
+            # a creation cut short (the SDK rolls back on an exception, not on SIGKILL) leaves a draft
+            # without its search index; a draft holds no records, so it is made again
+            log.warning("Argilla dataset %r was left unpublished by an interrupted creation; creating it again", name)
+            self._call(existing.delete)
+            existing = None
+        if existing is not None:
+            if QUESTION not in [q.name for q in existing.settings.questions]:
+                raise ValueError(f"Argilla dataset {name!r} exists without a {QUESTION!r} question")
+            self._datasets[name] = existing
+            return existing
+        question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
+        settings = rg.Settings(
+            guidelines=instructions or None,
+            fields=[rg.TextField(name=text_field)],
+            questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
+                                    required=True)],
+            metadata=[rg.TermsMetadataProperty(name="reason"), rg.FloatMetadataProperty(name="priority"),
+                      rg.FloatMetadataProperty(name="confidence")],
+            distribution=rg.TaskDistribution(min_submitted=min_submitted),
+        )
+        dataset = rg.Dataset(name=name, workspace=self.workspace, settings=settings, client=self._rg)
+        self._call(dataset.create)
+        log.info("created Argilla dataset %r in workspace %r", name, self.workspace)
+        self._datasets[name] = dataset
+        return dataset
+
+    def submitted_responses(self, project: str,
+                            known: Mapping[tuple[str, str], str] | None = None) -> list[RemoteAnswer]:
+        """Submitted and discarded responses, oldest record first; with ``known``, only new or changed ones.
+
+        ``known`` maps (record external id, user id) to the ``updated_at`` already stored for that
+        response; a response is returned when its pair is absent or its ``updated_at`` is newer.
+        Drafts are never returned.
+        """
+        import argilla as rg
+
+        query = rg.Query(filter=rg.Filter([("response.status", "in", list(PULLED_STATUSES))]))
+        known_at = {k: as_utc(v) for k, v in (known or {}).items()}
+        answers: list[RemoteAnswer] = []
+        for raw in self._search(self.dataset(project), query, include=("responses",)):
+            external_id = raw.get("external_id")
+            for resp in raw.get("responses") or []:
+                if resp.get("status") not in PULLED_STATUSES:
+                    continue
+                user_id = str(resp["user_id"])
+                updated = as_utc(resp.get("updated_at") or resp.get("inserted_at"))
+                seen = known_at.get((str(external_id), user_id))
+                if seen is not None and updated <= seen:
+                    continue
+                value = ((resp.get("values") or {}).get(QUESTION) or {}).get("value")
+                answers.append(RemoteAnswer(
+                    remote_id=str(resp["id"]), item_remote_id=str(raw["id"]),
+                    external_id=str(external_id) if external_id is not None else None,
+                    annotator=self._users(user_id), value=suggested_labels(value),
+                    status="skipped" if resp["status"] == "discarded" else "submitted",
+                    updated_at=updated.isoformat(), annotator_id=user_id))
+        return answers
+
+    def _ensure_workspace(self) -> str:
+        import argilla as rg
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = self._call(self._rg.workspaces, self.workspace)
+        if found is None:
+            self._call(rg.Workspace(name=self.workspace, client=self._rg).create)
+            log.info("created Argilla workspace %r", self.workspace)
+        return self.workspace
+
+    def _search(self, dataset: Any, query: Any, *, include: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+        """Raw records matching an SDK query, page by page in a stable order (by record id)."""
+        body = query.api_model().model_dump(by_alias=True)
+        body["sort"] = [{"scope": {"entity": "record", "property": "id"}, "order": "asc"}]
+        offset = 0
+        while True:
+            params = {"offset": offset, "limit": SEARCH_PAGE, "include": list(include)}
+
+            def page(params: dict[str, Any] = params) -> dict[str, Any]:
+                resp = self._rg.http_client.post(f"/api/v1/datasets/{dataset.id}/records/search", json=body,
+                                                 params=params)
+                resp.raise_for_status()
+                return resp.json()
+
+            answer = self._call(page)
+            items = answer.get("items") or []
+            for item in items:
+                yield item["record"]
+            offset += len(items)
+            if not items or offset >= int(answer.get("total", 0)):
+                return
+
+    def _username(self, user_id: str) -> str | None:
+        user = self._call(self._rg.users, id=user_id)
+        return user.username if user is not None else None
+
+
+def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """Check a delivery's Standard Webhooks signature against the raw ``body``; the parsed JSON payload.
+
+    ``secret`` is the webhook's secret as Argilla shows it (``whsec_…``). Raises ``WebhookError``
+    when a header is missing, the timestamp is more than 5 minutes off, or no signature matches.
+    """
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    try:
+        return Webhook(secret).verify(body, dict(headers))
+    except (WebhookVerificationError, ValueError, binascii.Error) as exc:
+        raise WebhookError(f"webhook rejected: {exc}") from exc

@@ -1,0 +1,175 @@
+"""One interface for annotation tools, and what every tool shares: records, retries, time, user names.
+
+A tool (Label Studio, Argilla, the in-memory ``offline`` one) implements :class:`AnnotationTool`;
+the sync service speaks only to that protocol. Every id crossing it is a string: our external id
+(the store's ``Item.external_id``), the tool's id for an item (a Label Studio task, an Argilla
+record: the push's ``remote_id``), the tool's id for one answer (the annotation's ``remote_id``).
+
+A pull says which stored answers it speaks for (:class:`Pull`): Label Studio returns the tasks
+changed since the cursor, each with all of its annotations, so an answer missing from a returned
+task was deleted; Argilla returns every submitted response, so any stored answer missing from the
+pull was deleted. The sync service does the bookkeeping once from that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+if TYPE_CHECKING:
+    from connector.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PushItem:
+    """One routed item to create in the tool, with the model's suggestion (Label Studio ``result``)."""
+
+    external_id: str
+    data: dict[str, Any]
+    result: list[dict[str, Any]] | None = None
+    score: float | None = None
+    model_version: str | None = None
+
+
+@dataclass
+class RemoteAnswer:
+    """One annotator's answer to one item, as the tool holds it now."""
+
+    remote_id: str  # the tool's id for the answer (annotation or response id)
+    item_remote_id: str  # the tool's id for the item (task or record id)
+    external_id: str | None  # our id, where the tool carries it
+    annotator: str  # a display name (email or username)
+    value: list[str]
+    status: str  # "submitted" | "skipped"
+    updated_at: str  # ISO-8601 UTC
+    lead_time: float | None = None  # seconds, where the tool measures it
+    annotator_id: str | None = None  # the tool's user id
+
+
+@dataclass
+class RemoteItem:
+    """An item a pull returned whole: every current answer to it is among the pull's answers."""
+
+    remote_id: str
+    external_id: str | None
+    updated_at: str  # ISO-8601 UTC; stamps the answers found deleted
+
+
+@dataclass
+class Pull:
+    """What one pull returned.
+
+    ``items``: the items whose answers are complete in ``answers`` (a stored answer to one of them
+    that is not returned was deleted); ``None`` means the pull returned every answer in the
+    project (a stored answer not returned was deleted). ``cursor``: the values to store after the
+    answers are (keys of the tool's ``cursor_keys``; empty: leave the cursor as it is).
+    """
+
+    answers: list[RemoteAnswer]
+    items: list[RemoteItem] | None = None
+    cursor: dict[str, str] = field(default_factory=dict)
+
+
+class AnnotationTool(Protocol):
+    """What the sync service needs from an annotation tool; ``project`` is the key ``ensure_project`` gave."""
+
+    name: str  # the store's tool name
+    cursor_keys: tuple[str, ...]  # the cursor values ``pull`` reads from the store
+
+    def ensure_project(self, spec: TaskSpec) -> str:
+        """The task's project (or dataset), created if absent; the project key the store uses."""
+        ...
+
+    def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
+        """Create one remote item per item, with its suggestion; external id -> remote id."""
+        ...
+
+    def find(self, project: str, external_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """External id -> remote id of the items already in the project (all, or those asked for)."""
+        ...
+
+    def pull(self, project: str, cursor: Mapping[str, str]) -> Pull:
+        """The answers changed since ``cursor`` (the stored values of ``cursor_keys``; empty at first)."""
+        ...
+
+    def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
+        """Ask for more answers: ``(remote id, answers wanted in all, reason)``; how many were sent."""
+        ...
+
+    def delete(self, project: str, remote_ids: Iterable[str]) -> int:
+        """Delete remote items (with their answers); how many were deleted."""
+        ...
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a connection error, a timeout, or a 5xx from the server or a tool SDK.
+
+    The SDKs raise their own errors carrying ``status_code`` (label-studio-sdk's ``ApiError``,
+    argilla's ``ArgillaAPIError``); a 4xx is a bad request, which retrying cannot help.
+    """
+    if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500
+
+
+def retrying(attempts: int) -> Callable[..., Any]:
+    """``call(fn, *args, **kwargs)`` with exponential backoff on transient errors, one log line per retry."""
+    policy = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(attempts),
+                   wait=wait_exponential(multiplier=0.5, max=10), reraise=True,
+                   before_sleep=before_sleep_log(log, logging.WARNING))
+    return policy(lambda fn, *args, **kwargs: fn(*args, **kwargs))
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+def as_utc(value: Any) -> datetime:
+    """An aware UTC datetime from a datetime or an ISO-8601 string (``Z``, an offset, or naive UTC)."""
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def utc_iso(value: Any) -> str:
+    """UTC ISO-8601 with ``+00:00``, whatever form the tool used."""
+    return as_utc(value).isoformat()
+
+
+# -- user names ---------------------------------------------------------------------------------
+
+class UserNames:
+    """Annotator names by tool user id, each looked up once; a user the lookup cannot name keeps its id.
+
+    ``lookup`` returns the name (or ``None``); exceptions of the types in ``tolerate`` count as
+    no name, any other propagates.
+    """
+
+    def __init__(self, lookup: Callable[[str], str | None], *,
+                 tolerate: tuple[type[BaseException], ...] = ()) -> None:
+        self._lookup = lookup
+        self._tolerate = tolerate
+        self._names: dict[str, str] = {}
+
+    def __call__(self, user_id: Hashable) -> str:
+        key = str(user_id)
+        if key not in self._names:
+            try:
+                name = self._lookup(key)
+            except self._tolerate:
+                name = None
+            self._names[key] = str(name) if name else key
+        return self._names[key]

@@ -1,0 +1,220 @@
+"""Label Studio as an :class:`~connector.tools.base.AnnotationTool`: projects, tasks, annotations.
+
+Built on ``label-studio-sdk``; every remote call goes through the shared retry policy. Our
+external id travels in each task's data under ``hitl_id`` so a push can be reconciled after a
+crash. The project key in the store is the project id, as a string.
+
+How Label Studio 1.23 behaved, and what the pull does about it:
+- ``tasks.list(only_annotated=True)`` is silently ignored; the filter on ``tasks:updated_at``
+  works, and only in the form ``%Y-%m-%dT%H:%M:%S.%fZ``. A task's ``updated_at`` moves when an
+  annotation is created, updated or deleted, so the pull reads the tasks changed since the
+  cursor, each with all of its annotations (an annotation missing from one was deleted).
+- A task saved just before the cursor may still be in an uncommitted transaction when we read,
+  so reads overlap the previous one by ``overlap_s`` until the cursor has settled: once Label
+  Studio's clock is well past it, everything up to it is committed and the next read starts
+  exactly there (so a quiet project is not re-read).
+- Asking for the page after the last answers 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem, UserNames, as_utc, retrying, utc_iso
+
+if TYPE_CHECKING:
+    from connector.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_ID_KEY = "hitl_id"
+PAGE = 500
+
+
+def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None) -> list[str]:
+    """The labels chosen in a Label Studio ``result`` (optionally of one control)."""
+    out: list[str] = []
+    for r in result or []:
+        if r.get("type") == "choices" and (from_name is None or r.get("from_name") == from_name):
+            out.extend(r.get("value", {}).get("choices", []))
+    return out
+
+
+class LabelStudioTool:
+    """One Label Studio instance; ``api_key`` is a legacy token or a personal access token."""
+
+    name = "label_studio"
+    cursor_keys = ("updated_at", "settled")
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, attempts: int = 5,
+                 from_name: str | None = None, overlap_s: float = 1.0) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.url = url.rstrip("/")
+        self.from_name = from_name
+        self.overlap_s = overlap_s
+        self._ls = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        self._call = retrying(attempts)
+        self._users = UserNames(lambda uid: self._call(self._ls.users.get, int(uid)).email, tolerate=(Exception,))
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def ensure_project(self, spec: TaskSpec) -> str:
+        """The id of the project titled like the task, created from its labeling config if absent."""
+        return str(self.project_id(spec.project_name, spec.label_config(), description=spec.instructions))
+
+    def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
+        """Create one task per item (with its prediction) in one bulk call; external id -> task id."""
+        if not items:
+            return {}
+        payload = []
+        for it in items:
+            task: dict[str, Any] = {"data": {**it.data, EXTERNAL_ID_KEY: it.external_id}}
+            if it.result is not None:
+                task["predictions"] = [{"result": it.result, "score": it.score, "model_version": it.model_version}]
+            payload.append(task)
+        resp = self._call(self._ls.projects.import_tasks, int(project), request=payload, return_task_ids=True)
+        ids = list(resp.task_ids or [])
+        if len(ids) != len(items):
+            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for {len(items)} imported tasks")
+        return {it.external_id: str(tid) for it, tid in zip(items, ids)}
+
+    def find(self, project: str, external_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Our external ids -> task ids in ``project`` (all of them, or only those asked for)."""
+        wanted = set(external_ids) if external_ids is not None else None
+        found: dict[str, str] = {}
+        for task in self._iter_tasks(int(project), include="id,data"):
+            ext = (task.data or {}).get(EXTERNAL_ID_KEY)
+            if ext is not None and (wanted is None or ext in wanted):
+                found[str(ext)] = str(task.id)
+        return found
+
+    def pull(self, project: str, cursor: Mapping[str, str]) -> Pull:
+        """The tasks changed since ``cursor["updated_at"]``, each with all of its annotations.
+
+        The next cursor is the newest task's ``updated_at``; ``settled`` says whether Label
+        Studio's clock (read before the tasks) was ``overlap_s`` + 2 s past it.
+        """
+        since = cursor.get("updated_at")
+        settled = cursor.get("settled") == "1"
+        server_now = self.server_time()
+        items: list[RemoteItem] = []
+        answers: list[RemoteAnswer] = []
+        for item, task_answers in self.changed_tasks(int(project), since, overlap_s=0.0 if settled else self.overlap_s):
+            items.append(item)
+            answers.extend(task_answers)
+        newest = max([since] * (since is not None) + [it.updated_at for it in items], default=None)
+        if newest is None:
+            return Pull(answers, items)
+        lag = (server_now - datetime.fromisoformat(newest)).total_seconds()
+        return Pull(answers, items, {"updated_at": newest, "settled": "1" if lag > self.overlap_s + 2.0 else "0"})
+
+    def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
+        """Raise each task's overlap to the answers wanted and return it to the queue."""
+        for task_id, answers, reason in wanted:
+            self.request_more_answers(task_id, answers)
+            log.info("task %s sent back for answer %d (%s)", task_id, answers, reason)
+        return len(wanted)
+
+    def delete(self, project: str, remote_ids: Iterable[str]) -> int:
+        """Delete tasks (their annotations go with them); a task already gone is not counted."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        deleted = 0
+        for task_id in remote_ids:
+            try:
+                self._call(self._ls.tasks.delete, id=int(task_id))
+            except ApiError as exc:
+                if exc.status_code != 404:
+                    raise
+                continue
+            deleted += 1
+        return deleted
+
+    # -- Label Studio's own calls (the protocol's parts; tests and the simulator use them too) ---
+
+    def project_id(self, title: str, label_config: str, *, description: str = "") -> int:
+        """The id of the project titled ``title``, created with ``label_config`` if absent."""
+        for p in self._call(lambda: list(self._ls.projects.list(search=title))):
+            if p.title == title:
+                return int(p.id)
+        project = self._call(self._ls.projects.create, title=title, label_config=label_config,
+                             description=description)
+        log.info("created Label Studio project %s (%r)", project.id, title)
+        return int(project.id)
+
+    def changed_tasks(self, project: int, since: str | None, *,
+                      overlap_s: float = 1.0) -> Iterator[tuple[RemoteItem, list[RemoteAnswer]]]:
+        """Tasks updated after ``since`` (ISO time) less ``overlap_s``, oldest first, with their annotations."""
+        filters = []
+        if since:
+            start = (as_utc(since) - timedelta(seconds=overlap_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                            "value": start})
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": ["tasks:updated_at"]})
+        for task in self._iter_tasks(project, fields="all", query=query):
+            ext = (task.data or {}).get(EXTERNAL_ID_KEY)
+            ext = str(ext) if ext is not None else None
+            answers = []
+            for a in task.annotations or []:
+                a = a if isinstance(a, dict) else a.model_dump()
+                user = a.get("completed_by")
+                answers.append(RemoteAnswer(
+                    remote_id=str(a["id"]), item_remote_id=str(task.id), external_id=ext, annotator=self._user(user),
+                    value=choices_of(a.get("result"), self.from_name),
+                    status="skipped" if a.get("was_cancelled") else "submitted",
+                    updated_at=utc_iso(a.get("updated_at") or a.get("created_at")), lead_time=a.get("lead_time"),
+                    annotator_id=None if user is None or isinstance(user, dict) else str(user)))
+            yield RemoteItem(str(task.id), ext, utc_iso(task.updated_at)), answers
+
+    def server_time(self) -> datetime:
+        """Label Studio's clock (its HTTP ``Date`` header, 1 s resolution), immune to our clock's skew."""
+        from email.utils import parsedate_to_datetime
+
+        r = self._call(httpx.get, f"{self.url}/health", timeout=10)
+        return parsedate_to_datetime(r.headers["date"]).astimezone(UTC)
+
+    def request_more_answers(self, task_id: int | str, overlap: int) -> None:
+        """Put a task back in the labeling queue until it has ``overlap`` annotations (Label
+        Studio serves it to annotators who have not answered it yet)."""
+        self._call(self._ls.tasks.update, id=int(task_id), overlap=overlap, is_labeled=False)
+
+    def annotate(self, task_id: int | str, result: list[dict[str, Any]], *, completed_by: int | None = None,
+                 skipped: bool = False) -> int:
+        """Create an annotation (as ``completed_by``, else as the token's user); its id."""
+        kwargs: dict[str, Any] = {"result": result, "was_cancelled": skipped}
+        if completed_by is not None:
+            kwargs["completed_by"] = completed_by
+        return int(self._call(self._ls.annotations.create, id=int(task_id), **kwargs).id)
+
+    def _iter_tasks(self, project: int, **kwargs: Any) -> Iterator[Any]:
+        from label_studio_sdk.core.api_error import ApiError
+
+        page = 1
+        while True:
+            try:
+                batch = self._call(lambda page=page: self._ls.tasks.list(project=project, page=page, page_size=PAGE,
+                                                                         **kwargs).items)
+            except ApiError as exc:  # the last page + 1 answers 404
+                if exc.status_code == 404:
+                    return
+                raise
+            if not batch:
+                return
+            yield from batch
+            if len(batch) < PAGE:
+                return
+            page += 1
+
+    def _user(self, user: Any) -> str:
+        if isinstance(user, dict):
+            return str(user.get("email") or user.get("id"))
+        if user is None:
+            return "unknown"
+        return self._users(int(user))
