@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from connector.classifier import TextClassifier  # noqa: E402
-from connector.datasets import rotten_tomatoes  # noqa: E402
-from connector.model_store import ModelStore  # noqa: E402
-from connector.store import StateStore  # noqa: E402
-from connector.task_spec import TaskSpec  # noqa: E402
-from sync.jobs import JobContext, retrain_job  # noqa: E402
+from connector.classifier import TextClassifier
+from connector.datasets import rotten_tomatoes
+from connector.model_store import ModelStore
+from connector.store import StateStore
+from connector.task_spec import TaskSpec
+from sync.jobs import JobContext, retrain_job
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
 
         settle(range(args.n))
         models = ModelStore(Path(tmp) / "models")
-        seed_clf = TextClassifier(calibration_fraction=0.0).fit(texts[:20], labels[:20])
+        seed_clf = TextClassifier(calibration="none").fit(texts[:20], labels[:20])
         models.save(seed_clf, encoder_ref="default", promote=True)
         spec = TaskSpec(name="bench", labels=["fresh", "rotten"], retraining={"min_new_labels": 1})
         ctx = JobContext(store, spec, models)
