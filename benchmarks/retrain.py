@@ -58,7 +58,7 @@ def main() -> None:
 
         settle(range(args.n))
         models = ModelStore(Path(tmp) / "models")
-        seed_clf = TextClassifier(calibration_fraction=0.0).fit(texts[:20], labels[:20])
+        seed_clf = TextClassifier(calibration="none").fit(texts[:20], labels[:20])
         models.save(seed_clf, encoder_ref="default", promote=True)
         spec = TaskSpec(name="bench", labels=["fresh", "rotten"], retraining={"min_new_labels": 1})
         ctx = JobContext(store, spec, models)

@@ -1,14 +1,27 @@
-"""Text classifier: a frozen transformer encoder, a linear softmax head and a temperature.
+"""Text classifier: a frozen transformer encoder, a linear softmax head and a temperature, and
+optionally a word-feature head (TF-IDF, :mod:`connector.lexical`) with its own temperature.
 
-Follows scikit-learn's estimator contract: hyperparameters in ``__init__``; ``fit`` returns
-``self``; fitted state in trailing-underscore attributes (``classes_``, ``coef_``,
-``intercept_``, ``temperature_``). Imports torch, transformers, numpy and safetensors only.
+Follows scikit-learn's estimator contract: every hyperparameter is a keyword of ``__init__``,
+which does nothing else; ``fit`` returns ``self``; what fitting learns lives in trailing-underscore
+attributes. One training recipe serves ``hitl train``, the scheduler's retraining and the
+simulator: heads fitted on every training label, each temperature fitted on out-of-fold logits
+(``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``.
+
+``classes_`` is always sorted (``np.unique`` order), whatever order the labels or the ``classes``
+hyperparameter come in; callers that want another order (a task's label order) reorder the
+columns of ``predict_proba`` by name. A model version saved with its labels in another order is
+reordered when it is loaded (:meth:`TextClassifier.from_state`).
+
+Imports torch, transformers and numpy at module level (scikit-learn lazily, to fit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +36,7 @@ def stratified_split(y: np.ndarray, fraction: float, *, seed: int = 0) -> tuple[
     held: list[np.ndarray] = []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(fraction * len(idx)))
+        k = round(fraction * len(idx))
         if len(idx) >= 2:
             k = min(max(k, 1), len(idx) - 1)
         else:
@@ -62,27 +75,92 @@ def fit_softmax_head(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float =
     return w.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32)
 
 
-class TextClassifier:
-    """Encoder + linear head + temperature; ``predict_proba`` returns calibrated probabilities.
+def n_cross_fit_splits(y: np.ndarray, folds: int) -> int:
+    """Folds cross-fitting can use: ``folds``, fewer when a class has fewer labels; 0 when a class
+    has a single label (no fold can hold it out)."""
+    if not len(y):
+        return 0
+    counts = np.bincount(y)
+    n = int(min(folds, counts[counts > 0].min()))
+    return n if n >= 2 else 0
 
-    ``fit`` holds out ``calibration_fraction`` of the labels (stratified) to fit the temperature;
-    with ``calibration_fraction=0`` the temperature stays 1 until :meth:`calibrate` is called.
+
+def cross_fitted_logits(x: Any, y: np.ndarray, k: int, *, folds: int, C: float, seed: int = 0,
+                        fit: Callable[..., tuple[np.ndarray, np.ndarray]] = fit_softmax_head) -> np.ndarray:
+    """Out-of-fold logits: each row from a head fitted without it (stratified, shuffled folds
+    seeded by ``seed``). All zeros when a class has a single label (no fold can hold it out)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    n_splits = n_cross_fit_splits(y, folds)
+    out = np.zeros((len(y), k))
+    if n_splits < 2:
+        return out
+    for train, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        coef, intercept = fit(x[train], y[train], k, C=C)
+        out[held] = np.asarray(x[held] @ coef.T) + intercept
+    return out
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """A fitted classifier without its encoder: what the model store writes and reads back.
+    Rows of ``coef``/``intercept`` (and ``lex_coef``/``lex_intercept``) follow ``classes``."""
+
+    classes: list[str]
+    coef: np.ndarray
+    intercept: np.ndarray
+    temperature: float
+    lexical: Any = None  # a fitted LexicalFeatures, or None
+    lex_coef: np.ndarray | None = None
+    lex_intercept: np.ndarray | None = None
+    lex_temperature: float = 1.0
+
+
+class TextClassifier:
+    """Encoder + linear head(s) + temperature(s); ``predict_proba`` returns calibrated probabilities.
+
+    Hyperparameters:
+
+    - ``encoder``: a :class:`TextEncoder` (``None``: the bundled default, built on first use).
+    - ``features``: ``"embeddings"``, or ``"embeddings+tfidf"`` to add a word-feature head whose
+      calibrated probabilities are averaged with the embedding head's (long documents, topic labels).
+    - ``classes``: the label set when it is known before the data (a task's labels): a class with
+      no training label still gets a row (and a near-zero probability); ``None``: the labels in ``y``.
+    - ``C`` / ``C_lexical``: inverse L2 strength of the embedding head / the word-feature head.
+    - ``calibration``: ``"cross_fit"`` (each temperature fitted on ``folds``-fold out-of-fold
+      logits, heads on every label), ``"holdout"`` (``calibration_fraction`` of the labels held out,
+      stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1).
+    - ``max_iter``: L-BFGS iterations of the embedding head; ``random_state``: seeds the folds
+      and the holdout split.
+
+    Fitted attributes: ``classes_`` (sorted), ``coef_`` (k, d), ``intercept_`` (k,),
+    ``temperature_``; ``lexical_`` (the TF-IDF vocabulary, or ``None``), ``lex_coef_``,
+    ``lex_intercept_``, ``lex_temperature_``; ``n_folds_`` (cross-fitting folds used, 0 when a
+    class has a single label: then the temperatures stay 1); ``oof_proba_`` (n, k): with
+    ``cross_fit``, calibrated out-of-fold probabilities of the training rows, columns in
+    ``classes_`` order (uniform rows when ``n_folds_`` is 0), else ``None``.
     """
 
-    #: optional word-feature head (see :mod:`connector.lexical`); its probabilities are averaged
-    #: with the embedding head's, each calibrated by its own temperature
-    lexical_: Any = None
-    lex_coef_: Any = None
-    lex_intercept_: Any = None
-    lex_temperature_: float = 1.0
-
-    def __init__(self, encoder: TextEncoder | None = None, *, C: float = 10.0, max_iter: int = 200,
-                 calibration_fraction: float = 0.2, random_state: int = 0) -> None:
+    def __init__(self, encoder: TextEncoder | None = None, *,
+                 features: Literal["embeddings", "embeddings+tfidf"] = "embeddings",
+                 classes: Sequence[str] | None = None, C: float = 10.0, C_lexical: float = 100.0,
+                 calibration: Literal["cross_fit", "holdout", "none"] = "cross_fit", folds: int = 5,
+                 calibration_fraction: float = 0.2, max_iter: int = 200, random_state: int = 0) -> None:
         self.encoder = encoder
+        self.features = features
+        self.classes = classes
         self.C = C
-        self.max_iter = max_iter
+        self.C_lexical = C_lexical
+        self.calibration = calibration
+        self.folds = folds
         self.calibration_fraction = calibration_fraction
+        self.max_iter = max_iter
         self.random_state = random_state
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        """The hyperparameters, by name (scikit-learn's ``get_params``)."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
 
     # -- training -----------------------------------------------------------------------------
 
@@ -91,34 +169,87 @@ class TextClassifier:
             self.encoder = TextEncoder()
         return self.encoder
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TextClassifier:
-        return self.fit_embeddings(self._encoder().encode(list(texts)), labels)
+    def fit(self, texts: Sequence[str], y: Sequence[str], *, corpus: Sequence[str] | None = None) -> TextClassifier:
+        """Encode ``texts`` and fit; ``corpus``: texts for the word features' vocabulary (default ``texts``)."""
+        texts = list(texts)
+        return self.fit_embeddings(self._encoder().encode(texts), y, texts=texts, corpus=corpus)
 
-    def fit_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> TextClassifier:
-        """Fit head and temperature on precomputed embeddings (cache them when the encoder is frozen)."""
-        labels = [str(v) for v in labels]
+    def fit_embeddings(self, x: np.ndarray, y: Sequence[str], *, texts: Sequence[str] | None = None,
+                       corpus: Sequence[str] | None = None) -> TextClassifier:
+        """Fit on precomputed embeddings (cache them: the encoder is frozen). ``texts`` (the rows'
+        texts) are needed with ``features="embeddings+tfidf"``; ``corpus`` as in :meth:`fit`."""
+        if self.features not in ("embeddings", "embeddings+tfidf"):
+            raise ValueError(f"features must be 'embeddings' or 'embeddings+tfidf', got {self.features!r}")
+        if self.calibration not in ("cross_fit", "holdout", "none"):
+            raise ValueError(f"calibration must be 'cross_fit', 'holdout' or 'none', got {self.calibration!r}")
+        labels = [str(v) for v in y]
         if len(labels) != len(x):
             raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
-        classes = sorted(set(labels))
-        if len(classes) < 2:
-            raise ValueError(f"need at least two classes to train, got {classes}")
-        self.classes_ = np.array(classes)
-        y = np.searchsorted(self.classes_, labels)
-        train, held = (stratified_split(y, self.calibration_fraction, seed=self.random_state)
-                       if self.calibration_fraction > 0 else (np.arange(len(y)), np.array([], dtype=np.int64)))
-        self.coef_, self.intercept_ = fit_softmax_head(x[train], y[train], len(classes), C=self.C,
-                                                       max_iter=self.max_iter)
-        self.temperature_ = 1.0
-        if len(held):
-            self.calibrate_embeddings(x[held], [labels[i] for i in held])
+        if len(set(labels)) < 2:
+            raise ValueError(f"need at least two classes to train, got {sorted(set(labels))}")
+        lexical = self.features == "embeddings+tfidf"
+        if lexical and (texts is None or len(texts) != len(x)):
+            raise ValueError("features='embeddings+tfidf' also reads the words: pass texts= with the embeddings")
+        self.classes_ = np.array(sorted(set(labels) if self.classes is None else {str(c) for c in self.classes}))
+        codes = self.label_indices(labels)
+        k = len(self.classes_)
+        self.n_folds_ = n_cross_fit_splits(codes, self.folds) if self.calibration == "cross_fit" else 0
+        self.coef_, self.intercept_, self.temperature_, oof = self._fit_head(
+            x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C)
+        self.lexical_ = self.lex_coef_ = self.lex_intercept_ = None
+        self.lex_temperature_ = 1.0
+        if lexical:
+            from connector.lexical import LexicalFeatures, fit_lexical_head
+
+            self.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
+            self.lex_coef_, self.lex_intercept_, self.lex_temperature_, oof_lex = self._fit_head(
+                self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical)
+            oof = (oof + oof_lex) / 2 if oof is not None else None
+        self.oof_proba_ = oof
         return self
 
-    def calibrate(self, texts: Sequence[str], labels: Sequence[str]) -> TextClassifier:
-        """Refit only the temperature, on held-out labelled texts."""
-        return self.calibrate_embeddings(self._encoder().encode(list(texts)), labels)
+    def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]],
+                  C: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
+        """One head by the calibration recipe: ``(coef, intercept, temperature, oof_proba or None)``."""
+        if self.calibration == "cross_fit":
+            oof = cross_fitted_logits(x, y, k, folds=self.folds, C=C, seed=self.random_state, fit=fit)
+            coef, intercept = fit(x, y, k, C=C)
+            temperature = float(TemperatureScaler().fit(oof, y).temperature_) if oof.any() else 1.0
+            return coef, intercept, temperature, softmax(oof, temperature)
+        rest, held = np.arange(len(y)), np.array([], dtype=np.int64)
+        if self.calibration == "holdout" and self.calibration_fraction > 0:
+            rest, held = stratified_split(y, self.calibration_fraction, seed=self.random_state)
+        coef, intercept = fit(x[rest], y[rest], k, C=C)
+        temperature = 1.0
+        if len(held):
+            logits = np.asarray(x[held] @ coef.T) + intercept
+            temperature = float(TemperatureScaler().fit(logits, y[held]).temperature_)
+        return coef, intercept, temperature, None
 
-    def calibrate_embeddings(self, x: np.ndarray, labels: Sequence[str]) -> TextClassifier:
-        self.temperature_ = TemperatureScaler().fit(self.logits_from_embeddings(x), self.label_indices(labels)).temperature_
+    # -- saving and loading -------------------------------------------------------------------
+
+    def state(self) -> FittedState:
+        """The fitted state, for the model store."""
+        return FittedState(self.classes_.tolist(), self.coef_, self.intercept_, float(self.temperature_),
+                           self.lexical_, self.lex_coef_, self.lex_intercept_, float(self.lex_temperature_))
+
+    @classmethod
+    def from_state(cls, state: FittedState, encoder: TextEncoder | None = None, **params: Any) -> TextClassifier:
+        """A fitted classifier from a saved state (rows reordered so that ``classes_`` is sorted);
+        ``params``: its hyperparameters (unknown names are ignored: versions outlive parameters)."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "encoder"}
+        params = {k: v for k, v in params.items() if k in known}
+        if state.lexical is not None:
+            params["features"] = "embeddings+tfidf"
+        self = cls(encoder, **params)
+        order = np.argsort(np.array(state.classes), kind="stable")
+        self.classes_ = np.array(state.classes)[order]
+        self.coef_, self.intercept_ = state.coef[order], state.intercept[order]
+        self.temperature_ = float(state.temperature)
+        self.lexical_, self.lex_temperature_ = state.lexical, float(state.lex_temperature)
+        self.lex_coef_ = state.lex_coef[order] if state.lex_coef is not None else None
+        self.lex_intercept_ = state.lex_intercept[order] if state.lex_intercept is not None else None
+        self.n_folds_, self.oof_proba_ = 0, None
         return self
 
     # -- inference ----------------------------------------------------------------------------
@@ -132,12 +263,14 @@ class TextClassifier:
         return np.array([index[str(v)] for v in labels], dtype=np.int64)
 
     def logits_from_embeddings(self, x: np.ndarray) -> np.ndarray:
+        """The embedding head's logits (before temperature)."""
         return x @ self.coef_.T + self.intercept_
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return self.logits_from_embeddings(self._encoder().encode(list(texts)))
 
     def predict_proba(self, texts: Sequence[str], *, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order."""
         texts = list(texts)
         return self.predict_proba_from_embeddings(self._encoder().encode(texts), texts=texts, calibrated=calibrated)
 

@@ -2,9 +2,17 @@
 
 Layout under a model root::
 
-    versions/v3/head.safetensors   the head's ``coef`` (k, d) and ``intercept`` (k,)
-    versions/v3/meta.json          labels, temperature, encoder reference, metrics, created_at
+    versions/v3/head.safetensors   the head's ``coef`` (k, d) and ``intercept`` (k,); with word
+                                   features also ``lex_coef``, ``lex_intercept`` and ``idf``
+    versions/v3/meta.json          labels, temperature, encoder reference, hyperparameters,
+                                   metrics, created_at (``lexical``: the word head's temperature)
+    versions/v3/lexical.json       the word features' vocabulary (only with word features)
+    versions/v3/trained_on.json    external ids of the training items (when given)
     current                        the name of the version to serve (written atomically)
+
+Rows of the tensors follow ``labels``. The classifier's fitted state goes through
+:class:`connector.classifier.FittedState`; a version whose labels are not sorted (saved by
+retraining before December 2026, in the task's label order) loads with its rows reordered.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from connector.classifier import TextClassifier
+from connector.classifier import FittedState, TextClassifier
 from connector.encoder import TextEncoder
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -96,10 +104,11 @@ class ModelStore:
         n = int(_VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
         name = f"v{n}"
         enc = clf.encoder
+        state = clf.state()
         meta = ModelVersion(
             version=name,
-            labels=clf.classes_.tolist(),
-            temperature=float(clf.temperature_),
+            labels=list(state.classes),
+            temperature=state.temperature,
             encoder={
                 "model": encoder_ref or (str(enc.model_path) if enc is not None else "default"),
                 "max_length": enc.max_length if enc is not None else None,
@@ -107,7 +116,8 @@ class ModelStore:
                 "normalize": enc.normalize if enc is not None else True,
             },
             metrics=metrics or {},
-            hyperparameters={"C": clf.C, "calibration_fraction": clf.calibration_fraction},
+            hyperparameters={k: list(v) if k == "classes" and v is not None else v
+                             for k, v in clf.get_params().items() if k != "encoder"},
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parent=parent,
         )
@@ -115,13 +125,13 @@ class ModelStore:
             meta.encoder["chunk"] = True
         tmp = self.versions_dir / f".{name}.tmp"
         tmp.mkdir(parents=True, exist_ok=False)
-        tensors = {"coef": np.ascontiguousarray(clf.coef_, dtype=np.float32),
-                   "intercept": np.ascontiguousarray(clf.intercept_, dtype=np.float32)}
-        if clf.lexical_ is not None:
-            tensors |= clf.lexical_.save(tmp)
-            tensors |= {"lex_coef": np.ascontiguousarray(clf.lex_coef_, dtype=np.float32),
-                        "lex_intercept": np.ascontiguousarray(clf.lex_intercept_, dtype=np.float32)}
-            meta.lexical = {"temperature": float(clf.lex_temperature_), "vocabulary": clf.lexical_.size,
+        tensors = {"coef": np.ascontiguousarray(state.coef, dtype=np.float32),
+                   "intercept": np.ascontiguousarray(state.intercept, dtype=np.float32)}
+        if state.lexical is not None:
+            tensors |= state.lexical.save(tmp)
+            tensors |= {"lex_coef": np.ascontiguousarray(state.lex_coef, dtype=np.float32),
+                        "lex_intercept": np.ascontiguousarray(state.lex_intercept, dtype=np.float32)}
+            meta.lexical = {"temperature": state.lex_temperature, "vocabulary": state.lexical.size,
                             "features": "tfidf"}
         save_file(tensors, str(tmp / "head.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
@@ -146,20 +156,18 @@ class ModelStore:
             encoder = TextEncoder(meta.encoder.get("model"), max_length=meta.encoder.get("max_length"),
                                   normalize=meta.encoder.get("normalize", True),
                                   chunk=bool(meta.encoder.get("chunk", False)), **encoder_kwargs)
-        clf = TextClassifier(encoder, **{k: v for k, v in meta.hyperparameters.items() if k in ("C", "calibration_fraction")})
-        clf.classes_ = np.array(meta.labels)
-        clf.coef_ = tensors["coef"]
-        clf.intercept_ = tensors["intercept"]
-        clf.temperature_ = float(meta.temperature)
+        lexical = None
         if meta.lexical:
             from connector.lexical import LexicalFeatures
 
-            clf.lexical_ = LexicalFeatures.load(self.versions_dir / version, tensors["idf"])
-            clf.lex_coef_, clf.lex_intercept_ = tensors["lex_coef"], tensors["lex_intercept"]
-            clf.lex_temperature_ = float(meta.lexical["temperature"])
-        if clf.coef_.shape != (len(meta.labels), encoder.dim):
-            raise ValueError(f"version {version}: head shape {clf.coef_.shape} does not fit "
+            lexical = LexicalFeatures.load(self.versions_dir / version, tensors["idf"])
+        state = FittedState(list(meta.labels), tensors["coef"], tensors["intercept"], float(meta.temperature),
+                            lexical, tensors.get("lex_coef"), tensors.get("lex_intercept"),
+                            float(meta.lexical["temperature"]) if meta.lexical else 1.0)
+        if state.coef.shape != (len(meta.labels), encoder.dim):
+            raise ValueError(f"version {version}: head shape {state.coef.shape} does not fit "
                              f"{len(meta.labels)} labels and encoder dim {encoder.dim}")
+        clf = TextClassifier.from_state(state, encoder, **meta.hyperparameters)
         return clf, meta
 
 

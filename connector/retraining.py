@@ -3,9 +3,10 @@
 The candidate is a new linear head on the frozen encoder. Human labels are split by a hash of the
 item's external id, so an item stays on the same side across retrainings: ``test_fraction`` of
 them is the held-out set both the candidate and the current model are scored on, and is never
-trained on. The candidate's temperature is fitted on out-of-fold logits of the training labels
-(``folds``-fold cross-fitting: every training label is a held-out label once), then its head is
-fitted on all of them. Embeddings are cached in the state store by content hash, so a retraining
+trained on. The candidate is a :class:`TextClassifier` fitted by its ``cross_fit`` recipe: its
+temperature is fitted on out-of-fold logits of the training labels (``folds``-fold cross-fitting:
+every training label is a held-out label once), its head on all of them; the out-of-fold
+probabilities (``oof_proba_``) also serve the promotion comparison and the threshold evidence. Embeddings are cached in the state store by content hash, so a retraining
 encodes only texts it has not seen.
 """
 
@@ -20,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.calibration import TemperatureScaler, expected_calibration_error, log_loss, softmax
-from connector.classifier import TextClassifier, fit_softmax_head
+from connector.calibration import expected_calibration_error, log_loss
+from connector.classifier import TextClassifier
 from connector.encoder import TextEncoder
 from connector.model_store import ModelStore
 
@@ -139,22 +140,6 @@ def encoder_key(encoder_meta: dict[str, Any]) -> str:
     return key + ("|chunk" if encoder_meta.get("chunk") else "")
 
 
-def cross_fitted_logits(x: Any, y: np.ndarray, k: int, *, folds: int, C: float, seed: int = 0,
-                        fit: Callable[..., tuple[np.ndarray, np.ndarray]] = fit_softmax_head) -> np.ndarray:
-    """Out-of-fold logits: each row from a head fitted without it (stratified folds)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    counts = np.bincount(y, minlength=k)
-    n_splits = int(min(folds, counts[counts > 0].min())) if len(y) else 0
-    out = np.zeros((len(y), k))
-    if n_splits < 2:
-        return out
-    for train, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        coef, intercept = fit(x[train], y[train], k, C=C)
-        out[held] = np.asarray(x[held] @ coef.T) + intercept
-    return out
-
-
 @dataclass
 class RetrainResult:
     """What one retraining did: the candidate version (saved whether promoted or not), both
@@ -215,30 +200,20 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         base.reason = f"need training labels of at least two classes, have {len(np.unique(y_train))}"
         return base
     k = len(classes)
-    oof = cross_fitted_logits(x[train], y_train, k, folds=policy.folds, C=policy.C, seed=seed)
-    coef, intercept = fit_softmax_head(x[train], y_train, k, C=policy.C)
-    temperature = TemperatureScaler().fit(oof, y_train).temperature_ if oof.any() else 1.0
-    clf = TextClassifier(encoder, C=policy.C, calibration_fraction=0.0, random_state=seed)
-    clf.classes_, clf.coef_, clf.intercept_, clf.temperature_ = np.array(classes), coef, intercept, float(temperature)
-    oof_probs = softmax(oof, temperature)
-    if policy.features == "embeddings+tfidf":
-        from connector.lexical import LexicalFeatures, fit_lexical_head
-
-        clf.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
-        xl = clf.lexical_.transform(texts)
-        oof_lex = cross_fitted_logits(xl[np.flatnonzero(train)], y_train, k, folds=policy.folds, C=policy.C_lexical,
-                                      seed=seed, fit=fit_lexical_head)
-        clf.lex_coef_, clf.lex_intercept_ = fit_lexical_head(xl[np.flatnonzero(train)], y_train, k, C=policy.C_lexical)
-        clf.lex_temperature_ = float(TemperatureScaler().fit(oof_lex, y_train).temperature_) if oof_lex.any() else 1.0
-        oof_probs = (oof_probs + softmax(oof_lex, clf.lex_temperature_)) / 2
+    clf = TextClassifier(encoder, features=policy.features, classes=classes, C=policy.C, C_lexical=policy.C_lexical,
+                         calibration="cross_fit", folds=policy.folds, random_state=seed)
+    train_texts = [t for t, held in zip(texts, test) if not held]
+    clf.fit_embeddings(x[train], [classes[c] for c in y_train], texts=train_texts,
+                       corpus=list(corpus) if corpus else list(texts))
+    oof_probs = _reordered(clf.oof_proba_, clf.classes_.tolist(), classes)  # the task's label order, as y
     test_texts = [t for t, held in zip(texts, test) if held]
 
     candidate_metrics: dict[str, float] = {}
     current_metrics: dict[str, float] | None = None
     reliability: dict[str, Any] = {}
     if test.sum():
-        raw = clf.predict_proba_from_embeddings(x[test], texts=test_texts, calibrated=False)
-        cal = clf.predict_proba_from_embeddings(x[test], texts=test_texts)
+        raw = _aligned(clf, x[test], classes, test_texts, calibrated=False)
+        cal = _aligned(clf, x[test], classes, test_texts)
         candidate_metrics = evaluate(cal, y[test]) | {"ece_uncalibrated": expected_calibration_error(raw, y[test])}
         reliability = {"y": y[test].tolist(), "uncalibrated": raw.tolist(), "calibrated": cal.tolist()}
         if current_clf is not None:
@@ -249,7 +224,7 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         promote, reason = True, "the first model: nothing to compare with"
     else:
         compared = _comparison(cal if test.sum() else np.zeros((0, k)), current_clf, x, texts, y, test, train,
-                               oof_probs if oof.any() else None, models.trained_on(current_name), ext, classes)
+                               oof_probs if clf.n_folds_ else None, models.trained_on(current_name), ext, classes)
         if compared["n"] < policy.min_test:
             promote, reason = False, (f"{compared['n']} labels neither model trained on, fewer than "
                                       f"min_test={policy.min_test}")
@@ -304,12 +279,18 @@ def _comparison(held_probs: np.ndarray, current: TextClassifier, x: np.ndarray, 
             "discordant": [int((cand_ok & ~cur_ok).sum()), int((~cand_ok & cur_ok).sum())]}
 
 
-def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str], texts: Sequence[str]) -> np.ndarray:
-    """A model's calibrated probabilities with columns in ``classes`` order (0 for labels it lacks)."""
-    p = clf.predict_proba_from_embeddings(x, texts=texts)
-    out = np.zeros((len(x), len(classes)))
-    own = {c: i for i, c in enumerate(clf.classes_.tolist())}
+def _aligned(clf: TextClassifier, x: np.ndarray, classes: list[str], texts: Sequence[str], *,
+             calibrated: bool = True) -> np.ndarray:
+    """A model's probabilities with columns in ``classes`` order (0 for labels it lacks)."""
+    return _reordered(clf.predict_proba_from_embeddings(x, texts=texts, calibrated=calibrated), clf.classes_.tolist(),
+                      classes)
+
+
+def _reordered(p: np.ndarray, own: list[str], classes: list[str]) -> np.ndarray:
+    """Columns of ``p`` (in ``own`` order) rearranged into ``classes`` order (0 for labels ``own`` lacks)."""
+    out = np.zeros((len(p), len(classes)))
+    index = {c: i for i, c in enumerate(own)}
     for j, c in enumerate(classes):
-        if c in own:
-            out[:, j] = p[:, own[c]]
+        if c in index:
+            out[:, j] = p[:, index[c]]
     return out

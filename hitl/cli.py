@@ -22,9 +22,11 @@ def train(
     limit: int | None = typer.Option(None, help="train on at most this many items (stratified sample)"),
     test_fraction: float = typer.Option(0.2, help="held out for the reported metrics"),
     promote: bool = typer.Option(True, help="make the new version the served one"),
+    features: str = typer.Option("embeddings", help="'embeddings' or 'embeddings+tfidf' (adds a word-feature head)"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train a model version (frozen encoder, linear head, temperature) and save it."""
+    """Train a model version (frozen encoder, linear head, temperature cross-fitted on the training
+    labels: the scheduler's recipe) and save it."""
     import numpy as np
 
     from connector.calibration import expected_calibration_error, log_loss
@@ -42,12 +44,14 @@ def train(
     encoder = TextEncoder(model)
     console.print(f"encoding {len(texts)} texts of {ds.name} on {encoder.device}")
     x = encoder.encode(list(texts), progress=True)
-    clf = TextClassifier(encoder, random_state=seed).fit_embeddings(x[train_idx], labels[train_idx].tolist())
+    clf = TextClassifier(encoder, features=features, random_state=seed).fit_embeddings(
+        x[train_idx], labels[train_idx].tolist(), texts=list(texts[train_idx]), corpus=list(texts))
     metrics: dict = {"n_train": len(train_idx), "n_test": len(test_idx), "dataset": ds.name}
     if len(test_idx):
         y = clf.label_indices(labels[test_idx].tolist())
-        raw = clf.predict_proba_from_embeddings(x[test_idx], calibrated=False)
-        cal = clf.predict_proba_from_embeddings(x[test_idx])
+        test_texts = list(texts[test_idx])
+        raw = clf.predict_proba_from_embeddings(x[test_idx], texts=test_texts, calibrated=False)
+        cal = clf.predict_proba_from_embeddings(x[test_idx], texts=test_texts)
         metrics.update(accuracy=float((cal.argmax(1) == y).mean()),
                        ece_uncalibrated=expected_calibration_error(raw, y),
                        ece=expected_calibration_error(cal, y), log_loss=log_loss(cal, y))

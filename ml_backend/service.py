@@ -127,7 +127,8 @@ class ModelService:
         rows = await asyncio.wrap_future(self.batcher.submit(list(texts)))
         out = []
         for probs, truncated, loaded in rows:
-            out.append(to_predictions(probs[None, :], loaded.meta.labels, loaded.meta.version,
+            # columns follow classes_ (sorted), which may differ from the order meta.json lists
+            out.append(to_predictions(probs[None, :], loaded.clf.classes_.tolist(), loaded.meta.version,
                                       np.array([truncated]))[0])
         return out
 

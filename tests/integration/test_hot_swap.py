@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 import threading
 import time
@@ -10,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from connector.classifier import TextClassifier
 from connector.model_store import ModelStore
 
 pytestmark = pytest.mark.slow
@@ -41,8 +41,8 @@ def test_promotion_under_load_switches_the_served_version_with_no_failed_request
         for t in threads:
             t.start()
         time.sleep(2.0)
-        clf = copy.copy(trained[0])  # the session's classifier stays as it is
-        clf.temperature_ = clf.temperature_ * 2  # a different version of the same task
+        session_clf, x_test, y_test = trained  # the session's classifier stays as it is
+        clf = TextClassifier(session_clf.encoder).fit_embeddings(x_test, y_test)  # another version of the same task
         new = store.save(clf, encoder_ref="default", parent=first, promote=True).version
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(v == new for _, v in seen[-20:]):

@@ -1,9 +1,28 @@
+"""Model versions on disk: save, load, promote; versions written before the estimator refactor
+still load and predict the same (synthetic embeddings and a stub encoder: no model weights)."""
+
 import json
 
 import numpy as np
 import pytest
 
+from connector.calibration import softmax
+from connector.classifier import TextClassifier
 from connector.model_store import ModelStore
+from tests.support.stub_encoder import StubEncoder
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A classifier fitted on 240 synthetic vectors, with 60 others held out."""
+    rng = np.random.default_rng(0)
+    enc = StubEncoder()
+    centers = rng.normal(size=(2, enc.dim))
+    y = rng.integers(2, size=300)
+    x = (centers[y] + rng.normal(size=(300, enc.dim))).astype(np.float32)
+    labels = [["fresh", "rotten"][i] for i in y]
+    clf = TextClassifier(enc).fit_embeddings(x[:240], labels[:240])
+    return clf, x[240:], labels[240:]
 
 
 @pytest.mark.slow
@@ -50,3 +69,76 @@ def test_a_head_that_does_not_fit_the_encoder_is_refused(tmp_path, trained):
               str(tmp_path / "versions" / "v1" / "head.safetensors"))
     with pytest.raises(ValueError, match="does not fit"):
         store.load(encoder=clf.encoder)
+
+
+def _old_layout_version(root, enc: StubEncoder, *, lexical: bool) -> dict:
+    """A version as retraining wrote it before the estimator refactor: labels in the task's order
+    (not sorted), hyperparameters ``C`` and ``calibration_fraction`` only; with the word head,
+    ``lex_coef``/``lex_intercept``/``idf`` beside the head and ``lexical.json``."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    labels = ["zeta", "alpha", "mid"]
+    arrays = {"coef": rng.normal(size=(3, enc.dim)).astype(np.float32),
+              "intercept": rng.normal(size=3).astype(np.float32)}
+    meta = {"version": "v1", "labels": labels, "temperature": 1.7,
+            "encoder": {"model": "default", "max_length": 64, "pooling": "mean", "normalize": True},
+            "metrics": {"accuracy": 0.9}, "hyperparameters": {"C": 10.0, "calibration_fraction": 0.0},
+            "created_at": "2026-11-30T12:00:00+00:00", "parent": None, "lexical": None}
+    d = root / "versions" / "v1"
+    d.mkdir(parents=True)
+    if lexical:
+        vocab = {"good": 0, "bad": 1, "film": 2, "good film": 3}
+        arrays |= {"idf": np.array([1.5, 1.2, 1.0, 2.0], dtype=np.float32),
+                   "lex_coef": rng.normal(size=(3, 4)).astype(np.float32),
+                   "lex_intercept": np.array([0.1, -30.0, 0.2], dtype=np.float32)}
+        meta["lexical"] = {"temperature": 0.8, "vocabulary": 4, "features": "tfidf"}
+        (d / "lexical.json").write_text(json.dumps({"params": {"sublinear_tf": True, "ngram_range": [1, 2], "min_df": 2,
+                                                               "lowercase": True}, "vocabulary": vocab}))
+    save_file(arrays, str(d / "head.safetensors"))
+    (d / "meta.json").write_text(json.dumps(meta))
+    (root / "current").write_text("v1\n")
+    return arrays | {"labels": labels}
+
+
+@pytest.mark.parametrize("lexical", [False, True], ids=["embeddings", "embeddings+tfidf"])
+def test_a_version_saved_before_the_estimator_refactor_loads_and_predicts_the_same(tmp_path, lexical):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    enc = StubEncoder()
+    old = _old_layout_version(tmp_path, enc, lexical=lexical)
+    texts = ["a good film", "bad, bad film", "nothing here"]
+    x = enc.encode(texts)
+    # what the old code computed: rows in the saved label order
+    expected = softmax(x @ old["coef"].T + old["intercept"], 1.7)
+    if lexical:
+        vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), lowercase=True, dtype=np.float32,
+                              vocabulary={"good": 0, "bad": 1, "film": 2, "good film": 3})
+        vec.idf_ = old["idf"].astype(np.float64)
+        lex = np.asarray(vec.transform(texts) @ old["lex_coef"].T + old["lex_intercept"])
+        expected = (expected + softmax(lex, 0.8)) / 2
+    store = ModelStore(tmp_path)
+    clf, meta = store.load(encoder=enc)
+    assert meta.labels == ["zeta", "alpha", "mid"] and clf.classes_.tolist() == ["alpha", "mid", "zeta"]
+    assert clf.features == ("embeddings+tfidf" if lexical else "embeddings")
+    got = clf.predict_proba_from_embeddings(x, texts=texts)
+    for j, label in enumerate(old["labels"]):  # the same probability for every label, by name
+        np.testing.assert_allclose(got[:, clf.classes_.tolist().index(label)], expected[:, j], rtol=1e-5)
+    again = store.load(store.save(clf).version, encoder=enc)[0]  # and it saves again in the same layout
+    np.testing.assert_allclose(again.predict_proba_from_embeddings(x, texts=texts), got, rtol=1e-6)
+    files = sorted(p.name for p in (tmp_path / "versions" / "v2").iterdir())
+    assert files == (["head.safetensors", "lexical.json", "meta.json"] if lexical else ["head.safetensors", "meta.json"])
+
+
+def test_a_word_feature_model_round_trips_with_its_hyperparameters(tmp_path):
+    enc = StubEncoder()
+    rng = np.random.default_rng(2)
+    labels = [["neg", "pos"][i] for i in rng.integers(2, size=80)]
+    texts = [f"{lb} {lb}ish word{rng.integers(9)} filler" for lb in labels]
+    clf = TextClassifier(enc, features="embeddings+tfidf", C=5.0, C_lexical=30.0, folds=3).fit(texts, labels)
+    store = ModelStore(tmp_path)
+    meta = store.save(clf, encoder_ref="default")
+    assert meta.hyperparameters["C_lexical"] == 30.0 and meta.lexical["temperature"] == clf.lex_temperature_
+    loaded, _ = store.load(encoder=enc)
+    assert {k: v for k, v in loaded.get_params().items() if k != "encoder"} == meta.hyperparameters
+    np.testing.assert_allclose(loaded.predict_proba(texts), clf.predict_proba(texts), rtol=1e-6)

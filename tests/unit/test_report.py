@@ -160,11 +160,8 @@ def _fill(store: StateStore, root: Path) -> ModelStore:
     store.job_runs.finish(run, "ok", detail={"items": 150})
 
     models = ModelStore(root)
-    clf = TextClassifier(None)
-    clf.classes_ = np.array(["a", "b"])
-    clf.coef_ = np.zeros((2, 4), np.float32)
-    clf.intercept_ = np.zeros(2, np.float32)
-    clf.temperature_ = 1.5
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    clf = TextClassifier(None, calibration="none").fit_embeddings(x, ["a", "b"] * 10)
     models.save(clf, metrics={"accuracy": 0.65, "ece": 0.05, "ece_uncalibrated": 0.1, "log_loss": 0.7,
                               "n_train": 800, "n_test": 200, "dataset": "rotten_tomatoes"},
                 encoder_ref="default", promote=True)

@@ -30,7 +30,7 @@ def labelled(tmp_path_factory, rt_sample, encoder):
                         "n_answers": 2, "reason": "settled"} for i, lb in enumerate(labels)])
     models = ModelStore(tmp / "models")
     weak = [i for i in range(len(texts)) if not in_test_split(f"rt{i}", 0.2)][:16]
-    clf = TextClassifier(encoder, calibration_fraction=0.0).fit([texts[i] for i in weak], [labels[i] for i in weak])
+    clf = TextClassifier(encoder, calibration="none").fit([texts[i] for i in weak], [labels[i] for i in weak])
     models.save(clf, encoder_ref="default", promote=True)
     spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 100, "min_test": 20},
                     thresholds={"target_error": 0.1, "delta": 0.1, "min_evidence": 30})
