@@ -24,11 +24,16 @@ def _key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def try_lock(engine: Engine, name: str) -> Iterator[bool]:
-    """Yield ``True`` holding the lock ``name``, or ``False`` at once when another holder has it."""
+def try_lock(engine: Engine, name: str, *, wait: bool = False) -> Iterator[bool]:
+    """Yield ``True`` holding the lock ``name``, or ``False`` at once when another holder has it
+    (with ``wait``: block until the other holder lets go, then yield ``True``)."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _key(name)}).scalar())
+            if wait:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _key(name)})
+                got = True
+            else:
+                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _key(name)}).scalar())
             conn.commit()
             try:
                 yield got
@@ -44,7 +49,7 @@ def try_lock(engine: Engine, name: str) -> Iterator[bool]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return

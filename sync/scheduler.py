@@ -120,10 +120,13 @@ class Scheduler:
             jobstores={"default": SQLAlchemyJobStore(engine=self.store.engine, tablename=JOBSTORE_TABLE)},
             executors={"default": {"type": "threadpool", "max_workers": max(2, len(self.triggers))}},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}, timezone=UTC)
-        scheduler.start(paused=True)
-        for job_id, trigger in self.triggers.items():
-            scheduler.add_job("sync.scheduler:run_job", trigger, args=[job_id], id=job_id, name=job_id,
-                              replace_existing=True)
+        # two schedulers starting on a fresh database would both create the job store's table (on
+        # PostgreSQL the second CREATE fails on pg_type's unique index): one start at a time
+        with try_lock(self.store.engine, "hitl-scheduler-start", wait=True):
+            scheduler.start(paused=True)
+            for job_id, trigger in self.triggers.items():
+                scheduler.add_job("sync.scheduler:run_job", trigger, args=[job_id], id=job_id, name=job_id,
+                                  replace_existing=True)
         scheduler.resume()
         self._scheduler = scheduler
         return scheduler

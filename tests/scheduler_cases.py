@@ -40,3 +40,21 @@ def two_schedulers_run_each_slot_once(url: str, tmp_path: Path, seconds: float =
     # one execution per run row, one run row per slot: no slot ran twice
     assert len(ticks) == len(runs) == len(slots) and max(slots.values()) == 1
     assert all(r.status == "ok" for r in runs)
+
+
+def widen_the_job_table_race(monkeypatch) -> None:
+    """Make APScheduler's "create the job table unless it exists" slow between its check and its
+    CREATE, so schedulers starting together all pass the check before any creates the table."""
+    from sqlalchemy import Table, inspect
+
+    create = Table.create
+
+    def slow_create(self, bind, checkfirst=False):
+        if self.name == "apscheduler_jobs" and checkfirst:
+            if inspect(bind).has_table(self.name):
+                return None
+            time.sleep(0.5)
+            return create(self, bind, checkfirst=False)
+        return create(self, bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(Table, "create", slow_create)

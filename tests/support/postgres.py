@@ -13,11 +13,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hitl.local.processes import free_port
 
 INSTALL_HINT = ("PostgreSQL server binaries (initdb, pg_ctl) not found: install them with "
                 "`apt-get install -y postgresql` (CI's .ci/run does this)")
@@ -42,12 +43,6 @@ def find_bindir() -> Path:
     if initdb and shutil.which("pg_ctl"):
         return Path(initdb).resolve().parent
     raise PostgresUnavailable(INSTALL_HINT)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
