@@ -35,6 +35,9 @@ class ConsensusPolicy(BaseModel):
       (reason ``needs_adjudication``) instead of being sent back again.
     - ``gold_min_accuracy`` / ``gold_min_answers``: an annotator whose accuracy on at least
       ``gold_min_answers`` gold items is below ``gold_min_accuracy`` is flagged.
+    - ``on_skip``: an item whose only answers are skips is ``send_back`` (for another answer,
+      until it has ``max_answers`` skips: then it is left for adjudication) or ``final`` (the skip
+      is its last answer: unsettled, reason ``skipped (final)``, not sent back).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,19 +49,22 @@ class ConsensusPolicy(BaseModel):
     max_answers: int = Field(5, ge=1)
     gold_min_accuracy: float = Field(0.8, ge=0.0, le=1.0)
     gold_min_answers: int = Field(5, ge=1)
+    on_skip: Literal["send_back", "final"] = "send_back"
 
 
 @dataclass
 class AnswerTable:
     """Submitted answers as a ratings matrix: ``R[i, a]`` is annotator ``annotators[a]``'s class
     code (an index into ``labels``) for item ``item_ids[i]``, ``-1`` when missing. ``invalid``
-    lists answers left out, as ``(item_id, annotator, why)``."""
+    lists answers left out, as ``(item_id, annotator, why)``; ``skipped``: items with no submitted
+    answer -> how many annotators skipped them."""
 
     item_ids: np.ndarray
     annotators: list[str]
     labels: list[str]
     R: np.ndarray
     invalid: list[tuple[int, str, str]] = field(default_factory=list)
+    skipped: dict[int, int] = field(default_factory=dict)
 
     def row_of(self) -> dict[int, int]:
         return {int(i): r for r, i in enumerate(self.item_ids)}
@@ -68,10 +74,14 @@ def answer_table(annotations: Iterable[Any], labels: Sequence[str]) -> AnswerTab
     """Build the ratings matrix from annotation rows (``item_id, annotator, value, status,
     remote_updated_at``). Only ``submitted`` answers count; of several answers by one annotator to
     one item the latest counts. An answer that is not exactly one known label is left out and
-    listed in ``invalid`` (it loses nothing: the stored annotation stays)."""
+    listed in ``invalid`` (it loses nothing: the stored annotation stays). Items with ``skipped``
+    answers and no submitted one are counted in ``skipped``."""
     index = {label: k for k, label in enumerate(labels)}
     latest: dict[tuple[int, str], Any] = {}
+    skips: dict[int, set[str]] = {}
     for a in annotations:
+        if a.status == "skipped":
+            skips.setdefault(int(a.item_id), set()).add(str(a.annotator))
         if a.status != "submitted":
             continue
         key = (int(a.item_id), str(a.annotator))
@@ -94,7 +104,9 @@ def answer_table(annotations: Iterable[Any], labels: Sequence[str]) -> AnswerTab
     R = np.full((len(item_ids), len(annotators)), MISSING, dtype=np.int64)
     for item_id, annotator, code in cells:
         R[rows[item_id], cols[annotator]] = code
-    return AnswerTable(item_ids, annotators, list(labels), R, invalid)
+    answered = {key[0] for key in latest}
+    skipped = {i: len(who) for i, who in sorted(skips.items()) if i not in answered}
+    return AnswerTable(item_ids, annotators, list(labels), R, invalid, skipped)
 
 
 @dataclass
@@ -117,7 +129,8 @@ def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
                 gold: Mapping[int, str] | None = None) -> Consolidation:
     """Settle each answered item. Gold items (``gold``: item id -> known label) keep their known
     label (method ``gold``); the others follow ``policy``. Unsettled items with fewer than
-    ``max_answers`` answers are listed in ``send_back`` with the count of answers they now need."""
+    ``max_answers`` answers are listed in ``send_back`` with the count of answers they now need;
+    so are items only skipped (``table.skipped``) when ``policy.on_skip`` says so."""
     k = len(table.labels)
     index = {label: c for c, label in enumerate(table.labels)}
     gold_codes = {int(i): index[str(v)] for i, v in (gold or {}).items() if str(v) in index}
@@ -152,6 +165,16 @@ def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
             reason = f"needs_adjudication ({reason} after {n} answers)"
         rows.append({"item_id": item_id, "label": None, "status": "unsettled", "method": policy.method,
                      "n_answers": n, "agreement": agreement, "confidence": None, "reason": reason})
+    for item_id, skips in table.skipped.items():
+        if policy.on_skip == "final":
+            reason = "skipped (final)"
+        elif skips < policy.max_answers:
+            reason = "skipped"
+            send_back.append((item_id, policy.min_answers, reason))
+        else:
+            reason = f"needs_adjudication (skipped after {skips} answers)"
+        rows.append({"item_id": item_id, "label": None, "status": "unsettled", "method": policy.method,
+                     "n_answers": 0, "agreement": None, "confidence": None, "reason": reason})
     return Consolidation(table, result, rows, send_back, gold_codes)
 
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ from connector.classifier import FittedState, TextClassifier
 from connector.encoder import TextEncoder
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
+STALE_TMP_S = 3600.0  # a save's temporary directory older than this was left by a crash
 
 
 @dataclass
@@ -68,9 +72,19 @@ class ModelStore:
         names = [p.name for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name) and (p / "meta.json").exists()]
         return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))
 
+    def path(self, version: str) -> Path:
+        """The directory of ``version``: a ``v<N>`` name (else ``ValueError``, so a name from the
+        command line never reaches outside ``versions/``) that the store holds (else ``FileNotFoundError``)."""
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise ValueError(f"{version!r} is not a model version name (v1, v2, ...)")
+        if version not in self.versions():
+            raise FileNotFoundError(f"no model version {version!r} under {self.versions_dir} "
+                                    f"(known: {', '.join(self.versions()) or 'none'})")
+        return self.versions_dir / version
+
     def trained_on(self, version: str) -> set[str] | None:
         """External ids a version was trained on (None when it was saved without them)."""
-        path = self.versions_dir / version / "trained_on.json"
+        path = self.path(version) / "trained_on.json"
         return set(json.loads(path.read_text())) if path.exists() else None
 
     def current(self) -> str | None:
@@ -84,12 +98,12 @@ class ModelStore:
         return versions[-1] if versions else None
 
     def promote(self, version: str) -> None:
-        if not (self.versions_dir / version / "meta.json").exists():
-            raise FileNotFoundError(f"no model version {version!r} under {self.versions_dir}")
+        """Serve ``version``, a ``v<N>`` name the store holds (see :meth:`path`)."""
+        self.path(version)
         _atomic_write(self.root / "current", version + "\n")
 
     def meta(self, version: str) -> ModelVersion:
-        data = json.loads((self.versions_dir / version / "meta.json").read_text())
+        data = json.loads((self.path(version) / "meta.json").read_text())
         return ModelVersion(**data)
 
     def save(self, clf: TextClassifier, *, metrics: dict[str, Any] | None = None,
@@ -123,8 +137,10 @@ class ModelStore:
         )
         if enc is not None and getattr(enc, "chunk", False):
             meta.encoder["chunk"] = True
-        tmp = self.versions_dir / f".{name}.tmp"
-        tmp.mkdir(parents=True, exist_ok=False)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(self.versions_dir)
+        # a directory of its own (a crash's leftover never blocks a later save), renamed when complete
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.versions_dir))
         tensors = {"coef": np.ascontiguousarray(state.coef, dtype=np.float32),
                    "intercept": np.ascontiguousarray(state.intercept, dtype=np.float32)}
         if state.lexical is not None:
@@ -151,7 +167,7 @@ class ModelStore:
         if version is None:
             raise FileNotFoundError(f"no model version under {self.root}; train one with `hitl train`")
         meta = self.meta(version)
-        tensors = load_file(str(self.versions_dir / version / "head.safetensors"))
+        tensors = load_file(str(self.path(version) / "head.safetensors"))
         if encoder is None:
             encoder = TextEncoder(meta.encoder.get("model"), max_length=meta.encoder.get("max_length"),
                                   normalize=meta.encoder.get("normalize", True),
@@ -160,7 +176,7 @@ class ModelStore:
         if meta.lexical:
             from connector.lexical import LexicalFeatures
 
-            lexical = LexicalFeatures.load(self.versions_dir / version, tensors["idf"])
+            lexical = LexicalFeatures.load(self.path(version), tensors["idf"])
         state = FittedState(list(meta.labels), tensors["coef"], tensors["intercept"], float(meta.temperature),
                             lexical, tensors.get("lex_coef"), tensors.get("lex_intercept"),
                             float(meta.lexical["temperature"]) if meta.lexical else 1.0)
@@ -169,6 +185,16 @@ class ModelStore:
                              f"{len(meta.labels)} labels and encoder dim {encoder.dim}")
         clf = TextClassifier.from_state(state, encoder, **meta.hyperparameters)
         return clf, meta
+
+
+def _remove_stale_tmp(versions_dir: Path) -> None:
+    """Remove the temporary directories of saves that crashed (older than ``STALE_TMP_S``)."""
+    for tmp in versions_dir.glob(".v*.tmp"):
+        try:
+            if tmp.is_dir() and time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except FileNotFoundError:
+            continue
 
 
 def _atomic_write(path: Path, text: str) -> None:

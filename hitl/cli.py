@@ -88,7 +88,10 @@ def promote(version: str, model_root: Path = typer.Option(Path("var/models"), en
     """Make VERSION the served one (a running backend switches within its reload interval)."""
     from connector.model_store import ModelStore
 
-    ModelStore(model_root).promote(version)
+    try:
+        ModelStore(model_root).promote(version)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="VERSION") from None
     console.print(f"promoted {version}")
 
 

@@ -36,6 +36,7 @@ from connector.snapshots import (
     write_snapshot,
 )
 from connector.store import StateStore
+from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class JobContext:
     spec: TaskSpec
     models: ModelStore
     make_sync: Callable[[], Any] | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # what the metrics job prunes
     encoder: Any = None  # a loaded TextEncoder to reuse across retrainings (else loaded per run)
     cache_store: Any = None  # where embeddings are cached (default: the state store)
     _sync: Any = field(default=None, repr=False)
@@ -70,21 +72,48 @@ def consensus_policy(spec: TaskSpec) -> ConsensusPolicy:
     return spec.consensus.model_copy(update={"min_answers": spec.overlap})
 
 
+class PassesFailed(RuntimeError):
+    """Some passes of a sync job failed and the others ran: ``failed`` (pass -> error) and
+    ``detail`` (what each pass did, or its error), which the scheduler keeps with the failed run."""
+
+    def __init__(self, failed: dict[str, str], detail: dict[str, Any]) -> None:
+        super().__init__("; ".join(f"{name}: {error}" for name, error in failed.items()))
+        self.failed = failed
+        self.detail = detail
+
+
 def sync_job(ctx: JobContext) -> dict[str, Any]:
-    """One sync cycle: predict, route, push, pull, then settle what came back."""
+    """One sync cycle: predict, check for remote items deleted in the tool, route, push, pull,
+    then settle what came back.
+
+    A failing pass does not stop the others: with the ML backend or the tool's push down, answers
+    are still pulled and settled. The job then raises :class:`PassesFailed`, so its run is
+    recorded failed, with each pass's counts or error.
+    """
     sync = ctx.sync
     out: dict[str, Any] = {}
-    for name, run in (("predict", sync.predict_pass), ("route", sync.route_pass),
-                      ("push", lambda: sync.push_pass(batch=sync.push_batch)), ("pull", sync.pull_pass)):
-        out[name] = dict(run().counts)
-    out["consolidate"] = consolidate_job(ctx)
+    failed: dict[str, str] = {}
+    for name, run in (("predict", sync.predict_pass), ("check", sync.check_remote), ("route", sync.route_pass),
+                      ("push", lambda: sync.push_pass(batch=sync.push_batch)), ("pull", sync.pull_pass),
+                      ("consolidate", lambda: consolidate_job(ctx))):
+        try:
+            result = run()
+        except Exception as exc:
+            log.exception("sync job: the %s pass failed; the other passes still run", name)
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            out[name] = {"error": failed[name]}
+            continue
+        out[name] = result if isinstance(result, dict) else dict(result.counts)
+    if failed:
+        raise PassesFailed(failed, out)
     return out
 
 
 def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], dict[int, str]]:
-    """The submitted answers as a table, their items, and the known answers of the gold ones."""
-    table = answer_table(store.annotations.list(status="submitted"), spec.labels)
-    items = store.items.get_many(table.item_ids.tolist())
+    """The submitted answers as a table (with the items only skipped), their items, and the known
+    answers of the gold ones."""
+    table = answer_table(store.annotations.list(), spec.labels)
+    items = store.items.get_many([*table.item_ids.tolist(), *table.skipped])
     gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
     return table, items, gold
 
@@ -98,11 +127,16 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     current = np.array([items[i].is_current for i in table.item_ids.tolist()], dtype=bool)
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
         table.item_ids, table.R = table.item_ids[current], table.R[current]
+    table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
     result = consolidate(table, policy, gold=gold)
-    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=table.item_ids.tolist())}
+    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in result.rows])}
     store.labels.save(result.rows)
+    if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
+        store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer
+    # asked already: at this answer count, or (an item only skipped) since its first skip
     wanted = [(i, n, why) for i, n, why in result.send_back
-              if not (i in before and before[i].status == "unsettled" and before[i].n_answers == n - 1)]
+              if not (i in before and before[i].status == "unsettled"
+                      and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
     sent = 0
     if send_back and wanted and ctx.make_sync is not None:
         sent = ctx.sync.send_back(wanted)
@@ -114,7 +148,8 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
 
 
 def metrics_job(ctx: JobContext) -> dict[str, Any]:
-    """Agreement, annotator quality and routing counts, kept as dated snapshots."""
+    """Agreement, annotator quality and routing counts, kept as dated snapshots; then the old
+    rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
     table, _, gold = _answers(store, spec)
@@ -130,8 +165,9 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     write_snapshot(store, CountsSnapshot(states=store.items.counts_by_state(), decisions=store.decisions.counts(),
                                          labels=_count([lb.label for lb in labels]), human_labels=len(labels)))
     write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
+    pruned = store.retention.prune(ctx.retention)
     return {"items": agreement.n_items, "annotators": agreement.n_annotators,
-            "fleiss_kappa": agreement.fleiss_kappa, "flagged": flagged}
+            "fleiss_kappa": agreement.fleiss_kappa, "flagged": flagged, "pruned": pruned}
 
 
 def _count(values: list[Any]) -> dict[str, int]:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from connector.snapshots import AgreementSnapshot, ModelSnapshot, ThresholdsSnapshot, read_latest
 from connector.store import StateStore
+from connector.store.database import read_only
 from connector.store.models import Item, RoutingDecision
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class SyncMetricsCollector(Collector):
         stmt = (select(func.count()).select_from(Item).join(latest, latest.c.item_id == Item.id)
                 .join(RoutingDecision, RoutingDecision.id == latest.c.id)
                 .where(Item.is_current, Item.state == "routed", RoutingDecision.action == "review"))
-        with Session(self.store.engine) as s:
+        with Session(read_only(self.store.engine)) as s:
             return int(s.scalar(stmt) or 0)
 
     def _decisions(self) -> list[Metric]:

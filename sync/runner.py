@@ -125,9 +125,12 @@ def run_scheduler(settings: SyncSettings, store: StateStore, *, stop: threading.
 def build_context(settings: SyncSettings, store: StateStore) -> JobContext:
     """The scheduler's jobs' context: the sync service is built when a job first needs it."""
     from connector.model_store import ModelStore
+    from connector.store.retention import RetentionPolicy
 
+    retention = RetentionPolicy(job_runs=settings.retention_job_runs, snapshots=settings.retention_snapshots,
+                                history_days=settings.retention_days, batch=settings.retention_batch)
     return JobContext(store, TaskSpec.load(settings.task), ModelStore(settings.model_root),
-                      make_sync=lambda: build_sync(settings, store))
+                      make_sync=lambda: build_sync(settings, store), retention=retention)
 
 
 def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext | None = None) -> Scheduler:

@@ -10,7 +10,8 @@ due job. So every run goes through :meth:`Scheduler.execute`: it takes the job's
 the trigger scheduled, aligned on a fixed anchor so that every scheduler computes the same one)
 with a unique ``(job_id, slot)`` row. Only the scheduler that inserts the row runs the job. A
 failing job is retried (``job_retries`` times, with backoff), then logged and recorded with its
-error; the scheduler goes on.
+error (and the ``detail`` its exception carries: what the passes of a partly failed sync did); the
+scheduler goes on.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Scheduler:
             except Exception as exc:
                 log.exception("job %s failed", job_id)
                 self.store.job_runs.finish(run_id, "failed", error="".join(
-                    traceback.format_exception_only(type(exc), exc)).strip())
+                    traceback.format_exception_only(type(exc), exc)).strip(), detail=getattr(exc, "detail", None))
                 return "failed"
             self.store.job_runs.finish(run_id, "ok", detail=detail or {})
             log.info("job %s done: %s", job_id, detail)

@@ -11,6 +11,7 @@ between tools lives in the tool (``connector.tools``), not here.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class SyncService:
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
         self.push_batch = 2000
+        self.remote_check_batch = 500  # pushed items checked per check_remote pass ...
+        self.remote_check_interval_s = 600.0  # ... at most this often (a tool's find may read the whole project)
         self._progress = progress or (lambda name, n: None)
         self._project: str | None = None
 
@@ -95,8 +98,10 @@ class SyncService:
     def route_pass(self, *, batch: int = 2048) -> PassReport:
         """Route every predicted item; each decision keeps its reason.
 
-        When no pushed item is waiting for an answer, items the review budget deferred are routed
-        again, so annotators get the next batch even when no new model version was promoted.
+        When fewer than one batch (the review budget; without one, any) of items sent to review
+        are waiting, pushed and unanswered or routed and not yet pushed, items the budget deferred
+        are routed again: annotators get the next batch before they run out, even when one pushed
+        item is never answered, and the backlog stays under two batches.
 
         Gold items (ingested with ``is_gold``) are not routed as ordinary items: they form the pool
         the router mixes into each batch's review set at ``gold_rate``; those not drawn wait for
@@ -104,10 +109,10 @@ class SyncService:
         """
         report = PassReport("route")
         self._adapt_threshold()
-        idle = (self.store.items.counts_by_state()["pushed"] == 0
-                and not self.store.decisions.routed(action="review", limit=1))
-        # everything sent was answered: the next batch
-        if idle and (requeued := self.store.decisions.requeue_deferred()):
+        budget = max(self.router.policy.review_budget or 1, 1)
+        backlog = (self.store.items.counts_by_state()["pushed"]
+                   + len(self.store.decisions.routed(action="review", limit=budget)))
+        if backlog < budget and (requeued := self.store.decisions.requeue_deferred()):
             report.counts["requeued"] = requeued
         predicted = self.store.items.list(state="predicted")
         preds = {p.item_id: p for p in self.store.predictions.list([it.id for it in predicted])}  # latest wins
@@ -217,6 +222,39 @@ class SyncService:
             return PushItem(item.external_id, data)
         return PushItem(item.external_id, data, [self.control.result([pred.label])], float(pred.confidence),
                         pred.model_version)
+
+    def check_remote(self) -> PassReport:
+        """Route again the pushed, unanswered items whose remote item is gone (deleted in the tool).
+
+        Bounded: every ``remote_check_interval_s`` at most, ``remote_check_batch`` items in turn by
+        item id (a cursor in the store), one ``find`` call. A missing item gets a routing decision
+        ``requeue`` / ``remote_deleted`` (the mark), loses its push and goes back to ``predicted``,
+        so the next route pass routes it afresh and the push pass creates it again.
+        """
+        report = PassReport("check")
+        name, project = self.tool.name, self.project
+        now = time.time()
+        last = self.store.cursors.get(name, project, "remote_check_at")
+        if last is not None and now - float(last) < self.remote_check_interval_s:
+            return report
+        after = int(self.store.cursors.get(name, project, "remote_check_after") or 0)
+        items = self.store.items.list(state="pushed", limit=self.remote_check_batch, after=after)
+        remote = self.store.pushes.remote_ids([it.id for it in items], name, project)
+        mine = {it.external_id: it.id for it in items if it.id in remote}
+        if mine:
+            found = self.tool.find(project, list(mine))
+            gone = [i for e, i in mine.items() if e not in found]
+            report.counts.update(checked=len(mine), missing=len(gone))
+            if gone:
+                log.warning("%d pushed items are gone from %s %s (e.g. item %d): routed again",
+                            len(gone), name, project, gone[0])
+                self.store.decisions.record([{"item_id": i, "action": "requeue", "reason": "remote_deleted",
+                                              "priority": 0.0} for i in gone])
+                self.store.pushes.forget(gone, name, project)
+        done = len(items) < self.remote_check_batch  # the end: start over next time
+        self.store.cursors.set(name, project, "remote_check_after", "0" if done else str(items[-1].id))
+        self.store.cursors.set(name, project, "remote_check_at", repr(now))
+        return report
 
     # -- pull and send back ---------------------------------------------------------------------
 

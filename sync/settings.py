@@ -26,3 +26,7 @@ class SyncSettings(BaseSettings):
     retrain_interval_s: float = Field(600.0, gt=0, description="seconds between checks for enough new labels")
     retrain_cron: str | None = Field(None, description="crontab line for retraining instead of the interval")
     job_retries: int = Field(2, ge=0, description="retries of a failing job within one run")
+    retention_job_runs: int = Field(1000, ge=1, description="newest runs kept per job (the metrics job prunes)")
+    retention_snapshots: int = Field(2000, ge=1, description="newest snapshots kept per kind")
+    retention_days: float = Field(30.0, gt=0, description="superseded predictions and decisions kept this long")
+    retention_batch: int = Field(10_000, ge=1, description="most rows pruned per table in one metrics run")

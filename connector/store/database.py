@@ -5,6 +5,8 @@ Every repository of the store shares one engine and one session factory; this mo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///var/state.db"
+READ_ONLY = "hitl_read_only"  # the execution option that marks a read-only connection
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
@@ -42,10 +45,38 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
-    # IMMEDIATE: take the write lock at the start, so the busy timeout applies. A deferred
+    # Writes: IMMEDIATE takes the write lock at the start, so the busy timeout applies. A deferred
     # transaction that reads and then writes fails at once ("database is locked") when another
     # process wrote in between; with several processes on one file (sync, scheduler, CLI) it would.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Reads (connections marked READ_ONLY, see Sessions) begin deferred and take no write lock, so a
+    # /metrics scrape or a report never makes a writer wait: WAL lets them read beside it.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def read_only(engine: Engine) -> Engine:
+    """``engine`` for reads only: on SQLite its transactions begin deferred (no write lock)."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+class Sessions(sessionmaker[Session]):
+    """The repositories' session factory: ``sessions()`` is a read-only session (on SQLite a
+    deferred BEGIN: it never takes the write lock, so it must not write); ``sessions.begin()``
+    is one write transaction (``BEGIN IMMEDIATE``), committed on success, rolled back on error.
+    Rows stay readable after commit (detached snapshots)."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self._reader = read_only(engine)
+
+    def __call__(self, **local_kw: Any) -> Session:
+        local_kw.setdefault("bind", self._reader)
+        return super().__call__(**local_kw)
+
+    @contextlib.contextmanager  # type: ignore[override]
+    def begin(self) -> Iterator[Session]:
+        with super().__call__() as session, session.begin():
+            yield session
 
 
 def make_engine(url: str) -> Engine:
@@ -65,9 +96,10 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def make_sessions(engine: Engine) -> sessionmaker[Session]:
-    """The session factory the repositories share: rows stay readable after commit (detached snapshots)."""
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessions(engine: Engine) -> Sessions:
+    """The session factory the repositories share: reads through ``sessions()``, writes through
+    ``sessions.begin()``; rows stay readable after commit (detached snapshots)."""
+    return Sessions(engine)
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

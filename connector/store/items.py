@@ -72,9 +72,12 @@ class ItemRepository(Repository):
             _ingest_batch(s, batch, result)
         return result
 
-    def list(self, state: str | None = None, limit: int | None = None) -> list[Item]:
-        """Current versions of items, oldest first, optionally only those in ``state``."""
+    def list(self, state: str | None = None, limit: int | None = None, *, after: int | None = None) -> list[Item]:
+        """Current versions of items, oldest first, optionally only those in ``state`` (and with
+        an id above ``after``)."""
         stmt = select(Item).where(Item.is_current).order_by(Item.id).limit(limit)
+        if after is not None:
+            stmt = stmt.where(Item.id > after)
         if state is not None:
             _check_state(state)
             stmt = stmt.where(Item.state == state)

@@ -77,6 +77,19 @@ class PushRepository(Repository):
                 s.delete(push)
             return len(pending)
 
+    def forget(self, item_ids: Iterable[int], tool: str, project: str) -> int:
+        """Drop the pushes of items whose remote item is gone (deleted in the tool); those still
+        ``pushed`` go back to ``predicted``, to be routed and pushed again. Returns how many were dropped."""
+        check_tool(tool)
+        with self._sessions.begin() as s:
+            pushes = list(_pushes(s, tool, project, item_ids).values())
+            for push in pushes:
+                s.delete(push)
+            for chunk in chunks([p.item_id for p in pushes]):
+                s.execute(update(Item).where(Item.id.in_(chunk), Item.state == "pushed").values(state="predicted")
+                          .execution_options(synchronize_session=False))
+            return len(pushes)
+
     def pending(self, tool: str, project: str) -> list[Push]:
         """Pushes begun but never confirmed (what a crash between the two left behind), oldest first."""
         check_tool(tool)

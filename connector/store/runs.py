@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.store.models import JOB_STATUSES, JobRun, Snapshot, utcnow
 from connector.store.repository import Repository
+from connector.store.retention import pruned_runs
 
 
 class JobRunRepository(Repository):
@@ -50,8 +51,9 @@ class JobRunRepository(Repository):
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per job: ``last_run`` (the newest run), ``last_error`` (the newest failed run) and
-        ``runs``/``failures`` counts."""
+        ``runs``/``failures`` counts (the runs retention deleted included)."""
         with self._sessions() as s:
+            pruned = pruned_runs(s)
             counts = s.execute(select(JobRun.job_id, JobRun.status, func.count())
                                .group_by(JobRun.job_id, JobRun.status)).tuples().all()
             newest = select(func.max(JobRun.id)).group_by(JobRun.job_id)
@@ -64,6 +66,9 @@ class JobRunRepository(Repository):
                                             "last_error": errors.get(job_id)})
             entry["runs"] += n
             entry["failures"] += n if status == "failed" else 0
+        for job_id, entry in out.items():
+            entry["runs"] += pruned.get(job_id, {}).get("runs", 0)
+            entry["failures"] += pruned.get(job_id, {}).get("failures", 0)
         return out
 
 

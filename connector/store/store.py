@@ -7,7 +7,8 @@ A thin facade over one repository per area, all sharing one engine and one sessi
 - ``pushes`` (pushes.py): what went to which tool and project;
 - ``annotations``, ``cursors``, ``labels`` (annotations.py): what came back and what it settled on;
 - ``embeddings`` (embeddings.py): the encoder cache, also usable alone (``EmbeddingRepository.open``);
-- ``job_runs``, ``snapshots`` (runs.py): the scheduler's runs and dated measurements.
+- ``job_runs``, ``snapshots`` (runs.py): the scheduler's runs and dated measurements;
+- ``retention`` (retention.py): deleting the old rows of those that only grow.
 
 Every public method that writes is one transaction: it commits whole or not at all, so a crash
 or an exception leaves the store as it was before the call.
@@ -24,13 +25,14 @@ from connector.store.embeddings import EmbeddingRepository
 from connector.store.items import ItemRepository
 from connector.store.predictions import DecisionRepository, PredictionRepository
 from connector.store.pushes import PushRepository
+from connector.store.retention import RetentionRepository
 from connector.store.runs import JobRunRepository, SnapshotRepository
 
 
 class StateStore:
     """The connector's state, one repository per area: ``store.items``, ``store.predictions``,
     ``store.decisions``, ``store.pushes``, ``store.annotations``, ``store.cursors``,
-    ``store.labels``, ``store.embeddings``, ``store.job_runs``, ``store.snapshots``.
+    ``store.labels``, ``store.embeddings``, ``store.job_runs``, ``store.snapshots``, ``store.retention``.
 
     ``StateStore()`` opens ``var/state.db`` (SQLite, created with its folder on first use);
     ``StateStore("postgresql+psycopg://user:pw@host/db")`` opens PostgreSQL. Call ``migrate()``
@@ -52,6 +54,7 @@ class StateStore:
         self.embeddings = EmbeddingRepository(self.engine, sessions)
         self.job_runs = JobRunRepository(self.engine, sessions)
         self.snapshots = SnapshotRepository(self.engine, sessions)
+        self.retention = RetentionRepository(self.engine, sessions)
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` with Alembic, in one transaction; a no-op when already there."""

@@ -142,3 +142,40 @@ def test_a_word_feature_model_round_trips_with_its_hyperparameters(tmp_path):
     loaded, _ = store.load(encoder=enc)
     assert {k: v for k, v in loaded.get_params().items() if k != "encoder"} == meta.hyperparameters
     np.testing.assert_allclose(loaded.predict_proba(texts), clf.predict_proba(texts), rtol=1e-6)
+
+
+def _version_dir(root, name: str) -> None:
+    (root / "versions" / name).mkdir(parents=True)
+    (root / "versions" / name / "meta.json").write_text("{}")
+
+
+@pytest.mark.parametrize("name", ["../../x", "v1/../../x", "x", ".v1.tmp"])
+def test_promote_takes_only_a_v_n_name_the_store_knows(tmp_path, name):
+    root = tmp_path / "models"
+    _version_dir(root, "v1")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "meta.json").write_text("{}")  # what ../../x would reach from versions/
+    store = ModelStore(root)
+    with pytest.raises(ValueError, match="not a model version name"):
+        store.promote(name)
+    assert not (root / "current").exists()
+    store.promote("v1")
+    assert store.current() == "v1"
+
+
+def _tiny_classifier() -> TextClassifier:
+    from connector.classifier import FittedState
+
+    enc = StubEncoder(dim=4)
+    state = FittedState(["fresh", "rotten"], np.eye(2, 4, dtype=np.float32), np.zeros(2, dtype=np.float32), 1.0)
+    return TextClassifier.from_state(state, enc)
+
+
+def test_a_tmp_dir_left_by_a_crash_mid_save_does_not_block_the_next_save(tmp_path):
+    store = ModelStore(tmp_path)
+    stale = tmp_path / "versions" / ".v1.tmp"
+    stale.mkdir(parents=True)
+    (stale / "head.safetensors").write_bytes(b"half a file")  # the crash
+    assert store.save(_tiny_classifier()).version == "v1"
+    assert store.versions() == ["v1"] and store.meta("v1").labels == ["fresh", "rotten"]
+    assert store.save(_tiny_classifier()).version == "v2"
