@@ -140,19 +140,24 @@ def _summary(reports) -> None:
 def _run_sync(names: list[str]) -> None:
     from rich.progress import Progress
 
-    from sync.runner import build_sync, open_store, run_passes
+    from sync.runner import LOCKED_EXIT, SyncLocked, build_sync, open_store, run_passes, sync_lock
     from sync.settings import SyncSettings
 
     settings = SyncSettings()
-    with open_store(settings) as store, Progress(transient=True, console=console) as progress:
-        tasks: dict[str, int] = {}
+    with open_store(settings) as store:
+        try:
+            with sync_lock(store), Progress(transient=True, console=console) as progress:
+                tasks: dict[str, int] = {}
 
-        def advance(name: str, n: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=None)
-            progress.advance(tasks[name], n)
+                def advance(name: str, n: int) -> None:
+                    if name not in tasks:
+                        tasks[name] = progress.add_task(name, total=None)
+                    progress.advance(tasks[name], n)
 
-        reports = run_passes(build_sync(settings, store, progress=advance), names)
+                reports = run_passes(build_sync(settings, store, progress=advance), names)
+        except SyncLocked as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(LOCKED_EXIT) from None
     _summary(reports)
 
 
@@ -179,19 +184,23 @@ def ingest(
 
 @sync_app.command("push")
 def sync_push() -> None:
-    """Predict, route and push items routed to review."""
+    """Predict, route and push items routed to review.
+
+    Runs under the scheduler's sync lock: while a sync job or another ``hitl sync`` holds it, says
+    so and exits 75 without doing anything."""
     _run_sync(["predict", "route", "push"])
 
 
 @sync_app.command("pull")
 def sync_pull() -> None:
-    """Pull annotations changed since the last pull."""
+    """Pull annotations changed since the last pull (under the sync lock, like ``sync push``)."""
     _run_sync(["pull"])
 
 
 @sync_app.command("run")
 def sync_run() -> None:
-    """All passes in a loop, with the webhook receiver (HITL_SYNC_PORT) that wakes it."""
+    """All passes in a loop, with the webhook receiver (HITL_SYNC_PORT) that wakes it; a cycle that
+    finds the sync lock held by a scheduler's sync job is skipped."""
     import logging
 
     from sync.runner import build_sync, open_store, run_forever

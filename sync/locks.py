@@ -18,6 +18,11 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 
+def job_lock(job_id: str) -> str:
+    """The lock a scheduler job runs under; ``hitl sync`` takes ``job_lock("sync")`` too."""
+    return f"hitl-job-{job_id}"
+
+
 def _key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_try_advisory_lock``."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

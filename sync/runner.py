@@ -1,22 +1,48 @@
-"""Build the sync service from settings and run its passes, once or in a loop."""
+"""Build the sync service from settings and run its passes, once or in a loop.
+
+Passes run under the scheduler's sync-job lock (``job_lock("sync")``), so a ``hitl sync`` never
+reconciles or pushes while a scheduler's sync job (or another ``hitl sync``) has a push in flight:
+reconciling then would find nothing yet, cancel the pending pushes and push them again. The lock
+is not waited for: :func:`sync_lock` raises :class:`SyncLocked` at once (the CLI says so and
+exits 75, before it even builds the tool), and ``run_forever`` skips that cycle.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import AnnotationTool
 from sync.jobs import JobContext
+from sync.locks import job_lock, try_lock
 from sync.scheduler import Scheduler
 from sync.service import HttpPredictor, PassReport, SyncService
 from sync.settings import SyncSettings
 from sync.webhooks import PullRequests, create_webhook_app
 
 log = logging.getLogger(__name__)
+
+SYNC_LOCK = job_lock("sync")
+LOCKED_EXIT = 75  # EX_TEMPFAIL: nothing was done, try again later
+
+
+class SyncLocked(RuntimeError):
+    """Another process holds the sync lock: a scheduler's sync job, or another ``hitl sync``."""
+
+
+@contextlib.contextmanager
+def sync_lock(store: StateStore) -> Iterator[None]:
+    """Hold the sync-job lock for the block, or raise :class:`SyncLocked` at once."""
+    with try_lock(store.engine, SYNC_LOCK) as got:
+        if not got:
+            raise SyncLocked(f"another process holds the sync lock ({SYNC_LOCK}): a scheduler's sync job or "
+                             "another `hitl sync`; nothing was done, run it again when that one has finished")
+        yield
 
 
 def open_store(settings: SyncSettings) -> StateStore:
@@ -48,6 +74,7 @@ def build_sync(settings: SyncSettings, store: StateStore, *,
 
 
 def run_passes(sync: SyncService, names: Iterable[str]) -> list[PassReport]:
+    """The named passes, in order; the caller holds :func:`sync_lock`."""
     passes = {"predict": sync.predict_pass, "route": sync.route_pass,
               "push": lambda: sync.push_pass(batch=sync.push_batch), "pull": sync.pull_pass}
     return [passes[n]() for n in names]
@@ -74,7 +101,8 @@ def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests
 def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
                 on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
     """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
-    the loop goes on, so a tool that is down only delays the work."""
+    the loop goes on, so a tool that is down only delays the work; a cycle that finds the sync
+    lock held (a scheduler's sync job is running) is skipped."""
     stop = stop or threading.Event()
     requests = PullRequests()
     server, web = start_http(settings, sync.store, requests)
@@ -85,9 +113,12 @@ def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Ev
         while not stop.is_set():
             requests.take()
             try:
-                reports = run_passes(sync, ("predict", "route", "push", "pull"))
+                with sync_lock(sync.store):
+                    reports = run_passes(sync, ("predict", "route", "push", "pull"))
                 if on_cycle:
                     on_cycle(reports)
+            except SyncLocked as exc:
+                log.info("sync cycle skipped: %s", exc)
             except Exception:
                 log.exception("sync cycle failed; retrying in %.0f s", settings.sync_interval_s)
             requests.wake.wait(settings.sync_interval_s)

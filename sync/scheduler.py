@@ -30,7 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from sync.locks import try_lock
+from sync.locks import job_lock, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Scheduler:
         """Run ``job_id`` once for its slot: ``"ran"``, ``"failed"``, ``"locked"`` (another
         scheduler is running it) or ``"claimed"`` (another scheduler ran this slot)."""
         slot = slot or self.slot(job_id)
-        with try_lock(self.store.engine, f"hitl-job-{job_id}") as got:
+        with try_lock(self.store.engine, job_lock(job_id)) as got:
             if not got:
                 log.info("job %s: another scheduler holds its lock; skipped", job_id)
                 return "locked"

@@ -2,10 +2,10 @@
 
 Each pass reads what to do from the state store and writes what it did back, so a restart at any
 point resumes: a push is recorded ``pending`` before the remote call and ``confirmed`` after it;
-pending pushes found on the next pass are reconciled by our external id in the tool (found:
-confirmed; not found: pushed again). Pulls upsert by the answer's remote id and move the cursor
-only after the upsert, so a crash between the two re-reads and changes nothing. What differs
-between tools lives in the tool (``connector.tools``), not here.
+pending pushes found on the next pass are reconciled by the item version's key in the tool
+(``item_key``; found: confirmed; not found: pushed again). Pulls upsert by the answer's remote id
+and move the cursor only after the upsert, so a crash between the two re-reads and changes
+nothing. What differs between tools lives in the tool (``connector.tools``), not here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from connector.routing import Batch, Router
 from connector.snapshots import ThresholdsSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from connector.tools.base import AnnotationTool, PushItem
+from connector.tools.base import AnnotationTool, PushItem, item_key
 from sync.predictor import HttpPredictor, Predictor
 from sync.pulls import annotation_rows
 
@@ -156,19 +156,20 @@ class SyncService:
     # -- push ---------------------------------------------------------------------------------
 
     def reconcile(self) -> PassReport:
-        """Settle pushes a crash left pending: confirm those the tool has, drop the others."""
+        """Settle pushes a crash left pending: confirm those the tool has (by the version's key, so a
+        new version is never confirmed with an older version's item), drop the others."""
         report = PassReport("reconcile")
         name, project = self.tool.name, self.project
         pending = self.store.pushes.pending(name, project)
         if not pending:
             return report
         items = {p.item_id: self.store.items.get(p.item_id) for p in pending}
-        by_ext = {it.external_id: it.id for it in items.values() if it is not None}
-        found = self.tool.find(project, list(by_ext))
+        by_key = {item_key(it.external_id, it.version): it.id for it in items.values() if it is not None}
+        found = self.tool.find(project, list(by_key))
         if found:
-            report.counts["confirmed"] += self.store.pushes.confirm({by_ext[e]: t for e, t in found.items()},
+            report.counts["confirmed"] += self.store.pushes.confirm({by_key[e]: t for e, t in found.items()},
                                                                   name, project)
-        missing = [i for e, i in by_ext.items() if e not in found]
+        missing = [i for e, i in by_key.items() if e not in found]
         if missing:
             report.counts["re-queued"] += self.store.pushes.cancel(missing, name, project)
         log.info("reconciled %d pending pushes: %s", len(pending), dict(report.counts))
@@ -208,7 +209,7 @@ class SyncService:
                 fut = pool.submit(self.tool.push, project, push_items)
                 if inflight is not None:
                     confirm(*inflight)
-                inflight = (fut, {it.external_id: it.id for it, _ in todo})
+                inflight = (fut, {item_key(it.external_id, it.version): it.id for it, _ in todo})
             if inflight is not None:
                 confirm(*inflight)
         return report
@@ -218,10 +219,10 @@ class SyncService:
         data[self.control.data_key] = item.text
         data["reason"] = decision.reason
         data["priority"] = round(float(decision.priority), 4)
+        key = item_key(item.external_id, item.version)
         if pred is None:
-            return PushItem(item.external_id, data)
-        return PushItem(item.external_id, data, [self.control.result([pred.label])], float(pred.confidence),
-                        pred.model_version)
+            return PushItem(key, data)
+        return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), pred.model_version)
 
     def check_remote(self) -> PassReport:
         """Route again the pushed, unanswered items whose remote item is gone (deleted in the tool).

@@ -1,9 +1,11 @@
 """Argilla as an :class:`~connector.tools.base.AnnotationTool`: datasets, records, responses, webhooks.
 
 Built on the ``argilla`` SDK (2.8); every remote call goes through the shared retry policy. Our
-external id is the record's ``id`` in the SDK (the server's ``external_id``), so logging the same
-item twice updates one record instead of adding another. The project key in the store is the
-dataset's name.
+key for an item version (``item_key``) is the record's ``id`` in the SDK (the server's
+``external_id``), so logging the same item version twice updates one record instead of adding
+another: the bulk upsert is idempotent, and retrying it after a lost answer is safe (checked
+against the real server behind a proxy that loses the answer). The project key in the store is
+the dataset's name.
 
 Responses are pulled with a search on ``response.status`` (submitted or discarded), never on the
 record's ``updated_at``: a new response bumps ``updated_at`` in the database, but the search

@@ -1,9 +1,10 @@
 """One interface for annotation tools, and what every tool shares: records, retries, time, user names.
 
 A tool (Label Studio, Argilla, the in-memory ``offline`` one) implements :class:`AnnotationTool`;
-the sync service speaks only to that protocol. Every id crossing it is a string: our external id
-(the store's ``Item.external_id``), the tool's id for an item (a Label Studio task, an Argilla
-record: the push's ``remote_id``), the tool's id for one answer (the annotation's ``remote_id``).
+the sync service speaks only to that protocol. Every id crossing it is a string: our key for an
+item version (:func:`item_key`; ``PushItem.external_id``, Label Studio's ``hitl_id``, Argilla's
+record ``id``), the tool's id for an item (a Label Studio task, an Argilla record: the push's
+``remote_id``), the tool's id for one answer (the annotation's ``remote_id``).
 
 A pull says which stored answers it speaks for (:class:`Pull`): Label Studio returns the tasks
 changed since the cursor, each with all of its annotations, so an answer missing from a returned
@@ -14,6 +15,7 @@ pull was deleted. The sync service does the bookkeeping once from that.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,11 +30,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def item_key(external_id: str, version: int) -> str:
+    """The key one item version is pushed under and found by: the external id for version 1,
+    ``<external id>@v<version>`` after it.
+
+    A changed text is a new version with the same external id (``store.items``); keyed alone by
+    that id, a reconcile could confirm the new version's push with the old version's task, and an
+    Argilla upsert would overwrite the old version's record. Version 1 keeps the bare external id,
+    so the keys of everything pushed before versions were keyed stay what they were.
+    """
+    return external_id if version == 1 else f"{external_id}@v{version}"
+
+
 @dataclass
 class PushItem:
     """One routed item to create in the tool, with the model's suggestion (Label Studio ``result``)."""
 
-    external_id: str
+    external_id: str  # the item version's key (:func:`item_key`)
     data: dict[str, Any]
     result: list[dict[str, Any]] | None = None
     score: float | None = None
@@ -45,7 +59,7 @@ class RemoteAnswer:
 
     remote_id: str  # the tool's id for the answer (annotation or response id)
     item_remote_id: str  # the tool's id for the item (task or record id)
-    external_id: str | None  # our id, where the tool carries it
+    external_id: str | None  # our key (:func:`item_key`), where the tool carries it
     annotator: str  # a display name (email or username)
     value: list[str]
     status: str  # "submitted" | "skipped"
@@ -126,11 +140,48 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retrying(attempts: int) -> Callable[..., Any]:
-    """``call(fn, *args, **kwargs)`` with exponential backoff on transient errors, one log line per retry."""
+    """``call(fn, *args, **kwargs)`` with exponential backoff on transient errors, one log line per retry.
+
+    Only for calls that are safe to repeat (reads, upserts by key, updates, deletes): a transient
+    failure does not say whether the server did the work. Creates go through :func:`push_checked`.
+    """
     policy = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(attempts),
                    wait=wait_exponential(multiplier=0.5, max=10), reraise=True,
                    before_sleep=before_sleep_log(log, logging.WARNING))
     return policy(lambda fn, *args, **kwargs: fn(*args, **kwargs))
+
+
+def push_checked(create: Callable[[list[PushItem]], dict[str, str]],
+                 find: Callable[[list[str]], dict[str, str]], items: Sequence[PushItem], *,
+                 attempts: int, wait_s: float = 0.5) -> dict[str, str]:
+    """Create remote items with a call that is not idempotent, never sending one blind a second time.
+
+    ``create`` sends once (no retry of its own, the SDK's included); a transient failure (a read
+    timeout, a dropped connection, a 502/504 from a proxy) does not say whether the server
+    committed, so after a pause the items are looked up by key (``find``, a read, retried as
+    usual): what landed is kept and only what is missing is sent again, ``attempts`` sends at
+    most. Returns key -> remote id for every item; the last failure is raised when sends run out
+    (the pending pushes are then reconciled by the next pass). A request still running on the
+    server when we look is not seen: the pause (backoff, as ``retrying``) is what guards that.
+    """
+    mapping: dict[str, str] = {}
+    todo = list(items)
+    for attempt in range(1, max(attempts, 1) + 1):
+        try:
+            mapping.update(create(todo))
+            return mapping
+        except Exception as exc:
+            if not is_transient(exc) or attempt >= attempts:
+                raise
+            time.sleep(min(wait_s * 2 ** (attempt - 1), 10.0))
+            landed = find([it.external_id for it in todo])
+            log.warning("push of %d items failed (%s: %s); %d had landed, sending the %d missing again",
+                        len(todo), type(exc).__name__, exc, len(landed), len(todo) - len(landed))
+            mapping.update(landed)
+            todo = [it for it in todo if it.external_id not in landed]
+            if not todo:
+                return mapping
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 # -- time ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Label Studio as an :class:`~connector.tools.base.AnnotationTool`: projects, tasks, annotations.
 
-Built on ``label-studio-sdk``; every remote call goes through the shared retry policy. Our
-external id travels in each task's data under ``hitl_id`` so a push can be reconciled after a
-crash. The project key in the store is the project id, as a string.
+Built on ``label-studio-sdk``; every remote call goes through the shared retry policy, except the
+import that creates tasks, which is never sent blind twice (see ``push``). Our key for an item
+version travels in each task's data under ``hitl_id`` so a push can be reconciled after a crash.
+The project key in the store is the project id, as a string.
 
 How Label Studio 1.23 behaved, and what the pull does about it:
 - ``tasks.list(only_annotated=True)`` is silently ignored; the filter on ``tasks:updated_at``
@@ -26,7 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem, UserNames, as_utc, retrying, utc_iso
+from connector.tools.base import (
+    Pull,
+    PushItem,
+    RemoteAnswer,
+    RemoteItem,
+    UserNames,
+    as_utc,
+    push_checked,
+    retrying,
+    utc_iso,
+)
 
 if TYPE_CHECKING:
     from connector.task_spec import TaskSpec
@@ -60,6 +71,7 @@ class LabelStudioTool:
         self.from_name = from_name
         self.overlap_s = overlap_s
         self._ls = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        self.attempts = attempts
         self._call = retrying(attempts)
         self._users = UserNames(lambda uid: self._call(self._ls.users.get, int(uid)).email, tolerate=(Exception,))
 
@@ -70,20 +82,17 @@ class LabelStudioTool:
         return str(self.project_id(spec.project_name, spec.label_config(), description=spec.instructions))
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
-        """Create one task per item (with its prediction) in one bulk call; external id -> task id."""
+        """Create one task per item (with its prediction) in one bulk import; external id -> task id.
+
+        An import is not idempotent: sent twice, it creates every task twice. It is never retried
+        blind, neither by our policy nor by the SDK (which by default retries a 5xx, a 408/409/429
+        and a dropped connection twice): after a transient failure the batch is looked up by
+        ``hitl_id`` and only what is missing is imported again (:func:`push_checked`).
+        """
         if not items:
             return {}
-        payload = []
-        for it in items:
-            task: dict[str, Any] = {"data": {**it.data, EXTERNAL_ID_KEY: it.external_id}}
-            if it.result is not None:
-                task["predictions"] = [{"result": it.result, "score": it.score, "model_version": it.model_version}]
-            payload.append(task)
-        resp = self._call(self._ls.projects.import_tasks, int(project), request=payload, return_task_ids=True)
-        ids = list(resp.task_ids or [])
-        if len(ids) != len(items):
-            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for {len(items)} imported tasks")
-        return {it.external_id: str(tid) for it, tid in zip(items, ids)}
+        return push_checked(lambda todo: self._import(int(project), todo), lambda keys: self.find(project, keys),
+                            items, attempts=self.attempts)
 
     def find(self, project: str, external_ids: Iterable[str] | None = None) -> dict[str, str]:
         """Our external ids -> task ids in ``project`` (all of them, or only those asked for)."""
@@ -192,6 +201,21 @@ class LabelStudioTool:
         if completed_by is not None:
             kwargs["completed_by"] = completed_by
         return int(self._call(self._ls.annotations.create, id=int(task_id), **kwargs).id)
+
+    def _import(self, project: int, items: Sequence[PushItem]) -> dict[str, str]:
+        """One import request, no retry: external id -> task id."""
+        payload = []
+        for it in items:
+            task: dict[str, Any] = {"data": {**it.data, EXTERNAL_ID_KEY: it.external_id}}
+            if it.result is not None:
+                task["predictions"] = [{"result": it.result, "score": it.score, "model_version": it.model_version}]
+            payload.append(task)
+        resp = self._ls.projects.import_tasks(project, request=payload, return_task_ids=True,
+                                              request_options={"max_retries": 0})
+        ids = list(resp.task_ids or [])
+        if len(ids) != len(items):
+            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for {len(items)} imported tasks")
+        return {it.external_id: str(tid) for it, tid in zip(items, ids)}
 
     def _iter_tasks(self, project: int, **kwargs: Any) -> Iterator[Any]:
         from label_studio_sdk.core.api_error import ApiError

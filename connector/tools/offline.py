@@ -4,7 +4,12 @@ Tasks and answers live in this object; whoever plays the annotators writes answe
 ``annotate`` (and removes them with ``delete_answer``). A pull returns the tasks changed since
 the cursor (a count of changes seen) with all of their current answers, in the order the answers
 were written, like Label Studio; with ``whole_project=True`` it returns every answer instead,
-like Argilla. Nothing is remote, so nothing is retried.
+like Argilla.
+
+A push creates one task per item every time, like Label Studio's import (``find`` returns the
+newest task with a key), and goes through the same rule as Label Studio's (``push_checked``), so the faults
+queued in ``push_faults`` test it: ``"after_commit"`` creates the tasks, then fails like an
+answer lost on the way back (a read timeout); ``"before_commit"`` fails before creating any.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem
+import httpx
+
+from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem, push_checked
 
 if TYPE_CHECKING:
     from connector.task_spec import TaskSpec
@@ -22,10 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class OfflineProject:
-    """One project's tasks (external id -> task id), answers (by answer id) and change log (task ids)."""
+    """One project's tasks (key -> newest task id), answers (by answer id) and change log (task ids)."""
 
     tasks: dict[str, str] = field(default_factory=dict)
-    items: dict[str, PushItem] = field(default_factory=dict)  # by task id
+    items: dict[str, PushItem] = field(default_factory=dict)  # by task id: every task, duplicates included
     answers: dict[str, RemoteAnswer] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     updated_at: dict[str, str] = field(default_factory=dict)  # by task id
@@ -38,10 +45,13 @@ class OfflineTool:
     name = "offline"
     cursor_keys = ("changes",)
 
-    def __init__(self, *, project: str | None = None, whole_project: bool = False) -> None:
+    def __init__(self, *, project: str | None = None, whole_project: bool = False, attempts: int = 3) -> None:
         self.project = project
         self.whole_project = whole_project
         self.projects: dict[str, OfflineProject] = {}
+        self.push_faults: list[str] = []  # "after_commit" | "before_commit", one per create call, in order
+        self.creates: list[list[str]] = []  # the keys each create call was sent
+        self.attempts = attempts
         self._tasks = 0
 
     # -- the protocol -------------------------------------------------------------------------
@@ -52,13 +62,8 @@ class OfflineTool:
         return key
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
-        p = self.projects[project]
-        for it in items:
-            if it.external_id not in p.tasks:
-                self._tasks += 1
-                p.tasks[it.external_id] = f"task-{self._tasks}"
-            p.items[p.tasks[it.external_id]] = it
-        return {it.external_id: p.tasks[it.external_id] for it in items}
+        return push_checked(lambda todo: self._create(project, todo), lambda keys: self.find(project, keys), items,
+                            attempts=self.attempts, wait_s=0.0)
 
     def find(self, project: str, external_ids: Iterable[str] | None = None) -> dict[str, str]:
         tasks = self.projects[project].tasks
@@ -71,8 +76,7 @@ class OfflineTool:
         if self.whole_project:
             return Pull(list(p.answers.values()), None, {"changes": str(position)})
         changed = dict.fromkeys(p.changes[int(cursor.get("changes", 0)):])
-        external = {t: e for e, t in p.tasks.items()}
-        items = [RemoteItem(t, external.get(t), p.updated_at[t]) for t in changed]
+        items = [RemoteItem(t, p.items[t].external_id if t in p.items else None, p.updated_at[t]) for t in changed]
         answers = [a for a in p.answers.values() if a.item_remote_id in changed]
         return Pull(answers, items, {"changes": str(position)})
 
@@ -83,12 +87,28 @@ class OfflineTool:
 
     def delete(self, project: str, remote_ids: Iterable[str]) -> int:
         p = self.projects[project]
-        gone = {str(t) for t in remote_ids} & set(p.tasks.values())
-        p.tasks = {e: t for e, t in p.tasks.items() if t not in gone}
+        gone = {str(t) for t in remote_ids} & set(p.items)
         p.answers = {k: a for k, a in p.answers.items() if a.item_remote_id not in gone}
         for t in gone:
             p.items.pop(t, None)
+        p.tasks = {it.external_id: t for t, it in p.items.items()}  # the newest left with each key
         return len(gone)
+
+    def _create(self, project: str, items: list[PushItem]) -> dict[str, str]:
+        """One create call: a new task per item (a key sent twice gets two tasks), or a queued fault."""
+        p = self.projects[project]
+        self.creates.append([it.external_id for it in items])
+        fault = self.push_faults.pop(0) if self.push_faults else None
+        if fault == "before_commit":
+            raise httpx.ConnectError("offline: injected, nothing created")
+        mapping = {}
+        for it in items:
+            self._tasks += 1
+            task = mapping[it.external_id] = p.tasks[it.external_id] = f"task-{self._tasks}"
+            p.items[task] = it
+        if fault == "after_commit":
+            raise httpx.ReadTimeout("offline: injected, the tasks were created but the answer was lost")
+        return mapping
 
     # -- the annotators' side -----------------------------------------------------------------
 

@@ -249,3 +249,20 @@ def test_a_dataset_left_unpublished_by_a_killed_creation_is_made_again(client, a
     assert client.find(dataset.name) == {}  # the search index exists: no 500
     client.push("half-made", [PushItem("x-1", {"text": "hello"})])
     assert set(client.find(dataset.name)) == {"x-1"}
+
+
+def test_a_bulk_upsert_whose_answer_is_lost_after_the_commit_is_retried_without_duplicates(client, argilla):
+    from tests.support.fault_proxy import FaultProxy
+
+    _dataset(client, "client-lost-answer")
+    items = _items(5, prefix="lost")
+    bulk = r"^/api/v1/datasets/[^/]+/records/bulk"
+    with FaultProxy(argilla.url) as proxy:
+        proxied = ArgillaTool(proxy.url, argilla.api_key)
+        proxy.fail_next("PUT", bulk, "504")  # argilla-server commits the upsert; its answer never arrives
+        mapping = proxied.push("client-lost-answer", items)
+        assert proxy.hits[bulk] == 2  # sent again blind: safe, the upsert is keyed by our key
+    dataset = client.dataset("client-lost-answer")
+    records = list(dataset.records(with_suggestions=False, with_responses=False))
+    assert len(records) == len(items)  # counted in Argilla, not through a dict keyed by our key
+    assert client.find("client-lost-answer") == mapping

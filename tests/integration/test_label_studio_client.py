@@ -86,3 +86,21 @@ def test_send_back_raises_the_overlap_and_requeues_the_task(client):
     assert client.send_back(pid, [(mapping["s0"], 2, "disagreement")]) == 1
     task = client._ls.tasks.get(id=int(mapping["s0"]))
     assert task.overlap == 2 and not task.is_labeled
+
+
+@pytest.mark.parametrize("fault", ["504", "timeout"])
+def test_an_import_whose_answer_is_lost_after_the_commit_creates_each_task_once(client, label_studio, fault):
+    from tests.support.fault_proxy import FaultProxy
+
+    pid = _project(client, f"client test: lost import answer {fault}")
+    items = [PushItem(f"lost-{i}", {"text": f"text {i}"}, _choice("pos"), 0.7, "v1") for i in range(5)]
+    imports = r"^/api/projects/\d+/import"
+    with FaultProxy(label_studio.url, hold_s=5.0) as proxy:
+        proxied = LabelStudioTool(proxy.url, label_studio.token, timeout=3.0, attempts=3)
+        proxy.fail_next("POST", imports, fault)  # Label Studio commits the import; its answer never arrives
+        mapping = proxied.push(pid, items)
+    tasks = list(client._iter_tasks(int(pid), include="id,data"))  # counted in Label Studio itself
+    assert len(tasks) == len(items)
+    assert sorted(str(t.id) for t in tasks) == sorted(mapping.values())
+    assert {t.data["hitl_id"]: str(t.id) for t in tasks} == mapping
+    assert proxy.hits[imports] == 1  # looked up after the failure: nothing was missing, nothing sent again

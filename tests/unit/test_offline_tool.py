@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
+import pytest
+
 from connector.task_spec import TaskSpec
 from connector.tools.base import AnnotationTool, PushItem
 from connector.tools.offline import OfflineTool
@@ -19,13 +22,37 @@ def test_it_satisfies_the_protocol_and_names_itself_offline():
     assert OfflineTool(project="fixed").ensure_project(TaskSpec(name="x", labels=["a", "b"])) == "fixed"
 
 
-def test_push_gives_each_external_id_one_task_and_find_returns_them():
+def test_push_creates_a_task_per_item_every_time_like_label_studio_and_find_returns_the_newest():
     tool, project = _tool()
     first = tool.push(project, [PushItem("e1", {"text": "one"}), PushItem("e2", {"text": "two"})])
     again = tool.push(project, [PushItem("e2", {"text": "two"}), PushItem("e3", {"text": "three"})])
-    assert first == {"e1": "task-1", "e2": "task-2"} and again == {"e2": "task-2", "e3": "task-3"}
-    assert tool.find(project) == {"e1": "task-1", "e2": "task-2", "e3": "task-3"}
-    assert tool.find(project, ["e3", "missing"]) == {"e3": "task-3"}
+    assert first == {"e1": "task-1", "e2": "task-2"} and again == {"e2": "task-3", "e3": "task-4"}
+    assert len(tool.projects[project].items) == 4  # e2 twice, as Label Studio's import would hold it
+    assert tool.find(project) == {"e1": "task-1", "e2": "task-3", "e3": "task-4"}
+    assert tool.find(project, ["e3", "missing"]) == {"e3": "task-4"}
+
+
+def test_a_push_whose_answer_is_lost_after_the_commit_is_not_sent_twice():
+    tool, project = _tool()
+    tool.push_faults = ["after_commit"]
+    mapping = tool.push(project, [PushItem(f"e{i}", {}) for i in range(3)])
+    assert len(tool.projects[project].items) == 3  # counted in the tool, not by key: no duplicate
+    assert mapping == {"e0": "task-1", "e1": "task-2", "e2": "task-3"} == tool.find(project)
+    assert tool.creates == [["e0", "e1", "e2"]]  # looked up, nothing missing, nothing sent again
+
+
+def test_a_push_that_failed_before_the_commit_is_sent_again_and_a_lasting_fault_gives_up():
+    tool, project = _tool()
+    tool.push_faults = ["before_commit"]
+    assert tool.push(project, [PushItem("e0", {})]) == {"e0": "task-1"}
+    assert tool.creates == [["e0"], ["e0"]] and len(tool.projects[project].items) == 1
+    tool.push_faults = ["after_commit"]
+    assert tool.push(project, [PushItem("e1", {}), PushItem("e2", {})]) == {"e1": "task-2", "e2": "task-3"}
+    tool.push_faults = ["before_commit"] * 3
+    with pytest.raises(httpx.ConnectError):
+        tool.push(project, [PushItem("e3", {})])
+    assert tool.creates[2:] == [["e1", "e2"], ["e3"], ["e3"], ["e3"]]  # bounded: ``attempts`` sends
+    assert len(tool.projects[project].items) == 3
 
 
 def test_pull_returns_changed_tasks_whole_in_write_order_and_moves_the_cursor():
