@@ -26,7 +26,7 @@ from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import AnnotationTool, PushItem, item_key
 from sync.predictor import HttpPredictor, Predictor
-from sync.pulls import annotation_rows
+from sync.pulls import annotation_rows, settle_absent
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ class SyncService:
             result = self.store.annotations.upsert(rows)
             report.counts.update(inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
                                  deleted=sum(r["status"] == "deleted" for r in rows))
+        absent = settle_absent(self.store, name, project, pulled)  # whole-project pulls only
+        report.counts.update({k: n for k, n in (("missing", absent.missing), ("deleted", absent.deleted)) if n})
         for key, value in pulled.cursor.items():
             self.store.cursors.set(name, project, key, value)
         self._progress("pull", len(rows))

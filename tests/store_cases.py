@@ -19,7 +19,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from connector.ingest import ingest_file
-from connector.store import ITEM_STATES, EmbeddingRepository, StateStore, alembic_config, content_hash
+from connector.store import (
+    ITEM_STATES,
+    AbsenceResult,
+    EmbeddingRepository,
+    StateStore,
+    alembic_config,
+    content_hash,
+)
 from connector.store.models import Base
 
 TABLES = {"items", "predictions", "routing_decisions", "pushes", "annotations", "cursors", "alembic_version",
@@ -68,7 +75,7 @@ class FacadeCases(_Cases):
         assert empty_store.schema_revision() is None
         assert set(inspect(empty_store.engine).get_table_names()) == set()
         empty_store.migrate()
-        assert empty_store.schema_revision() == head == "0003"
+        assert empty_store.schema_revision() == head == "0004"
         assert set(inspect(empty_store.engine).get_table_names()) == TABLES
         with empty_store.engine.connect() as conn:  # the revision and the models agree, column by column
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -76,9 +83,9 @@ class FacadeCases(_Cases):
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
         store.items.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
-        assert store.schema_revision() == "0003"
+        assert store.schema_revision() == "0004"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
         assert [i.external_id for i in store.items.list()] == ["a"]
 
     def test_every_repository_shares_the_facades_engine_and_sessions(self, store):
@@ -339,6 +346,42 @@ class AnnotationCases(_Cases):
         with pytest.raises(ValueError, match="unknown annotation status"):
             store.annotations.upsert([annotation(ids["c"], status="maybe")])
 
+    def test_a_revived_row_replaces_a_stored_deletion_whatever_its_time_and_others_do_not(self, store):
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a, status="deleted", updated_at=T0 + timedelta(hours=1))])
+        assert store.annotations.upsert([annotation(a)]).unchanged == 1  # older, not revived: stays deleted
+        assert store.annotations.upsert([annotation(a) | {"revive": True}]).updated == 1
+        (stored,) = store.annotations.list([a])
+        assert (stored.status, stored.remote_updated_at) == ("submitted", T0)
+        # revive overrides a deletion only, never a newer live answer
+        store.annotations.upsert([annotation(a, value=["neg"], updated_at=T0 + timedelta(minutes=5))])
+        assert store.annotations.upsert([annotation(a) | {"revive": True}]).unchanged == 1
+        assert store.annotations.list([a])[0].value == ["neg"]
+
+    def test_settle_absent_marks_an_answer_once_then_deletes_it_keeping_its_time_and_clears_on_return(self, store):
+        ids = ingest_three(store)
+        rows = [annotation(ids["a"], remote_id="1") | {"tool": "argilla", "project": "d"},
+                annotation(ids["b"], remote_id="2", updated_at=T0 + timedelta(minutes=3)) | {"tool": "argilla",
+                                                                                            "project": "d"},
+                annotation(ids["c"], remote_id="1")]  # another tool's answer: never settled by argilla's pulls
+        store.annotations.upsert(rows)
+
+        def state():
+            return {(a.tool, a.remote_id): (a.status, a.missed_pulls) for a in store.annotations.list()}
+
+        first = store.annotations.settle_absent("argilla", "d", ["1"])
+        assert (first.missing, first.deleted) == (1, 0)
+        assert state() == {("argilla", "1"): ("submitted", 0), ("argilla", "2"): ("submitted", 1),
+                           ("label_studio", "1"): ("submitted", 0)}
+        store.annotations.settle_absent("argilla", "d", ["1", "2"])  # back: the mark is cleared
+        assert state()[("argilla", "2")] == ("submitted", 0)
+        store.annotations.settle_absent("argilla", "d", ["1"])
+        second = store.annotations.settle_absent("argilla", "d", ["1"])
+        assert (second.missing, second.deleted) == (0, 1)
+        (gone,) = store.annotations.list(tool="argilla", status="deleted")
+        assert (gone.remote_id, gone.remote_updated_at) == ("2", T0 + timedelta(minutes=3))
+        assert store.annotations.settle_absent("argilla", "d", ["1"]) == AbsenceResult(0, 0)
+
     def test_cursors_round_trip_per_tool_project_and_name(self, store):
         assert store.cursors.get("label_studio", "7", "updated_at") is None
         assert store.cursors.get("label_studio", "7", "updated_at", "1970-01-01") == "1970-01-01"
@@ -378,7 +421,7 @@ class EmbeddingCases(_Cases):
         v = np.ones(2, dtype=np.float32).tobytes()
         with EmbeddingRepository.open(empty_store.url) as cache:  # migrates the empty database
             assert cache.put("enc", {"h": v}) == 1
-        assert empty_store.schema_revision() == "0003"
+        assert empty_store.schema_revision() == "0004"
         with EmbeddingRepository.open(empty_store.url) as again:  # a second open: the migration is a no-op
             assert again.get("enc", ["h"]) == {"h": v}
         assert empty_store.embeddings.get("enc", ["h"]) == {"h": v}

@@ -6,7 +6,7 @@ SQLite by default (``sqlite:///var/state.db``), PostgreSQL by URL (``postgresql+
 the same code and tests run on both.
 """
 
-from connector.store.annotations import UpsertResult
+from connector.store.annotations import AbsenceResult, UpsertResult
 from connector.store.database import DEFAULT_URL, alembic_config
 from connector.store.embeddings import EmbeddingRepository
 from connector.store.items import IngestResult
@@ -35,6 +35,7 @@ __all__ = [
     "ITEM_STATES",
     "PUSH_STATUSES",
     "TOOLS",
+    "AbsenceResult",
     "Annotation",
     "Cursor",
     "Embedding",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from connector.store.models import ANNOTATION_STATUSES, LABEL_STATUSES, Annotation, Cursor, Label
 from connector.store.repository import (
@@ -31,6 +33,21 @@ class UpsertResult:
     unchanged: int = 0
 
 
+@dataclass
+class AbsenceResult:
+    """What one ``annotations.settle_absent`` call did: answers absent once (kept), twice (deleted)."""
+
+    missing: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class _Stored:
+    id: int
+    remote_updated_at: datetime
+    status: str
+
+
 class AnnotationRepository(Repository):
     """``store.annotations``: annotations exactly once per ``(tool, project, remote_id)``, newest wins."""
 
@@ -39,37 +56,96 @@ class AnnotationRepository(Repository):
 
         Each row: ``item_id, tool, project, remote_id, annotator, value, status``
         (submitted|skipped|deleted), ``remote_updated_at`` (a datetime or ISO 8601 string; naive
-        means UTC) and optionally ``lead_time`` (seconds). A row newer than the stored one replaces
-        its annotator, value, status and lead time; an equal or older one changes nothing. A
-        submitted annotation moves its item to ``annotated``.
+        means UTC), optionally ``lead_time`` (seconds) and ``revive`` (the tool returned this live
+        answer whole: it replaces a stored deletion whatever the times). A row newer than the
+        stored one replaces its annotator, value, status and lead time; an equal or older one
+        changes nothing. The replacement is conditional in SQL (``WHERE remote_updated_at <
+        new``), so concurrent pulls cannot put an older answer over a newer one whatever their
+        interleaving. A submitted annotation moves its item to ``annotated``.
         """
         prepared = [_prepare(r) for r in rows]
         result = UpsertResult()
         with self._sessions.begin() as s:
-            items = load_items(s, (r["item_id"] for r in prepared))
-            stored: dict[tuple[str, str, str], Annotation] = {}
-            keys = sorted({(r["tool"], r["project"], r["remote_id"]) for r in prepared})
+            items = load_items(s, (r["item_id"] for r, _ in prepared))
+            stored: dict[tuple[str, str, str], _Stored] = {}
+            keys = sorted({(r["tool"], r["project"], r["remote_id"]) for r, _ in prepared})
             for (tool, project), group in itertools.groupby(keys, key=lambda k: k[:2]):
                 for chunk in chunks([k[2] for k in group]):
-                    stored.update(((a.tool, a.project, a.remote_id), a) for a in s.scalars(
-                        select(Annotation).where(Annotation.tool == tool, Annotation.project == project,
-                                                 Annotation.remote_id.in_(chunk))))
-            for r in prepared:
+                    stored.update(((tool, project, remote_id), _Stored(id_, at, status))
+                                  for id_, remote_id, at, status in s.execute(
+                        select(Annotation.id, Annotation.remote_id, Annotation.remote_updated_at, Annotation.status)
+                        .where(Annotation.tool == tool, Annotation.project == project,
+                               Annotation.remote_id.in_(chunk))))
+            added: dict[tuple[str, str, str], Annotation] = {}  # inserted by this call
+            for r, revive in prepared:
                 key = (r["tool"], r["project"], r["remote_id"])
-                old = stored.get(key)
-                if old is None:
-                    stored[key] = Annotation(**r)
-                    s.add(stored[key])
+                revives = revive and r["status"] != "deleted"
+                new, old = added.get(key), stored.get(key)
+                if new is None and old is None:
+                    added[key] = Annotation(**r)
+                    s.add(added[key])
                     result.inserted += 1
-                elif r["remote_updated_at"] > old.remote_updated_at:
-                    for name in ("annotator", "value", "status", "remote_updated_at", "lead_time"):
-                        setattr(old, name, r[name])
+                elif new is not None:  # a second row for an answer this call inserted: no one else sees it yet
+                    if not (r["remote_updated_at"] > new.remote_updated_at or (revives and new.status == "deleted")):
+                        result.unchanged += 1
+                        continue
+                    for name in _REPLACED:
+                        setattr(new, name, r[name])
+                    result.updated += 1
+                elif old is not None and self._replace(s, old, r, revives):
                     result.updated += 1
                 else:
                     result.unchanged += 1
                     continue
                 if r["status"] == "submitted":
                     advance(items[r["item_id"]], "annotated", from_states=BEFORE_ANNOTATED)
+        return result
+
+    @staticmethod
+    def _replace(s: Session, old: _Stored, r: dict[str, Any], revives: bool) -> bool:
+        """Write ``r`` over the stored answer when it is newer (or revives a deletion), checked by the
+        database at write time: a concurrent pull may have stored a newer answer since the read."""
+        newer = r["remote_updated_at"] > old.remote_updated_at
+        if not (newer or (revives and old.status == "deleted")):
+            return False
+        condition = Annotation.remote_updated_at < r["remote_updated_at"]
+        if revives:
+            condition = or_(condition, Annotation.status == "deleted")
+        written = s.execute(update(Annotation).where(Annotation.id == old.id, condition)
+                            .values({name: r[name] for name in _REPLACED})
+                            .execution_options(synchronize_session=False))
+        if written.rowcount != 1:
+            return False
+        old.remote_updated_at, old.status = r["remote_updated_at"], r["status"]
+        return True
+
+    def settle_absent(self, tool: str, project: str, returned: Iterable[str]) -> AbsenceResult:
+        """After a pull that returned every live answer of a project (Argilla's): the stored ones it did not.
+
+        One such pull can miss an answer that exists (a search answer short of a record), so a
+        live answer absent once is only marked (``missed_pulls`` = 1) and stays live; absent from
+        the next whole pull too, it is marked ``deleted``, keeping its own ``remote_updated_at``
+        (so the answer, should it come back, is not older than its deletion). An answer in
+        ``returned`` (remote ids) has its mark cleared.
+        """
+        check_tool(tool)
+        seen = set(returned)
+        result = AbsenceResult()
+        with self._sessions.begin() as s:
+            candidates = s.scalars(select(Annotation).where(
+                Annotation.tool == tool, Annotation.project == project,
+                or_(Annotation.status != "deleted", Annotation.missed_pulls > 0)).order_by(Annotation.id))
+            for a in candidates:
+                if a.remote_id in seen:
+                    a.missed_pulls = 0
+                elif a.status == "deleted":
+                    continue
+                elif a.missed_pulls >= 1:
+                    a.status, a.missed_pulls = "deleted", a.missed_pulls + 1
+                    result.deleted += 1
+                else:
+                    a.missed_pulls = 1
+                    result.missing += 1
         return result
 
     def list(self, item_ids: Iterable[int] | None = None, *, tool: str | None = None,
@@ -82,7 +158,8 @@ class AnnotationRepository(Repository):
         return sorted(self._rows_for(stmt, Annotation.item_id, item_ids), key=lambda a: a.id)
 
 
-def _prepare(r: Mapping[str, Any]) -> dict[str, Any]:
+def _prepare(r: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The row's column values, and whether it revives a deletion."""
     check_tool(r["tool"])
     if r["status"] not in ANNOTATION_STATUSES:
         raise ValueError(f"unknown annotation status {r['status']!r}; "
@@ -93,7 +170,10 @@ def _prepare(r: Mapping[str, Any]) -> dict[str, Any]:
         "remote_id": str(r["remote_id"]), "annotator": str(r["annotator"]), "value": r["value"],
         "status": str(r["status"]), "remote_updated_at": as_datetime(r["remote_updated_at"]),
         "lead_time": None if lead_time is None else float(lead_time),
-    }
+    }, bool(r.get("revive", False))
+
+
+_REPLACED = ("annotator", "value", "status", "remote_updated_at", "lead_time")
 
 
 class CursorRepository(Repository):

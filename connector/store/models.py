@@ -188,6 +188,8 @@ class Annotation(Base):
     status: Mapped[str] = mapped_column(String(16))
     remote_updated_at: Mapped[datetime]
     lead_time: Mapped[float | None] = mapped_column(Float)
+    # whole-project pulls in a row that did not return it: 1 marks it, 2 deletes it (sync/pulls.py)
+    missed_pulls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -14,6 +14,14 @@ How Label Studio 1.23 behaved, and what the pull does about it:
   so reads overlap the previous one by ``overlap_s`` until the cursor has settled: once Label
   Studio's clock is well past it, everything up to it is committed and the next read starts
   exactly there (so a quiet project is not re-read).
+- Paging by page number over the ``updated_at`` order loses tasks: a task edited during the pull
+  jumps to the end, every later task shifts one place back, and one crosses into a page already
+  read (behind the cursor, for good). So the changed tasks are read by key: each request asks for
+  the first page after the last instant read. ``ordering`` honours its first key only (no ``id``
+  tie-break), so the tasks at a page's last instant are read whole by id (``updated_at`` ``equal``,
+  exact to the microsecond, plus ``filter:tasks:id`` ``greater``, ordered by ``tasks:id``) before
+  the next page starts strictly after that instant. A task edited during the pull is read again at
+  its new place; the pull keeps its last reading.
 - Asking for the page after the last answers 404.
 """
 
@@ -64,12 +72,13 @@ class LabelStudioTool:
     cursor_keys = ("updated_at", "settled")
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, attempts: int = 5,
-                 from_name: str | None = None, overlap_s: float = 1.0) -> None:
+                 from_name: str | None = None, overlap_s: float = 1.0, page_size: int = PAGE) -> None:
         from label_studio_sdk import LabelStudio
 
         self.url = url.rstrip("/")
         self.from_name = from_name
         self.overlap_s = overlap_s
+        self.page_size = page_size
         self._ls = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
         self.attempts = attempts
         self._call = retrying(attempts)
@@ -113,11 +122,12 @@ class LabelStudioTool:
         since = cursor.get("updated_at")
         settled = cursor.get("settled") == "1"
         server_now = self.server_time()
-        items: list[RemoteItem] = []
-        answers: list[RemoteAnswer] = []
+        read: dict[str, tuple[RemoteItem, list[RemoteAnswer]]] = {}  # by task id; a re-read replaces
         for item, task_answers in self.changed_tasks(int(project), since, overlap_s=0.0 if settled else self.overlap_s):
-            items.append(item)
-            answers.extend(task_answers)
+            read.pop(item.remote_id, None)
+            read[item.remote_id] = (item, task_answers)
+        items = [item for item, _ in read.values()]
+        answers = [a for _, task_answers in read.values() for a in task_answers]
         newest = max([since] * (since is not None) + [it.updated_at for it in items], default=None)
         if newest is None:
             return Pull(answers, items)
@@ -160,27 +170,58 @@ class LabelStudioTool:
 
     def changed_tasks(self, project: int, since: str | None, *,
                       overlap_s: float = 1.0) -> Iterator[tuple[RemoteItem, list[RemoteAnswer]]]:
-        """Tasks updated after ``since`` (ISO time) less ``overlap_s``, oldest first, with their annotations."""
-        filters = []
-        if since:
-            start = (as_utc(since) - timedelta(seconds=overlap_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-                            "value": start})
-        query = json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": ["tasks:updated_at"]})
-        for task in self._iter_tasks(project, fields="all", query=query):
-            ext = (task.data or {}).get(EXTERNAL_ID_KEY)
-            ext = str(ext) if ext is not None else None
-            answers = []
-            for a in task.annotations or []:
-                a = a if isinstance(a, dict) else a.model_dump()
-                user = a.get("completed_by")
-                answers.append(RemoteAnswer(
-                    remote_id=str(a["id"]), item_remote_id=str(task.id), external_id=ext, annotator=self._user(user),
-                    value=choices_of(a.get("result"), self.from_name),
-                    status="skipped" if a.get("was_cancelled") else "submitted",
-                    updated_at=utc_iso(a.get("updated_at") or a.get("created_at")), lead_time=a.get("lead_time"),
-                    annotator_id=None if user is None or isinstance(user, dict) else str(user)))
-            yield RemoteItem(str(task.id), ext, utc_iso(task.updated_at)), answers
+        """Tasks updated after ``since`` (ISO time) less ``overlap_s``, oldest first, with their annotations.
+
+        Keyset paging on ``(updated_at, id)`` (see the module's notes): a task edited while we
+        read is read again later, never skipped.
+        """
+        after = None if not since else as_utc(since) - timedelta(seconds=overlap_s)
+        while True:
+            batch = self._task_page(project, [] if after is None else [_updated_at("greater", after)],
+                                    "tasks:updated_at")
+            if len(batch) < self.page_size:
+                yield from (self._remote_task(t) for t in batch)
+                return
+            last = as_utc(batch[-1].updated_at)
+            yield from (self._remote_task(t) for t in batch if as_utc(t.updated_at) < last)
+            after_id = 0
+            while True:  # every task at the instant ``last``, by id
+                tied = self._task_page(project, [_updated_at("equal", last), {
+                    "filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}],
+                    "tasks:id")
+                yield from (self._remote_task(t) for t in tied)
+                if len(tied) < self.page_size:
+                    break
+                after_id = max(int(t.id) for t in tied)
+            after = last
+
+    def _remote_task(self, task: Any) -> tuple[RemoteItem, list[RemoteAnswer]]:
+        ext = (task.data or {}).get(EXTERNAL_ID_KEY)
+        ext = str(ext) if ext is not None else None
+        answers = []
+        for a in task.annotations or []:
+            a = a if isinstance(a, dict) else a.model_dump()
+            user = a.get("completed_by")
+            answers.append(RemoteAnswer(
+                remote_id=str(a["id"]), item_remote_id=str(task.id), external_id=ext, annotator=self._user(user),
+                value=choices_of(a.get("result"), self.from_name),
+                status="skipped" if a.get("was_cancelled") else "submitted",
+                updated_at=utc_iso(a.get("updated_at") or a.get("created_at")), lead_time=a.get("lead_time"),
+                annotator_id=None if user is None or isinstance(user, dict) else str(user)))
+        return RemoteItem(str(task.id), ext, utc_iso(task.updated_at)), answers
+
+    def _task_page(self, project: int, filters: list[dict[str, Any]], ordering: str) -> list[Any]:
+        """The first page of the project's tasks (all fields) matching ``filters``, ordered by ``ordering``."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": [ordering]})
+        try:
+            return list(self._call(lambda: self._ls.tasks.list(project=project, page=1, page_size=self.page_size,
+                                                               fields="all", query=query).items) or [])
+        except ApiError as exc:  # an empty result may answer 404, like the page after the last
+            if exc.status_code == 404:
+                return []
+            raise
 
     def server_time(self) -> datetime:
         """Label Studio's clock (its HTTP ``Date`` header, 1 s resolution), immune to our clock's skew."""
@@ -223,8 +264,8 @@ class LabelStudioTool:
         page = 1
         while True:
             try:
-                batch = self._call(lambda page=page: self._ls.tasks.list(project=project, page=page, page_size=PAGE,
-                                                                         **kwargs).items)
+                batch = self._call(lambda page=page: self._ls.tasks.list(project=project, page=page,
+                                                                         page_size=self.page_size, **kwargs).items)
             except ApiError as exc:  # the last page + 1 answers 404
                 if exc.status_code == 404:
                     return
@@ -232,7 +273,7 @@ class LabelStudioTool:
             if not batch:
                 return
             yield from batch
-            if len(batch) < PAGE:
+            if len(batch) < self.page_size:
                 return
             page += 1
 
@@ -242,3 +283,9 @@ class LabelStudioTool:
         if user is None:
             return "unknown"
         return self._users(int(user))
+
+
+def _updated_at(operator: str, at: datetime) -> dict[str, Any]:
+    """A filter on the task's ``updated_at``, in the one value format Label Studio 1.23 parses."""
+    return {"filter": "filter:tasks:updated_at", "operator": operator, "type": "Datetime",
+            "value": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}

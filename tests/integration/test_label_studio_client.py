@@ -79,6 +79,34 @@ def test_incremental_pull_sees_new_updated_skipped_and_deleted_annotations(clien
     assert set(pulled.cursor) == {"updated_at", "settled"}
 
 
+def test_a_pull_longer_than_a_page_misses_no_task_when_an_early_one_is_edited_between_pages(label_studio,
+                                                                                             monkeypatch):
+    client = LabelStudioTool(label_studio.url, label_studio.token, page_size=5)
+    pid = _project(client, "client test: pages")
+    mapping = client.push(pid, [PushItem(f"k{i:02d}", {"text": f"t{i}"}) for i in range(12)])
+    cursor = {**client.pull(pid, {}).cursor, "settled": "1"}
+    ids = {ext: client.annotate(mapping[ext], _choice("pos")) for ext in sorted(mapping)}  # k00 changed first
+    list_tasks = client._ls.tasks.list
+    pages: list[int] = []
+
+    def list_then_edit(*args, **kwargs):
+        page = list_tasks(*args, **kwargs)
+        pages.append(len(page.items or []))
+        if len(pages) == 1:  # between the first page and the next, an annotator edits the first task
+            client._ls.annotations.update(id=ids["k00"], result=_choice("neg"))
+        return page
+
+    monkeypatch.setattr(client._ls.tasks, "list", list_then_edit)
+    pulled = client.pull(pid, cursor)
+    assert pages[0] == 5 and len(pages) > 2  # the pull did span pages
+    assert sorted(it.external_id for it in pulled.items) == sorted(mapping)  # each task once, none missed
+    assert sorted(a.remote_id for a in pulled.answers) == sorted(str(i) for i in ids.values())
+    edited = next(a for a in pulled.answers if a.remote_id == str(ids["k00"]))
+    assert edited.value == ["neg"]  # read again at its new place: the pull keeps the last reading
+    newest = max(it.updated_at for it in pulled.items)
+    assert pulled.cursor["updated_at"] == newest
+
+
 def test_send_back_raises_the_overlap_and_requeues_the_task(client):
     pid = _project(client, "client test: send back")
     mapping = client.push(pid, [PushItem("s0", {"text": "t"})])

@@ -1,13 +1,17 @@
-"""The state store's shared cases (``tests/store_cases.py``, every repository) on a real PostgreSQL."""
+"""The state store's shared cases (``tests/store_cases.py``, every repository) on a real PostgreSQL,
+and what only PostgreSQL lets happen: two writers in the same table at once."""
 
 from __future__ import annotations
 
 import itertools
+import threading
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 
 from connector.store import StateStore
-from tests.store_cases import StoreCases
+from tests.store_cases import T0, StoreCases, annotation, ingest_three
 
 pytestmark = pytest.mark.slow
 _names = itertools.count()
@@ -28,3 +32,49 @@ def test_the_session_database_url_is_psycopg_on_loopback(postgres_url):
     with StateStore(postgres_url) as store:
         store.migrate()
         assert store.items.ingest([{"id": 1, "text": "x"}]).added == 1
+
+
+def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last(postgres_cluster):
+    """Both pulls read the stored answer, then the newer one commits, then the older one writes:
+    the older must not replace the newer (SQLite serializes whole transactions, so this is PostgreSQL's)."""
+    name = f"store_{next(_names)}"
+    store = StateStore(postgres_cluster.create_database(name))
+    try:
+        store.migrate()
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a, value=["pos"])])
+        both_read = threading.Barrier(2, timeout=20)
+        newer_committed = threading.Event()
+        role = threading.local()
+
+        @event.listens_for(store.engine, "after_cursor_execute")
+        def pause_after_the_read(conn, cursor, statement, parameters, context, executemany):
+            if getattr(role, "name", None) and statement.lstrip().startswith("SELECT") and "FROM annotations" in statement:
+                name_, role.name = role.name, None  # once per thread
+                both_read.wait()
+                if name_ == "older":
+                    assert newer_committed.wait(20)
+
+        results = {}
+
+        def pull(name_: str, minutes: int, value: str) -> None:
+            role.name = name_
+            try:
+                results[name_] = store.annotations.upsert(
+                    [annotation(a, value=[value], updated_at=T0 + timedelta(minutes=minutes))])
+            finally:
+                if name_ == "newer":
+                    newer_committed.set()
+
+        threads = [threading.Thread(target=pull, args=args) for args in (("older", 1, "neg"), ("newer", 5, "mixed"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert set(results) == {"older", "newer"}
+        (stored,) = store.annotations.list([a])
+        assert (stored.value, stored.remote_updated_at) == (["mixed"], T0 + timedelta(minutes=5))
+        assert (results["newer"].updated, results["older"].unchanged) == (1, 1)
+    finally:
+        store.close()
+        postgres_cluster.drop_database(name)

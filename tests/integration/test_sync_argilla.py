@@ -51,3 +51,44 @@ def test_argilla_push_is_idempotent_and_pull_stores_each_answer_once(setup):
     stored = store.annotations.list(tool="argilla", project=sync.project)
     assert len(stored) == 6 and {a.annotator for a in stored} == {"sync-ann-0", "sync-ann-1"}
     assert sorted(tuple(a.value) for a in stored) == [("fresh",)] * 3 + [("rotten",)] * 3
+
+
+def test_a_record_missing_from_one_search_answer_keeps_its_answers_and_a_real_deletion_takes_two_pulls(
+        tmp_path, argilla, monkeypatch):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    spec = TaskSpec(name="sync-argilla-short-search", tool="argilla", labels=["fresh", "rotten"], overlap=1)
+    client = ArgillaTool(argilla.url, argilla.api_key)
+    sync = SyncService(store, spec, client)  # no model: the items are routed to review by hand
+    store.items.ingest([{"id": f"short-{i}", "text": f"a review, number {i}"} for i in range(3)])
+    store.decisions.record([{"item_id": it.id, "action": "review", "reason": "seed", "priority": 1.0}
+                            for it in store.items.list()])
+    assert sync.push_pass().counts["pushed"] == 3
+    records = sorted(client.find(sync.project).values())
+    user, rg_client = _annotator(client, argilla.url, "short-search-ann", client.dataset(sync.project).workspace.name)
+    responses = {rid: _submit(rg_client, rid, "fresh", user.id)["id"] for rid in records}
+    assert sync.pull_pass().counts["inserted"] == 3
+
+    def statuses():
+        return {a.remote_id: a.status for a in store.annotations.list(tool="argilla", project=sync.project)}
+
+    search, dropped = client._search, records[0]
+
+    def short_search(dataset, query, *, include):  # one search answer is short of one record that still exists
+        monkeypatch.setattr(client, "_search", search)
+        return (raw for raw in search(dataset, query, include=include) if raw["id"] != dropped)
+
+    monkeypatch.setattr(client, "_search", short_search)
+    counts = sync.pull_pass().counts
+    assert statuses() == dict.fromkeys(responses.values(), "submitted")  # absent once: kept
+    assert (counts["missing"], counts["deleted"]) == (1, 0)
+    again = sync.pull_pass().counts  # the record is back with its original updated_at
+    assert statuses() == dict.fromkeys(responses.values(), "submitted") and again["deleted"] == 0
+    sync.pull_pass()  # absent from one pull, back in the next: never two in a row
+    assert statuses() == dict.fromkeys(responses.values(), "submitted")
+
+    resp = rg_client.http_client.delete(f"/api/v1/responses/{responses[records[1]]}")  # a real deletion
+    resp.raise_for_status()
+    assert sync.pull_pass().counts["missing"] == 1 and statuses()[responses[records[1]]] == "submitted"
+    assert sync.pull_pass().counts["deleted"] == 1 and statuses()[responses[records[1]]] == "deleted"
+    store.close()

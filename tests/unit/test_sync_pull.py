@@ -95,19 +95,70 @@ def test_per_task_pulls_mark_deleted_only_the_missing_answers_of_returned_tasks(
     assert sync.pull_pass().counts == {}  # and not again
 
 
-def test_whole_project_pulls_mark_deleted_every_stored_answer_not_returned(store):
+def _hide_once(tool: OfflineTool, answer_id: str) -> None:
+    """The tool's next pull leaves out one answer that still exists (an incomplete search answer)."""
+    pull = tool.pull
+
+    def short_pull(project, cursor):
+        tool.pull = pull
+        pulled = pull(project, cursor)
+        return Pull([a for a in pulled.answers if a.remote_id != answer_id], pulled.items, pulled.cursor)
+
+    tool.pull = short_pull
+
+
+def test_whole_project_pulls_mark_deleted_the_answers_absent_from_two_pulls_in_a_row(store):
     tool = OfflineTool(whole_project=True)
     sync = _pushed(store, tool)
     tool.annotate(sync.project, "e0", "ann-1", ["a"])
     tool.annotate(sync.project, "e1", "ann-1", ["b"])
     tool.annotate(sync.project, "e2", "ann-1", ["a"])
     assert sync.pull_pass().counts["inserted"] == 3
+    times = {a.remote_id: a.remote_updated_at for a in store.annotations.list(tool="offline")}
     tool.delete_answer(sync.project, "task-1/ann-1")
     tool.delete_answer(sync.project, "task-3/ann-1")
-    assert sync.pull_pass().counts == {"inserted": 0, "updated": 2, "unchanged": 1, "deleted": 2}  # a deletion updates
+    assert sync.pull_pass().counts == {"inserted": 0, "updated": 0, "unchanged": 1, "deleted": 0, "missing": 2}
+    assert _stored(store) == {"task-1/ann-1": ("submitted", ["a"]), "task-2/ann-1": ("submitted", ["b"]),
+                              "task-3/ann-1": ("submitted", ["a"])}  # absent once: kept
+    assert sync.pull_pass().counts == {"inserted": 0, "updated": 0, "unchanged": 1, "deleted": 2}
     assert _stored(store) == {"task-1/ann-1": ("deleted", ["a"]), "task-2/ann-1": ("submitted", ["b"]),
                               "task-3/ann-1": ("deleted", ["a"])}
+    deleted = {a.remote_id: a.remote_updated_at for a in store.annotations.list(tool="offline", status="deleted")}
+    assert deleted == {k: times[k] for k in ("task-1/ann-1", "task-3/ann-1")}  # stamped with the answer's own time
     assert sync.pull_pass().counts == {"inserted": 0, "updated": 0, "unchanged": 1, "deleted": 0}
+
+
+def test_an_answer_missing_from_one_whole_project_pull_stays_live_and_is_deleted_only_when_gone(store):
+    tool = OfflineTool(whole_project=True)
+    sync = _pushed(store, tool)
+    tool.annotate(sync.project, "e0", "ann-1", ["a"])
+    tool.annotate(sync.project, "e1", "ann-1", ["b"])
+    sync.pull_pass()
+    _hide_once(tool, "task-1/ann-1")
+    counts = sync.pull_pass().counts
+    assert _stored(store)["task-1/ann-1"] == ("submitted", ["a"])  # absent once: still live
+    assert counts == {"inserted": 0, "updated": 0, "unchanged": 1, "deleted": 0, "missing": 1}
+    assert sync.pull_pass().counts == {"inserted": 0, "updated": 0, "unchanged": 2, "deleted": 0}  # back: unmarked
+    _hide_once(tool, "task-1/ann-1")  # absent again, but not from two pulls in a row
+    sync.pull_pass()
+    sync.pull_pass()
+    assert _stored(store) == {"task-1/ann-1": ("submitted", ["a"]), "task-2/ann-1": ("submitted", ["b"])}
+    assert store.items.list()[0].state == "annotated"
+
+
+def test_an_answer_stored_deleted_comes_back_live_from_a_whole_project_pull_whatever_its_time(store):
+    tool = OfflineTool(whole_project=True)
+    sync = _pushed(store, tool)
+    tool.annotate(sync.project, "e0", "ann-1", ["a"])
+    sync.pull_pass()
+    (stored,) = store.annotations.list(tool="offline")
+    # a deletion inferred once and stamped later than the answer (what earlier versions wrote)
+    store.annotations.upsert([{"item_id": stored.item_id, "tool": "offline", "project": sync.project,
+                               "remote_id": stored.remote_id, "annotator": "ann-1", "value": ["a"],
+                               "status": "deleted", "remote_updated_at": "2099-01-01T00:00:00+00:00"}])
+    assert sync.pull_pass().counts == {"inserted": 0, "updated": 1, "unchanged": 0, "deleted": 0}
+    (back,) = store.annotations.list(tool="offline")
+    assert (back.status, back.value, back.remote_updated_at) == ("submitted", ["a"], stored.remote_updated_at)
 
 
 def test_answers_to_items_we_did_not_push_are_ignored_with_a_warning(store, caplog):
