@@ -6,7 +6,10 @@ by ``toName`` to a ``<Text>`` or ``<HyperText>`` object tag whose ``value`` is `
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from dataclasses import dataclass
 
 TEXT_OBJECT_TAGS = frozenset({"Text", "HyperText"})
@@ -84,6 +87,44 @@ def parse_labeling_config(config: str) -> list[ChoicesControl]:
         detail = "; ".join(problems) or "no <Choices> tag bound to a <Text> tag"
         raise LabelingConfigError(f"unsupported labeling config: {detail}")
     return controls
+
+
+class ConfigCache:
+    """Parsed configs by the SHA-256 of their text, least recently used dropped past ``maxsize``.
+
+    Keyed by the digest, not the text: a config can be megabytes, and the cache would hold every
+    one it saw. Errors are not cached. Thread-safe.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[bytes, ChoicesControl] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def digests(self) -> list[bytes]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, config: str) -> ChoicesControl:
+        """The first usable ``<Choices>`` control of ``config`` (see :func:`parse_labeling_config`)."""
+        if not isinstance(config, str):
+            return parse_labeling_config(config)[0]  # raises with the reason
+        key = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        control = parse_labeling_config(config)[0]
+        with self._lock:
+            self._entries[key] = control
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        return control
 
 
 def build_choices_config(*, text_field: str, labels: list[str], multiple: bool = False,

@@ -2,7 +2,9 @@
 
 Label Studio 1.23 calls ``GET /health`` (1 s timeout), ``POST /setup`` (3 s) before every
 prediction request, ``POST /predict`` (100 s) and ``POST /webhook``. The model is loaded in the
-lifespan, never on a request; ``/setup`` only parses the config (cached per config text).
+lifespan, never on a request; ``/setup`` only parses the config (cached by the config's hash).
+On an empty model root the app starts anyway: ``/health`` answers 200 with status ``WAITING`` (the
+process is fine, nothing should restart it) and the model's routes 503 until a version is promoted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from connector.batching import QueueFull
+from connector.hardening import loads_json
 from connector.labeling_config import LabelingConfigError
 from ml_backend.auth import require_auth
 from ml_backend.events import TRAINING_ACTIONS, EventSpool, summarize_event
@@ -32,7 +35,7 @@ from ml_backend.schemas import (
     SetupResponse,
     VersionsResponse,
 )
-from ml_backend.service import ModelService, SetupError
+from ml_backend.service import ModelService, NoModelYet, SetupError
 from ml_backend.settings import BackendSettings
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,11 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     async def _busy(_: Request, exc: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(NoModelYet)
+    async def _no_model(_: Request, exc: NoModelYet) -> JSONResponse:
+        retry = str(max(1, round(settings.reload_interval_s)))
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": retry})
+
     @app.exception_handler(LabelingConfigError)
     async def _bad_config(_: Request, exc: LabelingConfigError) -> JSONResponse:
         return _error(422, str(exc))
@@ -131,6 +139,10 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         s = svc(request)
+        if not s.ready:
+            return {"status": "WAITING", "model_class": "TextClassifier", "model_version": None,
+                    "detail": f"no model version under {settings.model_root} yet; checked every "
+                              f"{settings.reload_interval_s:g} s (train one with `hitl train`)"}
         return {"status": "UP", "model_class": "TextClassifier", "model_version": s.model_version,
                 "queue": s.batcher.queue_size, "batches_run": s.batcher.batches_run, "items_run": s.batcher.items_run}
 
@@ -189,9 +201,9 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     @app.post("/webhook", dependencies=auth)
     async def webhook(request: Request) -> JSONResponse:
         try:
-            payload = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "webhook body is not JSON")
+            payload = loads_json(await request.body())
+        except ValueError as exc:
+            return _error(400, f"webhook body is not JSON ({exc})")
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
             return _error(400, "webhook body must be a JSON object with an 'action' string")
         event = summarize_event(payload)
@@ -206,6 +218,9 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth)
     async def predict_json(body: PredictRequest, request: Request) -> JSONResponse:
         s = svc(request)
+        if len(body.texts) > settings.max_texts_per_request:
+            return _error(413, f"{len(body.texts)} texts; at most {settings.max_texts_per_request} per request "
+                               "(HITL_MAX_TEXTS_PER_REQUEST): send them in several requests")
         preds = await s.predict(body.texts)
         texts_predicted["/v1/predict"].inc(len(preds))
         return JSONResponse({"predictions": [p.__dict__ for p in preds], "model_version": s.model_version})

@@ -19,7 +19,8 @@ def _eq(a: str, b: str) -> bool:
 
 def require_auth(request: Request, basic: HTTPBasicCredentials | None = Depends(_basic),
                  bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """Pass when no credentials are configured, or when one configured scheme matches."""
+    """Pass when no credentials are configured (loopback only: the settings refuse it beyond), or
+    when one configured scheme matches."""
     s: BackendSettings = request.app.state.settings
     want_basic = s.basic_auth_user is not None and s.basic_auth_password is not None
     want_token = s.api_token is not None

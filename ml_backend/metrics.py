@@ -58,7 +58,8 @@ class _ServiceCollector:
                                   value=batcher.items_run)
         info = GaugeMetricFamily("hitl_backend_model_info", "The model version being served (value 1).",
                                  labels=["version"])
-        info.add_metric([str(s.model_version)], 1)
+        if s.model_version is not None:  # none while waiting for the first version
+            info.add_metric([s.model_version], 1)
         yield info
 
 

@@ -70,4 +70,4 @@ class PredictResponse(BaseModel):
 class VersionsResponse(BaseModel):
     versions: list[str]
     current: str | None
-    serving: str
+    serving: str | None = Field(description="null while the backend waits for its first model version")

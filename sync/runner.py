@@ -23,7 +23,7 @@ from sync.locks import job_lock, try_lock
 from sync.scheduler import Scheduler
 from sync.service import HttpPredictor, PassReport, SyncService
 from sync.settings import SyncSettings
-from sync.webhooks import PullRequests, create_webhook_app
+from sync.webhooks import PullRequests, check_bind, create_webhook_app
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,18 @@ def run_passes(sync: SyncService, names: Iterable[str]) -> list[PassReport]:
 
 
 def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests) -> tuple[object, threading.Thread]:
-    """The webhook receivers and ``/metrics`` on ``sync_host:sync_port``, on a daemon thread."""
+    """The webhook receivers and ``/metrics`` on ``sync_host:sync_port``, on a daemon thread.
+
+    Raises ``ValueError`` before binding beyond loopback without ``HITL_WEBHOOK_SECRET``."""
     import uvicorn
 
     from sync.metrics import SyncMetricsCollector
 
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    check_bind(settings.sync_host, secret)
     argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
     app = create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret,
-                             metrics=SyncMetricsCollector(store))
+                             metrics=SyncMetricsCollector(store), max_body_bytes=settings.webhook_max_bytes)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sync_host, port=settings.sync_port,
                                            log_level="warning", access_log=False))
     server.install_signal_handlers = lambda: None  # the caller owns SIGINT/SIGTERM

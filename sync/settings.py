@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +19,8 @@ class SyncSettings(BaseSettings):
     sync_interval_s: float = Field(30.0, gt=0, description="seconds between passes (webhooks wake it earlier)")
     webhook_secret: SecretStr | None = Field(None, description="shared secret Label Studio sends in X-Hitl-Secret")
     argilla_webhook_secret: SecretStr | None = Field(None, description="the Standard Webhooks secret of the Argilla webhook")
-    sync_host: str = "127.0.0.1"
+    webhook_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger webhook bodies get 413")
+    sync_host: str = Field("127.0.0.1", description="beyond loopback, HITL_WEBHOOK_SECRET is required")
     sync_port: int = 9091
     model_root: Path = Field(Path("var/models"), description="model versions, shared with the ML backend")
     metrics_interval_s: float = Field(300.0, gt=0, description="seconds between agreement/quality snapshots")
@@ -30,3 +31,9 @@ class SyncSettings(BaseSettings):
     retention_snapshots: int = Field(2000, ge=1, description="newest snapshots kept per kind")
     retention_days: float = Field(30.0, gt=0, description="superseded predictions and decisions kept this long")
     retention_batch: int = Field(10_000, ge=1, description="most rows pruned per table in one metrics run")
+
+    @field_validator("webhook_secret", "argilla_webhook_secret", "backend_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value

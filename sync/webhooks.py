@@ -3,21 +3,27 @@
 Label Studio gives a webhook 1 s and no retry, and sends no signature: we require a shared secret
 in a header configured on the webhook (``X-Hitl-Secret``). Payloads carry the project's token and
 are never logged.
+
+Each receiver checks what it can without the body first (the secret header; the presence of the
+signature headers), then reads at most ``max_body_bytes`` (more: 413), then parses (malformed or
+too deeply nested JSON: 400). Without a Label Studio secret the receiver is open: allowed on
+loopback only (:func:`check_bind`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
+
+from connector.hardening import is_loopback, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,37 @@ class PullRequests:
 
 
 ARGILLA_PULL_EVENTS = frozenset({"response.created", "response.updated", "response.deleted", "record.completed"})
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def check_bind(host: str, secret: str | None) -> None:
+    """Refuse to serve the Label Studio receiver beyond loopback without its secret."""
+    if not secret and not is_loopback(host):
+        raise ValueError(f"HITL_SYNC_HOST={host} is reachable beyond loopback: set HITL_WEBHOOK_SECRET "
+                         "(the X-Hitl-Secret header of the Label Studio webhook), or bind to 127.0.0.1")
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, read up to ``limit`` bytes; ``HTTPException(413)`` beyond (declared or streamed)."""
+    too_large = HTTPException(413, f"request body over the limit of {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_secret: str | None = None,
-                       metrics: Collector | None = None) -> FastAPI:
+                       metrics: Collector | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """``metrics`` (e.g. ``sync.metrics.SyncMetricsCollector(store)``) is served on ``GET /metrics``,
-    from a registry of this app's own; without it the exposition is empty."""
+    from a registry of this app's own; without it the exposition is empty. An empty secret counts
+    as none."""
+    secret, argilla_secret = secret or None, argilla_secret or None
     app = FastAPI(title="hitl sync webhooks")
     registry = CollectorRegistry()
     if metrics is not None:
@@ -66,11 +97,16 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
 
         if argilla_secret is None:
             return JSONResponse({"detail": "no Argilla webhook secret configured"}, status_code=503)
-        body = await request.body()
+        missing = [h for h in SIGNATURE_HEADERS if not request.headers.get(h)]
+        if missing:
+            return JSONResponse({"detail": f"webhook rejected: missing {', '.join(missing)}"}, status_code=401)
+        body = await read_limited(request, max_body_bytes)
         try:
             payload = verify_webhook(argilla_secret, dict(request.headers), body)
         except WebhookError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=401)
+        except RecursionError:  # signed, but nested past the parser's limit
+            return JSONResponse({"detail": "body is not JSON (nested too deeply)"}, status_code=400)
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             return JSONResponse({"detail": "payload must be an object with a 'type'"}, status_code=400)
         data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
@@ -96,10 +132,11 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
         if secret is not None and not secrets.compare_digest(request.headers.get(SECRET_HEADER, "").encode(),
                                                              secret.encode()):
             return JSONResponse({"detail": f"missing or wrong {SECRET_HEADER}"}, status_code=401)
+        body = await read_limited(request, max_body_bytes)
         try:
-            payload: Any = json.loads(await request.body())
-        except ValueError:
-            return JSONResponse({"detail": "body is not JSON"}, status_code=400)
+            payload: Any = loads_json(body)
+        except ValueError as exc:
+            return JSONResponse({"detail": f"body is not JSON ({exc})"}, status_code=400)
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
             return JSONResponse({"detail": "body must be a JSON object with an 'action' string"}, status_code=400)
         project = payload.get("project")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_MODULES = ("hitl.cli", "ml_backend.app", "ml_backend.server", "sync.runner", "sync.scheduler", "sync.jobs")
+SERVICE_MODULES = ("hitl.cli", "hitl.preflight", "ml_backend.app", "ml_backend.server", "sync.runner", "sync.scheduler", "sync.jobs")
 
 
 def _copied() -> list[str]:
@@ -44,3 +44,8 @@ def test_the_services_import_from_what_the_image_copies(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_base_image_is_pinned_to_a_patch_release():
+    (base,) = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.12\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), base

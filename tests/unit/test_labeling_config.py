@@ -58,3 +58,18 @@ def test_generated_config_round_trips_through_the_parser():
     cfg = build_choices_config(text_field="body", labels=["a & b", 'say "hi"'], multiple=True, instructions="Pick <all>")
     (c,) = parse_labeling_config(cfg)
     assert (c.data_key, c.labels, c.multiple, c.from_name, c.to_name) == ("body", ("a & b", 'say "hi"'), True, "label", "text")
+
+
+def test_the_config_cache_keeps_the_most_recent_parses_by_digest():
+    from connector.labeling_config import ConfigCache, build_choices_config
+
+    cache = ConfigCache(maxsize=2)
+    a, b, c = (build_choices_config(text_field=f, labels=["x", "y"]) for f in ("a", "b", "c"))
+    assert cache.get(a).data_key == "a" and cache.get(b).data_key == "b"
+    assert cache.get(a) is cache.get(a)  # a hit, and now the most recent
+    cache.get(c)  # evicts b, the least recently used
+    assert len(cache) == 2 and all(len(k) == 32 for k in cache.digests())
+    assert cache.get(b).data_key == "b" and len(cache) == 2
+    with pytest.raises(LabelingConfigError):
+        cache.get("<View/>")
+    assert len(cache) == 2  # errors are not cached

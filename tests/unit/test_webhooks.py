@@ -1,3 +1,4 @@
+import pytest
 from fastapi.testclient import TestClient
 
 from sync.webhooks import SECRET_HEADER, PullRequests, create_webhook_app
@@ -74,3 +75,91 @@ def test_argilla_deliveries_with_a_bad_or_missing_signature_are_refused():
     assert client.post("/webhooks/argilla", content=body,
                        headers={"content-type": "application/json"}).status_code == 401
     assert requests.take() == set()
+
+
+# -- closed by default, bounded ------------------------------------------------------------------
+
+
+def _asgi_post(app, path, headers, body):
+    """POST through the ASGI interface; returns (status, whether the app read the body)."""
+    import asyncio
+
+    read, sent = [], []
+
+    async def receive():
+        read.append(True)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 9091)}
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start"), bool(read)
+
+
+def test_a_delivery_without_its_secret_or_signature_is_refused_before_the_body_is_read():
+    app = create_webhook_app(PullRequests(), secret="s3cret", argilla_secret=ARGILLA_SECRET)
+    body = b'{"action": "ANNOTATION_CREATED", "project": 1}'
+    assert _asgi_post(app, "/webhooks/label-studio", {"X-Hitl-Secret": "nope"}, body) == (401, False)
+    assert _asgi_post(app, "/webhooks/argilla", {"content-type": "application/json"}, body) == (401, False)
+
+
+def test_a_body_over_the_limit_gets_413_declared_or_streamed():
+    requests = PullRequests()
+    app = create_webhook_app(requests, secret="s3cret", argilla_secret=ARGILLA_SECRET, max_body_bytes=2048)
+    client = TestClient(app)
+    big = {"action": "ANNOTATION_CREATED", "project": 1, "task": {"data": {"text": "x" * 5000}}}
+    r = client.post("/webhooks/label-studio", json=big, headers={SECRET_HEADER: "s3cret"})
+    assert r.status_code == 413 and "limit of 2048 bytes" in r.json()["detail"]
+    streamed = client.post("/webhooks/label-studio", content=iter([b"[" * 1500, b"]" * 1500]),
+                           headers={SECRET_HEADER: "s3cret"})  # chunked: no content-length
+    assert streamed.status_code == 413
+    body, headers = _signed(ARGILLA_SECRET, {"type": "response.created", "data": {"x": "y" * 5000}})
+    assert client.post("/webhooks/argilla", content=body, headers=headers).status_code == 413
+    assert requests.take() == set()
+    ok = client.post("/webhooks/label-studio", json={"action": "ANNOTATION_CREATED", "project": 1},
+                     headers={SECRET_HEADER: "s3cret"})
+    assert ok.status_code == 200
+
+
+def test_json_nested_past_the_recursion_limit_gets_400_not_500():
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    nested = b"[" * 100_000 + b"]" * 100_000
+    client = TestClient(create_webhook_app(PullRequests(), secret="s3cret", argilla_secret=ARGILLA_SECRET),
+                        raise_server_exceptions=False)
+    deep = b'{"action": "ANNOTATION_CREATED", "project": 1, "x": ' + nested + b"}"
+    r = client.post("/webhooks/label-studio", content=deep, headers={SECRET_HEADER: "s3cret"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"]
+    signed_deep = b'{"type": "response.created", "x": ' + nested + b"}"
+    now = datetime.now(UTC)
+    headers = {"webhook-id": "msg_2", "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": Webhook(ARGILLA_SECRET).sign("msg_2", now, signed_deep.decode())}
+    assert client.post("/webhooks/argilla", content=signed_deep, headers=headers).status_code == 400
+
+
+def test_an_empty_webhook_secret_counts_as_unset():
+    from sync.settings import SyncSettings
+
+    settings = SyncSettings(_env_file=None, webhook_secret="", argilla_webhook_secret=" ", backend_token="")
+    assert settings.webhook_secret is None and settings.argilla_webhook_secret is None
+    assert settings.backend_token is None
+
+
+def test_the_receiver_refuses_to_bind_beyond_loopback_without_its_secret():
+    from sync.runner import start_http
+    from sync.settings import SyncSettings
+    from sync.webhooks import check_bind
+
+    for host in ("0.0.0.0", "::", "sync"):
+        settings = SyncSettings(_env_file=None, sync_host=host, webhook_secret="")
+        with pytest.raises(ValueError, match="HITL_WEBHOOK_SECRET"):
+            start_http(settings, None, PullRequests())  # before binding
+        check_bind(host, "a-long-random-webhook-secret")
+    check_bind("127.0.0.1", None)
