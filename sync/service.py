@@ -241,7 +241,7 @@ class SyncService:
         after = int(self.store.cursors.get(name, project, "remote_check_after") or 0)
         items = self.store.items.list(state="pushed", limit=self.remote_check_batch, after=after)
         remote = self.store.pushes.remote_ids([it.id for it in items], name, project)
-        mine = {it.external_id: it.id for it in items if it.id in remote}
+        mine = {item_key(it.external_id, it.version): it.id for it in items if it.id in remote}
         if mine:
             found = self.tool.find(project, list(mine))
             gone = [i for e, i in mine.items() if e not in found]

@@ -108,6 +108,19 @@ def test_an_item_whose_task_was_deleted_in_the_tool_is_routed_and_pushed_again(s
     assert [d.reason for d in _decisions(store, e1.id)][-2] == "remote_deleted"  # the mark, then the new route
 
 
+def test_the_deleted_task_check_looks_a_new_version_up_by_its_own_key(store, tmp_path):
+    tool = OfflineTool()
+    ctx = _context(store, tmp_path, tool)
+    store.items.ingest([{"id": "e1", "text": "text 1, edited"}])  # version 2 of e1
+    sync_job(ctx)
+    v2 = next(it for it in store.items.list(state="pushed") if it.external_id == "e1")
+    assert v2.version == 2 and tool.find(ctx.sync.project, ["e1@v2"])
+    ctx.sync.remote_check_interval_s = 0.0
+    assert ctx.sync.check_remote().counts["missing"] == 0  # its task is there, under its own key
+    tool.delete(ctx.sync.project, list(tool.find(ctx.sync.project, ["e1@v2"]).values()))
+    assert ctx.sync.check_remote().counts["missing"] == 1
+
+
 def test_the_deleted_task_check_is_bounded_per_pass_and_takes_items_in_turn(store, tmp_path):
     tool = OfflineTool()
     ctx = _context(store, tmp_path, tool)
