@@ -120,7 +120,11 @@ def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], di
 
 def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
     """Settle every answered item; send the unsettled ones back for another answer (once per
-    answer count, so repeated runs do not repeat the request)."""
+    answer count, so repeated runs do not repeat the request).
+
+    An item sent back has its label row saved only after the request went: that row is what
+    says it was asked, so a crash between the two asks again (sending back is idempotent)
+    instead of never asking."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
     table, items, gold = _answers(store, spec)
@@ -130,16 +134,19 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
     result = consolidate(table, policy, gold=gold)
     before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in result.rows])}
-    store.labels.save(result.rows)
-    if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
-        store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer
-    # asked already: at this answer count, or (an item only skipped) since its first skip
+    # asked already: at this answer count, or (an item only skipped) since its first skip; the
+    # saved label row is the only record of the request, so it is saved after the request went
     wanted = [(i, n, why) for i, n, why in result.send_back
               if not (i in before and before[i].status == "unsettled"
                       and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
+    asking = {i for i, _, _ in wanted} if send_back and ctx.make_sync is not None else set()
+    store.labels.save([r for r in result.rows if r["item_id"] not in asking])
+    if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
+        store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer
     sent = 0
-    if send_back and wanted and ctx.make_sync is not None:
+    if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
         sent = ctx.sync.send_back(wanted)
+        store.labels.save([r for r in result.rows if r["item_id"] in asking])
     settled = sum(r["status"] == "settled" for r in result.rows)
     if table.invalid:
         log.warning("%d answers left out of consensus (e.g. %s)", len(table.invalid), table.invalid[0])

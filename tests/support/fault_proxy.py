@@ -3,12 +3,15 @@
 ``FaultProxy(upstream)`` forwards every request. ``fail_next(method, path_regex, fault)`` arms
 one fault for the next matching request: ``"504"`` forwards it, lets the upstream answer, then
 answers 504 (a gateway that gave up after the work was done); ``"timeout"`` forwards it, then
-holds the answer back ``hold_s`` seconds and drops the connection (the client's read timeout).
+holds the answer back ``hold_s`` seconds and drops the connection (the client's read timeout);
+``"drop_one"`` forwards it and answers the upstream's JSON less the first element of its
+``items`` (a search answer short of one record; ``total`` left as it was), kept in ``dropped``.
 ``hits`` counts matching requests per armed pattern, so a test sees what was sent again.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -26,6 +29,7 @@ class FaultProxy:
         self.upstream = upstream.rstrip("/")
         self.hold_s = hold_s
         self.hits: dict[str, int] = {}
+        self.dropped: list[object] = []
         self._faults: list[tuple[str, re.Pattern[str], str]] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self.upstream, timeout=120)
@@ -77,9 +81,14 @@ class FaultProxy:
                     return
                 status, content = (504, b"upstream answer lost (injected)") if fault == "504" else (
                     resp.status_code, resp.content)
+                if fault == "drop_one" and resp.status_code == 200:
+                    answer = resp.json()
+                    if answer.get("items"):
+                        proxy.dropped.append(answer["items"].pop(0))
+                    content = json.dumps(answer).encode()
                 self.send_response(status)
                 for k, v in resp.headers.items():
-                    if k.lower() not in _HOP and fault is None:
+                    if k.lower() not in _HOP and fault in (None, "drop_one"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
