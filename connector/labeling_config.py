@@ -2,6 +2,11 @@
 
 Supports ``<Choices>`` (``choice="single"``, ``"single-radio"`` or ``"multiple"``) attached
 by ``toName`` to a ``<Text>`` or ``<HyperText>`` object tag whose ``value`` is ``$field``.
+
+A config with a DTD (``<!DOCTYPE ...>``) is refused before any entity is declared: Label Studio's
+configs have none, and a DTD is how entity tricks come in. The stdlib parser (expat 2.5 here)
+already fetches no external entity and stops the billion laughs at its amplification limit, but
+an older libexpat expands it; refusing the DTD does not depend on the version.
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ TEXT_OBJECT_TAGS = frozenset({"Text", "HyperText"})
 
 class LabelingConfigError(ValueError):
     """The labeling config is not one this backend can serve."""
+
+
+class _NoDoctype(ET.TreeBuilder):
+    """A tree builder that stops the parse at ``<!DOCTYPE``, before its internal subset is read."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise LabelingConfigError(f"labeling config declares a DTD (<!DOCTYPE {name}>); Label Studio configs "
+                                  "have none, and entity declarations are refused")
 
 
 @dataclass(frozen=True)
@@ -51,10 +64,14 @@ def parse_labeling_config(config: str) -> list[ChoicesControl]:
     """
     if not isinstance(config, str) or not config.strip():
         raise LabelingConfigError("labeling config is empty")
+    parser = ET.XMLParser(target=_NoDoctype())
     try:
-        root = ET.fromstring(config)
+        parser.feed(config)
+        root = parser.close()
     except ET.ParseError as exc:
         raise LabelingConfigError(f"labeling config is not valid XML: {exc}") from exc
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in the JSON): no XML character
+        raise LabelingConfigError(f"labeling config is not valid XML: {exc.reason} at character {exc.start}") from exc
 
     objects: dict[str, ET.Element] = {el.get("name"): el for el in root.iter() if el.get("name") and el.tag in TEXT_OBJECT_TAGS}
     controls: list[ChoicesControl] = []

@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.batching import QueueFull
 from connector.hardening import loads_json
@@ -27,6 +29,8 @@ from ml_backend.auth import require_auth
 from ml_backend.events import TRAINING_ACTIONS, EventSpool, summarize_event
 from ml_backend.metrics import CONTENT_TYPE, BackendMetrics, MetricsMiddleware
 from ml_backend.schemas import (
+    ErrorResponse,
+    HealthResponse,
     LSPredictRequest,
     LSPredictResponse,
     PredictRequest,
@@ -34,6 +38,7 @@ from ml_backend.schemas import (
     SetupRequest,
     SetupResponse,
     VersionsResponse,
+    WebhookAccepted,
 )
 from ml_backend.service import ModelService, NoModelYet, SetupError
 from ml_backend.settings import BackendSettings
@@ -71,7 +76,8 @@ class BodySizeLimit:
             await self._reject(send)
 
     async def _reject(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body over the limit of {self.limit} bytes"}).encode()
+        detail = f"request body over the limit of {self.limit} bytes (HITL_MAX_REQUEST_BYTES)"
+        body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -83,6 +89,21 @@ class _TooLarge(Exception):
 
 def _error(status: int, detail: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+# what each error status means on this app; every route documents the ones it can answer
+ERRORS = {
+    400: "the body is not JSON: malformed, not UTF-8, or nested past the parser's limit",
+    401: "credentials are configured (HITL_API_TOKEN, HITL_BASIC_AUTH_*) and these are missing or wrong",
+    413: "the body is over HITL_MAX_REQUEST_BYTES, or it carries more tasks (HITL_MAX_TASKS_PER_REQUEST) or "
+         "texts (HITL_MAX_TEXTS_PER_REQUEST) than one request may",
+    422: "the body does not fit the request schema, or the labeling config cannot be served (the reason is given)",
+    503: "no model version yet, or the inference queue is full: retry after Retry-After seconds",
+}
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
 
 
 def create_app(settings: BackendSettings | None = None, service: ModelService | None = None) -> FastAPI:
@@ -116,6 +137,15 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     texts_predicted = metrics.texts_predicted
     auth = [Depends(require_auth)]
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 "There was an error parsing the body" for any failure to parse; say why
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            return _error(400, "request body is JSON nested too deeply")
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return _error(400, f"request body is not UTF-8 ({exc.__cause__})")
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(QueueFull)
     async def _busy(_: Request, exc: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
@@ -136,7 +166,7 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
     def svc(request: Request) -> ModelService:
         return request.app.state.service
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse, response_model_exclude_unset=True)
     async def health(request: Request) -> dict[str, Any]:
         s = svc(request)
         if not s.ready:
@@ -151,7 +181,8 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         # open like /health (a probe); the model version is read from the service at each scrape
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.post("/setup", response_model=SetupResponse, dependencies=auth)
+    @app.post("/setup", response_model=SetupResponse, dependencies=auth,
+              responses=_responses(400, 401, 413, 422, 503))
     async def setup(body: SetupRequest, request: Request) -> SetupResponse:
         s = svc(request)
         ps = s.setup(body.schema_)
@@ -159,7 +190,8 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
             log.warning("project %s: %s", body.project, w)
         return SetupResponse(model_version=s.model_version, labels=list(ps.usable), warnings=ps.warnings())
 
-    @app.post("/predict", response_model=LSPredictResponse, dependencies=auth)
+    @app.post("/predict", response_model=LSPredictResponse, dependencies=auth,
+              responses=_responses(400, 401, 413, 422, 503))
     async def predict_ls(body: LSPredictRequest, request: Request) -> LSPredictResponse | JSONResponse:
         s = svc(request)
         if not body.label_config:
@@ -198,7 +230,11 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         # built as plain JSON (the hot path); the shape is LSPredictResponse's, as the schema says
         return JSONResponse({"results": results, "model_version": s.model_version, "warnings": warnings})
 
-    @app.post("/webhook", dependencies=auth)
+    @app.post("/webhook", dependencies=auth, status_code=201, response_model=WebhookAccepted,
+              responses=_responses(400, 401, 413), openapi_extra={"requestBody": {
+                  "required": True, "description": "a Label Studio webhook event (its token is never kept)",
+                  "content": {"application/json": {"schema": {
+                      "type": "object", "required": ["action"], "properties": {"action": {"type": "string"}}}}}}})
     async def webhook(request: Request) -> JSONResponse:
         try:
             payload = loads_json(await request.body())
@@ -210,12 +246,13 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         request.app.state.spool.append(event)
         return JSONResponse({"status": "ok", "queued": event["action"] in TRAINING_ACTIONS}, status_code=201)
 
-    @app.get("/versions", response_model=VersionsResponse, dependencies=auth)
+    @app.get("/versions", response_model=VersionsResponse, dependencies=auth, responses=_responses(401))
     async def versions(request: Request) -> VersionsResponse:
         s = svc(request)
         return VersionsResponse(versions=s.store.versions(), current=s.store.current(), serving=s.model_version)
 
-    @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth)
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth,
+              responses=_responses(400, 401, 413, 422, 503))
     async def predict_json(body: PredictRequest, request: Request) -> JSONResponse:
         s = svc(request)
         if len(body.texts) > settings.max_texts_per_request:

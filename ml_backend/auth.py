@@ -9,7 +9,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 
 from ml_backend.settings import BackendSettings
 
-_basic = HTTPBasic(auto_error=False)
+
+class _Basic(HTTPBasic):
+    """FastAPI's ``HTTPBasic`` answers 401 to a malformed ``Basic`` header even with ``auto_error=False``
+    (so an open backend refused it); here it is no credential, and :func:`require_auth` decides."""
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        try:
+            return await super().__call__(request)
+        except HTTPException:
+            return None
+
+
+_basic = _Basic(auto_error=False)
 _bearer = HTTPBearer(auto_error=False)
 
 

@@ -19,19 +19,27 @@ TRAINING_ACTIONS = frozenset({
 })
 
 
+def _id(value: Any) -> int | str | None:
+    """An id as Label Studio sends it (an integer, at times a string); anything else is dropped, so
+    an attacker's nested structure is never written back (``json.dumps`` of JSON nested near the
+    parser's limit overflows the stack: a 500)."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
 def summarize_event(payload: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a Label Studio webhook body worth keeping."""
+    """The parts of a Label Studio webhook body worth keeping: the action, the project's id, the ids
+    of the annotations and tasks it names (at most 1000), and when it came."""
     project = payload.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else project
-    ids: list[Any] = []
+    project_id = _id(project.get("id") if isinstance(project, dict) else project)
+    ids: list[dict[str, int | str | None]] = []
     for key in ("annotation", "task"):
         obj = payload.get(key)
         if isinstance(obj, dict) and "id" in obj:
-            ids.append({key: obj["id"]})
+            ids.append({key: _id(obj["id"])})
     for key in ("annotations", "tasks"):
         objs = payload.get(key)
         if isinstance(objs, list):
-            ids.extend({key[:-1]: o.get("id")} for o in objs if isinstance(o, dict))
+            ids.extend({key[:-1]: _id(o.get("id"))} for o in objs if isinstance(o, dict))
     return {
         "action": str(payload.get("action", "")),
         "project": project_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,3 +71,30 @@ class VersionsResponse(BaseModel):
     versions: list[str]
     current: str | None
     serving: str | None = Field(description="null while the backend waits for its first model version")
+
+
+class HealthResponse(BaseModel):
+    """``GET /health``: ``UP`` with the serving version and the batcher's counters, or ``WAITING``
+    (no model version yet) with why."""
+
+    status: Literal["UP", "WAITING"]
+    model_class: str
+    model_version: str | None
+    detail: str | None = None
+    queue: int | None = None
+    batches_run: int | None = None
+    items_run: int | None = None
+
+
+class WebhookAccepted(BaseModel):
+    """``POST /webhook``: the event was spooled; ``queued`` when its action asks for training."""
+
+    status: Literal["ok"]
+    queued: bool
+
+
+class ErrorResponse(BaseModel):
+    """Every error body: ``detail`` is one sentence, the problems of a ``/predict`` request one per
+    task, or FastAPI's validation errors (a 422 from the request schema)."""
+
+    detail: str | list[str] | list[dict[str, Any]]

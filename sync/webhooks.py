@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
+from pydantic import BaseModel
 
 from connector.hardening import is_loopback, loads_json
 
@@ -57,6 +58,58 @@ SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
+class WebhookAck(BaseModel):
+    """The delivery was taken; ``pull_queued`` when its event asks for a pull."""
+
+    status: Literal["ok"]
+    pull_queued: bool
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+ERRORS = {
+    400: "the body is not JSON (malformed, not UTF-8, nested past the parser's limit) or lacks what the event needs",
+    401: "the secret header (X-Hitl-Secret) or the Standard Webhooks signature is missing or wrong",
+    413: "the body is over the limit (max_body_bytes, 4 MiB by default)",
+    503: "no Argilla webhook secret is configured (HITL_ARGILLA_WEBHOOK_SECRET)",
+}
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
+
+
+def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body the route reads itself (the raw bytes are needed first)."""
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+_ID = {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]}
+LABEL_STUDIO_EVENT = _json_body({
+    "type": "object", "required": ["action", "project"],
+    "properties": {"action": {"type": "string"},
+                   "project": {"anyOf": [_ID, {"type": "object", "required": ["id"], "properties": {"id": _ID}}]}},
+}, "a Label Studio webhook event; sent with the X-Hitl-Secret header when HITL_WEBHOOK_SECRET is set")
+ARGILLA_EVENT = _json_body({
+    "type": "object", "required": ["type"],
+    "properties": {"type": {"type": "string"}, "timestamp": {"type": "string"}, "data": {"type": "object"}},
+}, "an Argilla webhook event, signed per Standard Webhooks")
+ARGILLA_EVENT["parameters"] = [{"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+                               for h in SIGNATURE_HEADERS]
+
+
+def _label_studio_project(payload: dict[str, Any]) -> int | str | None:
+    """The project's id (``project`` is the project object, or its bare id); ``None`` when it has none."""
+    project = payload.get("project")
+    project_id = project.get("id") if isinstance(project, dict) else project
+    if isinstance(project_id, bool) or not isinstance(project_id, (int, str)) or project_id == "":
+        return None
+    return project_id
+
+
 def check_bind(host: str, secret: str | None) -> None:
     """Refuse to serve the Label Studio receiver beyond loopback without its secret."""
     if not secret and not is_loopback(host):
@@ -89,7 +142,8 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
     if metrics is not None:
         registry.register(metrics)
 
-    @app.post("/webhooks/argilla")
+    @app.post("/webhooks/argilla", response_model=WebhookAck, responses=_responses(400, 401, 413, 503),
+              openapi_extra=ARGILLA_EVENT)
     async def argilla(request: Request) -> JSONResponse:
         """Standard Webhooks: the signature over the raw body is checked before anything else;
         Argilla retries up to 3 times, and a repeated delivery only asks for a pull again."""
@@ -113,9 +167,10 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
         record = data.get("record") if isinstance(data.get("record"), dict) else data
         dataset = (record.get("dataset") or {}) if isinstance(record, dict) else {}
         name = dataset.get("name") if isinstance(dataset, dict) else None
+        name = name if isinstance(name, str) and name else None
         queued = payload["type"] in ARGILLA_PULL_EVENTS
         if queued:
-            requests.add(str(name or "argilla"))
+            requests.add(name or "argilla")
         return JSONResponse({"status": "ok", "pull_queued": queued})
 
     @app.get("/health")
@@ -127,7 +182,8 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
         # a plain def: the collector queries the store, so it runs in the thread pool, off the event loop
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
-    @app.post("/webhooks/label-studio")
+    @app.post("/webhooks/label-studio", response_model=WebhookAck, responses=_responses(400, 401, 413),
+              openapi_extra=LABEL_STUDIO_EVENT)
     async def label_studio(request: Request) -> JSONResponse:
         if secret is not None and not secrets.compare_digest(request.headers.get(SECRET_HEADER, "").encode(),
                                                              secret.encode()):
@@ -139,10 +195,10 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
             return JSONResponse({"detail": f"body is not JSON ({exc})"}, status_code=400)
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
             return JSONResponse({"detail": "body must be a JSON object with an 'action' string"}, status_code=400)
-        project = payload.get("project")
-        project_id = project.get("id") if isinstance(project, dict) else project
+        project_id = _label_studio_project(payload)
         if project_id is None:
-            return JSONResponse({"detail": "body has no project"}, status_code=400)
+            return JSONResponse({"detail": "body has no project id (an integer or a string, or an object with one)"},
+                                status_code=400)
         queued = payload["action"] in PULL_ACTIONS
         if queued:
             requests.add(str(project_id))
