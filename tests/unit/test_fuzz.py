@@ -61,7 +61,8 @@ def _fuzz(schema: Any, label: str, examples: int) -> None:
     cases = st.one_of([operation.as_strategy(generation_mode=mode)
                        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
 
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
     @given(case=cases)
     def run(case: Any) -> None:
         case.call_and_validate(checks=CHECKS)
