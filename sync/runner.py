@@ -80,6 +80,18 @@ def run_passes(sync: SyncService, names: Iterable[str]) -> list[PassReport]:
     return [passes[n]() for n in names]
 
 
+def run_cycle(sync: SyncService) -> list[PassReport]:
+    """Predict, route, push, pull; a failing pass is logged and the others still run (with the ML
+    backend or the tool's push down, answers are still pulled), as in the scheduler's sync job."""
+    reports = []
+    for name in ("predict", "route", "push", "pull"):
+        try:
+            reports += run_passes(sync, (name,))
+        except Exception:
+            log.exception("sync cycle: the %s pass failed; the other passes still run", name)
+    return reports
+
+
 def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests) -> tuple[object, threading.Thread]:
     """The webhook receivers and ``/metrics`` on ``sync_host:sync_port``, on a daemon thread.
 
@@ -104,7 +116,7 @@ def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests
 def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
                 on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
     """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
-    the loop goes on, so a tool that is down only delays the work; a cycle that finds the sync
+    the others still run (:func:`run_cycle`), so a backend or tool that is down only delays its part; a cycle that finds the sync
     lock held (a scheduler's sync job is running) is skipped."""
     stop = stop or threading.Event()
     requests = PullRequests()
@@ -117,7 +129,7 @@ def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Ev
             requests.take()
             try:
                 with sync_lock(sync.store):
-                    reports = run_passes(sync, ("predict", "route", "push", "pull"))
+                    reports = run_cycle(sync)
                 if on_cycle:
                     on_cycle(reports)
             except SyncLocked as exc:

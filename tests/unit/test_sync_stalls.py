@@ -191,3 +191,17 @@ def test_a_backend_outage_still_pulls_and_settles_answers_and_the_run_shows_the_
     assert run.detail["pull"]["inserted"] == 1 and "error" in run.detail["predict"]
     assert len(store.labels.list()) == 2
 
+
+
+def test_a_sync_run_cycle_with_the_backend_down_still_pulls(store, tmp_path):
+    from sync.runner import run_cycle
+
+    tool = OfflineTool()
+    ctx = _context(store, tmp_path, tool)
+    sync_job(ctx)
+    tool.annotate(ctx.sync.project, "e0", "ann-1", ["b"])
+    store.items.ingest([{"id": "new", "text": "a new item to score"}])
+    ctx.sync.predictor = DownPredictor()
+    reports = run_cycle(ctx.sync)  # `hitl sync run`'s cycle: predict fails, the others still run
+    assert [r.name for r in reports] == ["route", "push", "pull"]
+    assert reports[-1].counts["inserted"] == 1 and len(store.annotations.list()) == 1
