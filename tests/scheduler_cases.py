@@ -58,3 +58,28 @@ def widen_the_job_table_race(monkeypatch) -> None:
         return create(self, bind, checkfirst=checkfirst)
 
     monkeypatch.setattr(Table, "create", slow_create)
+
+
+def start_together(stores: list) -> tuple[list, list[str]]:
+    """Start one scheduler per store, all at the same instant; the started ones and the errors."""
+    import threading
+
+    from sync.scheduler import Scheduler, interval
+
+
+    barrier, errors, started = threading.Barrier(len(stores)), [], []
+
+    def start(store) -> None:
+        scheduler = Scheduler(store, {"tick": lambda: None}, {"tick": interval(3600)})
+        barrier.wait()
+        try:
+            started.append(scheduler.start())
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return started, errors

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from sync.locks import try_lock
-from tests.scheduler_cases import two_schedulers_run_each_slot_once, widen_the_job_table_race
+from tests.scheduler_cases import start_together, two_schedulers_run_each_slot_once, widen_the_job_table_race
 
 pytestmark = pytest.mark.slow
 
@@ -32,31 +32,6 @@ def test_the_advisory_lock_is_exclusive_across_connections_and_released(postgres
         engine.dispose()
 
 
-def _start_together(stores: list) -> tuple[list, list[str]]:
-    """Start one scheduler per store, all at the same instant; the started ones and the errors."""
-    import threading
-
-    from sync.scheduler import Scheduler, interval
-
-
-    barrier, errors, started = threading.Barrier(len(stores)), [], []
-
-    def start(store) -> None:
-        scheduler = Scheduler(store, {"tick": lambda: None}, {"tick": interval(3600)})
-        barrier.wait()
-        try:
-            started.append(scheduler.start())
-        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return started, errors
-
-
 def test_schedulers_starting_together_on_a_fresh_postgres_database_all_start(postgres_cluster, monkeypatch):
     """Each start creates APScheduler's job table when absent: without one start at a time, two
     CREATE TABLEs race and the loser fails on pg_type's unique index."""
@@ -69,7 +44,7 @@ def test_schedulers_starting_together_on_a_fresh_postgres_database_all_start(pos
         stores = [StateStore(url) for _ in range(4)]
         try:
             stores[0].migrate()
-            started, errors = _start_together(stores)
+            started, errors = start_together(stores)
             for scheduler in started:
                 scheduler.shutdown(wait=False)
             assert errors == [] and len(started) == len(stores)

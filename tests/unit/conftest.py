@@ -31,3 +31,13 @@ def empty_store(tmp_path):
     """A ``StateStore`` on a fresh, empty SQLite file (the shared cases in ``tests/store_cases.py`` migrate it)."""
     with StateStore(f"sqlite:///{tmp_path}/state.db") as store:
         yield store
+
+
+@pytest.fixture
+def store_with_three_items(tmp_path):
+    """A migrated SQLite store holding items ``e0``, ``e1``, ``e2``."""
+    s = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    s.migrate()
+    s.items.ingest([{"id": f"e{i}", "text": f"text {i}"} for i in range(3)])
+    yield s
+    s.close()

@@ -88,31 +88,14 @@ def test_two_scheduler_processes_on_one_sqlite_database_run_each_job_once(tmp_pa
 
 def test_schedulers_starting_together_on_a_fresh_database_all_start(tmp_path, monkeypatch):
     """One start at a time: the second start finds the job table the first one created."""
-    import threading
-
     from connector.store import StateStore
-    from sync.scheduler import Scheduler, interval
-    from tests.scheduler_cases import widen_the_job_table_race
+    from tests.scheduler_cases import start_together, widen_the_job_table_race
 
     widen_the_job_table_race(monkeypatch)
     url = f"sqlite:///{tmp_path / 'state.db'}"
     stores = [StateStore(url) for _ in range(3)]
     stores[0].migrate()
-    barrier, errors, started = threading.Barrier(len(stores)), [], []
-
-    def start(store: StateStore) -> None:
-        scheduler = Scheduler(store, {"tick": lambda: None}, {"tick": interval(3600)})
-        barrier.wait()
-        try:
-            started.append(scheduler.start())
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    started, errors = start_together(stores)
     for scheduler in started:
         scheduler.shutdown(wait=False)
     for s in stores:

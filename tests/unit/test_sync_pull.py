@@ -20,12 +20,8 @@ from sync.service import SyncService
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    s.migrate()
-    s.items.ingest([{"id": f"e{i}", "text": f"text {i}"} for i in range(3)])
-    yield s
-    s.close()
+def store(store_with_three_items):
+    return store_with_three_items
 
 
 def _pushed(store: StateStore, tool: OfflineTool) -> SyncService:

@@ -13,12 +13,8 @@ SPEC = TaskSpec(name="push test", labels=["a", "b"])
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    s.migrate()
-    s.items.ingest([{"id": f"e{i}", "text": f"text {i}"} for i in range(3)])
-    yield s
-    s.close()
+def store(store_with_three_items):
+    return store_with_three_items
 
 
 def _review(store: StateStore, items) -> None:

@@ -35,11 +35,8 @@ class DownPredictor:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with StateStore(f"sqlite:///{tmp_path / 'state.db'}") as s:
-        s.migrate()
-        s.items.ingest([{"id": f"e{i}", "text": f"text {i}"} for i in range(3)])
-        yield s
+def store(store_with_three_items):
+    return store_with_three_items
 
 
 def _context(store: StateStore, tmp_path, tool: OfflineTool, predictor: Any = None, **spec: Any) -> JobContext:
@@ -168,15 +165,21 @@ def test_deferred_items_are_requeued_once_the_unanswered_backlog_is_under_a_batc
 
 # -- a backend outage ----------------------------------------------------------------------------
 
-def test_a_backend_outage_still_pulls_and_settles_answers_and_the_run_shows_the_failure(store, tmp_path):
-    from sync.jobs import PassesFailed
-
+def _backend_down_with_one_answer_waiting(store: StateStore, tmp_path) -> tuple[OfflineTool, JobContext]:
+    """Everything pushed, one answer waiting in the tool, a new item to score, the backend down."""
     tool = OfflineTool()
     ctx = _context(store, tmp_path, tool)
     sync_job(ctx)
     tool.annotate(ctx.sync.project, "e0", "ann-1", ["b"])
     store.items.ingest([{"id": "new", "text": "a new item to score"}])
     ctx.sync.predictor = DownPredictor()
+    return tool, ctx
+
+
+def test_a_backend_outage_still_pulls_and_settles_answers_and_the_run_shows_the_failure(store, tmp_path):
+    from sync.jobs import PassesFailed
+
+    tool, ctx = _backend_down_with_one_answer_waiting(store, tmp_path)
     with pytest.raises(PassesFailed) as failed:
         sync_job(ctx)
     assert list(failed.value.failed) == ["predict"]
@@ -196,12 +199,7 @@ def test_a_backend_outage_still_pulls_and_settles_answers_and_the_run_shows_the_
 def test_a_sync_run_cycle_with_the_backend_down_still_pulls(store, tmp_path):
     from sync.runner import run_cycle
 
-    tool = OfflineTool()
-    ctx = _context(store, tmp_path, tool)
-    sync_job(ctx)
-    tool.annotate(ctx.sync.project, "e0", "ann-1", ["b"])
-    store.items.ingest([{"id": "new", "text": "a new item to score"}])
-    ctx.sync.predictor = DownPredictor()
+    _, ctx = _backend_down_with_one_answer_waiting(store, tmp_path)
     reports = run_cycle(ctx.sync)  # `hitl sync run`'s cycle: predict fails, the others still run
     assert [r.name for r in reports] == ["route", "push", "pull"]
     assert reports[-1].counts["inserted"] == 1 and len(store.annotations.list()) == 1
