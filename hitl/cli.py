@@ -251,23 +251,24 @@ def scheduler_once(job: str = typer.Argument(..., help="sync, metrics, retrain o
 
 @app.command()
 def jobs() -> None:
-    """List the scheduled jobs: trigger, last run, next run, last error."""
-    from sync.runner import open_store
-    from sync.scheduler import stored_jobs
+    """List the scheduled jobs: trigger (from the settings), runs, last run, next run, last error."""
+    from sync.runner import build_scheduler, open_store
     from sync.settings import SyncSettings
 
-    with open_store(SyncSettings()) as store:
-        stored = {j["id"]: j for j in stored_jobs(store.engine)}
+    settings = SyncSettings()
+    with open_store(settings) as store:
+        scheduler = build_scheduler(settings, store)
+        triggers, next_runs = scheduler.triggers, scheduler.next_runs()
         summary = store.job_runs.summary()
     table = Table(title="jobs")
     for col in ("job", "trigger", "runs", "failures", "last run", "next run", "last error"):
         table.add_column(col)
-    for job_id in sorted(set(stored) | set(summary)):
-        j, s = stored.get(job_id, {}), summary.get(job_id, {})
+    for job_id in sorted(set(triggers) | set(summary)):
+        s, nxt = summary.get(job_id, {}), next_runs.get(job_id)
         last, err = s.get("last_run"), s.get("last_error")
-        table.add_row(job_id, j.get("trigger", "-"), str(s.get("runs", 0)), str(s.get("failures", 0)),
-                      f"{last.started_at:%Y-%m-%d %H:%M:%S} {last.status}" if last else "-",
-                      f"{j['next_run_time']:%Y-%m-%d %H:%M:%S}" if j.get("next_run_time") else "-",
+        table.add_row(job_id, str(triggers[job_id]) if job_id in triggers else "by hand", str(s.get("runs", 0)),
+                      str(s.get("failures", 0)), f"{last.started_at:%Y-%m-%d %H:%M:%S} {last.status}" if last else "-",
+                      f"{nxt:%Y-%m-%d %H:%M:%S}" if nxt else "-",
                       f"{err.started_at:%Y-%m-%d %H:%M:%S} {err.error}" if err else "-")
     console.print(table)
 

@@ -1,11 +1,13 @@
-"""The scheduler: APScheduler 3 with its job store in the state database.
+"""The scheduler: APScheduler 3 firing the jobs; what ran, and when, is in the state database.
 
 Jobs: ``sync`` (predict, route, push, pull, consolidate) every ``sync_interval_s``; ``metrics``
 (agreement, annotator quality, counts) every ``metrics_interval_s``; ``retrain`` (when enough new
 labels, then the threshold review) every ``retrain_interval_s`` or on ``retrain_cron``.
 
-APScheduler does not support several schedulers on one job store; two of them would both run a
-due job. So every run goes through :meth:`Scheduler.execute`: it takes the job's database lock
+The job definitions live in memory (APScheduler's ``MemoryJobStore``): every start adds them
+again from the settings, so nothing is pickled into a database that other services may share (a
+pickled job store runs whatever code a row names). Several schedulers on one database each fire
+every due job, so every run goes through :meth:`Scheduler.execute`: it takes the job's database lock
 (:mod:`sync.locks`; a second scheduler skips at once), then claims the run's *slot* (the fire time
 the trigger scheduled, aligned on a fixed anchor so that every scheduler computes the same one)
 with a unique ``(job_id, slot)`` row. Only the scheduler that inserts the row runs the job. A
@@ -24,7 +26,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -35,12 +36,11 @@ from sync.locks import job_lock, try_lock
 log = logging.getLogger(__name__)
 
 ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)  # interval slots are counted from here by every scheduler
-JOBSTORE_TABLE = "apscheduler_jobs"
 _ACTIVE: Scheduler | None = None  # the scheduler of this process, which the stored job references call
 
 
 def run_job(job_id: str) -> None:
-    """The callable stored in the job store: runs ``job_id`` through this process's scheduler."""
+    """The callable each APScheduler job names: runs ``job_id`` through this process's scheduler."""
     if _ACTIVE is None:
         raise RuntimeError("no scheduler is running in this process")
     _ACTIVE.execute(job_id)
@@ -114,23 +114,22 @@ class Scheduler:
     # -- APScheduler ---------------------------------------------------------------------------
 
     def start(self) -> BackgroundScheduler:
-        """Store the jobs in the state database (replacing earlier definitions) and start firing."""
+        """Add the jobs (in memory, from the triggers) and start firing."""
         global _ACTIVE
         _ACTIVE = self
         scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.store.engine, tablename=JOBSTORE_TABLE)},
             executors={"default": {"type": "threadpool", "max_workers": max(2, len(self.triggers))}},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}, timezone=UTC)
-        # two schedulers starting on a fresh database would both create the job store's table (on
-        # PostgreSQL the second CREATE fails on pg_type's unique index): one start at a time
-        with try_lock(self.store.engine, "hitl-scheduler-start", wait=True):
-            scheduler.start(paused=True)
-            for job_id, trigger in self.triggers.items():
-                scheduler.add_job("sync.scheduler:run_job", trigger, args=[job_id], id=job_id, name=job_id,
-                                  replace_existing=True)
-        scheduler.resume()
+        for job_id, trigger in self.triggers.items():
+            scheduler.add_job("sync.scheduler:run_job", trigger, args=[job_id], id=job_id, name=job_id)
+        scheduler.start()
         self._scheduler = scheduler
         return scheduler
+
+    def next_runs(self, now: datetime | None = None) -> dict[str, datetime | None]:
+        """Each triggered job's next fire time after ``now``, as the running schedulers compute it."""
+        now = now or datetime.now(UTC)
+        return {job_id: trigger.get_next_fire_time(None, now) for job_id, trigger in self.triggers.items()}
 
     def shutdown(self, wait: bool = True) -> None:
         global _ACTIVE
@@ -144,14 +143,3 @@ class Scheduler:
 def interval(seconds: float) -> IntervalTrigger:
     """An interval trigger aligned on :data:`ANCHOR`, so every scheduler fires at the same instants."""
     return IntervalTrigger(seconds=seconds, start_date=ANCHOR, timezone=UTC)
-
-
-def stored_jobs(engine: Any) -> list[dict[str, Any]]:
-    """The jobs in the database's job store: id, trigger and next run time."""
-    from sqlalchemy import inspect
-
-    if JOBSTORE_TABLE not in inspect(engine).get_table_names():
-        return []
-    store = SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)
-    store.start(None, "default")  # type: ignore[arg-type]
-    return [{"id": j.id, "trigger": str(j.trigger), "next_run_time": j.next_run_time} for j in store.get_all_jobs()]

@@ -42,24 +42,6 @@ def two_schedulers_run_each_slot_once(url: str, tmp_path: Path, seconds: float =
     assert all(r.status == "ok" for r in runs)
 
 
-def widen_the_job_table_race(monkeypatch) -> None:
-    """Make APScheduler's "create the job table unless it exists" slow between its check and its
-    CREATE, so schedulers starting together all pass the check before any creates the table."""
-    from sqlalchemy import Table, inspect
-
-    create = Table.create
-
-    def slow_create(self, bind, checkfirst=False):
-        if self.name == "apscheduler_jobs" and checkfirst:
-            if inspect(bind).has_table(self.name):
-                return None
-            time.sleep(0.5)
-            return create(self, bind, checkfirst=False)
-        return create(self, bind, checkfirst=checkfirst)
-
-    monkeypatch.setattr(Table, "create", slow_create)
-
-
 def start_together(stores: list) -> tuple[list, list[str]]:
     """Start one scheduler per store, all at the same instant; the started ones and the errors."""
     import threading

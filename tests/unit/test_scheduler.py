@@ -11,7 +11,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.store import StateStore
 from sync.locks import try_lock
-from sync.scheduler import Scheduler, interval, stored_jobs
+from sync.scheduler import Scheduler, interval
 from tests.scheduler_cases import two_schedulers_run_each_slot_once
 
 
@@ -61,7 +61,34 @@ def test_a_failing_job_is_retried_recorded_with_its_error_and_never_stops_the_sc
         sched.shutdown()
     summary = store.job_runs.summary()
     assert summary["bad"]["failures"] >= 3 and summary["good"]["runs"] >= 3 and summary["good"]["failures"] == 0
-    assert {j["id"] for j in stored_jobs(store.engine)} == {"bad", "good"}  # the job store is in the state db
+
+
+def test_the_jobs_live_in_memory_nothing_is_pickled_into_the_database(tmp_path):
+    """Earlier versions pickled APScheduler's jobs into ``apscheduler_jobs``; migration 0005 drops it."""
+    from sqlalchemy import inspect, text
+
+    store = StateStore(f"sqlite:///{tmp_path}/old.db")
+    store.migrate("0004")
+    with store.engine.begin() as conn:  # a database an older scheduler used: its pickled job rows
+        conn.execute(text("CREATE TABLE apscheduler_jobs (id VARCHAR(191) PRIMARY KEY, next_run_time FLOAT, "
+                          "job_state BLOB NOT NULL)"))
+        conn.execute(text("INSERT INTO apscheduler_jobs VALUES ('sync', 0, x'80049500')"))
+    store.migrate()
+    assert "apscheduler_jobs" not in inspect(store.engine).get_table_names()
+    ticks = []
+    sched = Scheduler(store, {"tick": lambda: ticks.append(1) or {}}, {"tick": interval(1)})
+    sched.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not ticks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [j.id for j in sched._scheduler.get_jobs()] == ["tick"]
+    finally:
+        sched.shutdown()
+    assert ticks and "apscheduler_jobs" not in inspect(store.engine).get_table_names()
+    store.close()
+    t = datetime(2026, 11, 27, 10, 0, 0, 500000, tzinfo=UTC)
+    assert sched.next_runs(t) == {"tick": datetime(2026, 11, 27, 10, 0, 1, tzinfo=UTC)}
 
 
 def test_two_threads_racing_for_one_slot_run_it_once(store):
@@ -86,12 +113,11 @@ def test_two_scheduler_processes_on_one_sqlite_database_run_each_job_once(tmp_pa
     two_schedulers_run_each_slot_once(f"sqlite:///{tmp_path}/state.db", tmp_path)
 
 
-def test_schedulers_starting_together_on_a_fresh_database_all_start(tmp_path, monkeypatch):
-    """One start at a time: the second start finds the job table the first one created."""
+def test_schedulers_starting_together_on_a_fresh_database_all_start(tmp_path):
+    """Nothing is created at start (no job table), so starts cannot race on it."""
     from connector.store import StateStore
-    from tests.scheduler_cases import start_together, widen_the_job_table_race
+    from tests.scheduler_cases import start_together
 
-    widen_the_job_table_race(monkeypatch)
     url = f"sqlite:///{tmp_path / 'state.db'}"
     stores = [StateStore(url) for _ in range(3)]
     stores[0].migrate()
