@@ -237,11 +237,37 @@ class LabelStudioTool:
 
     def annotate(self, task_id: int | str, result: list[dict[str, Any]], *, completed_by: int | None = None,
                  skipped: bool = False) -> int:
-        """Create an annotation (as ``completed_by``, else as the token's user); its id."""
+        """Create an annotation (as ``completed_by``, else as the token's user); its id.
+
+        A create is not idempotent, so it is never sent blind twice (:func:`push_checked`): the
+        task's annotations are read first, and after a transient failure a new one with this
+        user and result is taken as the one sent; only when none is there is it sent again.
+        """
         kwargs: dict[str, Any] = {"result": result, "was_cancelled": skipped}
         if completed_by is not None:
             kwargs["completed_by"] = completed_by
-        return int(self._call(self._ls.annotations.create, id=int(task_id), **kwargs).id)
+        before = {a["id"] for a in self._annotations(task_id)}
+
+        def create(_: list[PushItem]) -> dict[str, str]:
+            made = self._ls.annotations.create(id=int(task_id), **kwargs, request_options={"max_retries": 0})
+            return {"annotation": str(made.id)}
+
+        def find(_: list[str]) -> dict[str, str]:
+            for a in self._annotations(task_id):
+                user = a.get("completed_by")
+                user = user.get("id") if isinstance(user, dict) else user
+                if (a["id"] not in before and a.get("result") == result and bool(a.get("was_cancelled")) == skipped
+                        and (completed_by is None or user == completed_by)):
+                    return {"annotation": str(a["id"])}
+            return {}
+
+        mapping = push_checked(create, find, [PushItem("annotation", {})], attempts=self.attempts)
+        return int(mapping["annotation"])
+
+    def _annotations(self, task_id: int | str) -> list[dict[str, Any]]:
+        """A task's annotations, as plain dicts (a read, retried)."""
+        found = self._call(self._ls.annotations.list, id=int(task_id)) or []
+        return [a if isinstance(a, dict) else a.model_dump() for a in found]
 
     def _import(self, project: int, items: Sequence[PushItem]) -> dict[str, str]:
         """One import request, no retry: external id -> task id."""

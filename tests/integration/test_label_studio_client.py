@@ -132,3 +132,18 @@ def test_an_import_whose_answer_is_lost_after_the_commit_creates_each_task_once(
     assert sorted(str(t.id) for t in tasks) == sorted(mapping.values())
     assert {t.data["hitl_id"]: str(t.id) for t in tasks} == mapping
     assert proxy.hits[imports] == 1  # looked up after the failure: nothing was missing, nothing sent again
+
+
+def test_an_annotation_whose_answer_is_lost_after_the_commit_is_created_once(client, label_studio):
+    from tests.support.fault_proxy import FaultProxy
+
+    pid = _project(client, "client test: lost annotation answer")
+    task = client.push(pid, [PushItem("ann-0", {"text": "t"})])["ann-0"]
+    created = r"^/api/tasks/\d+/annotations"
+    with FaultProxy(label_studio.url) as proxy:
+        proxied = LabelStudioTool(proxy.url, label_studio.token, timeout=3.0, attempts=3)
+        proxy.fail_next("POST", created, "504")  # Label Studio saves the annotation; its answer is lost
+        ann_id = proxied.annotate(task, _choice("pos"))
+        again = proxied.annotate(task, _choice("pos"))  # a second, deliberate answer is a new one
+    stored = client._ls.annotations.list(id=int(task))  # counted in Label Studio itself
+    assert sorted(a.id for a in stored) == sorted([ann_id, again]) and ann_id != again  # the lost one not sent again
