@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.store.models import ANNOTATION_STATUSES, LABEL_STATUSES, Annotation, Cursor, Label
@@ -22,6 +23,8 @@ from connector.store.repository import (
     chunks,
     load_items,
 )
+
+INSERT_RACE_ATTEMPTS = 3
 
 
 @dataclass
@@ -61,9 +64,21 @@ class AnnotationRepository(Repository):
         stored one replaces its annotator, value, status and lead time; an equal or older one
         changes nothing. The replacement is conditional in SQL (``WHERE remote_updated_at <
         new``), so concurrent pulls cannot put an older answer over a newer one whatever their
-        interleaving. A submitted annotation moves its item to ``annotated``.
+        interleaving; two pulls inserting the same new answer at once both read it absent, and the
+        one whose insert loses on the unique key runs again from the read (it then sees the answer
+        and keeps the newer). A submitted annotation moves its item to ``annotated``.
         """
         prepared = [_prepare(r) for r in rows]
+        for attempt in range(1, INSERT_RACE_ATTEMPTS + 1):
+            try:
+                return self._upsert(prepared)
+            except IntegrityError:  # a concurrent pull inserted one of these answers after our read
+                if attempt == INSERT_RACE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _upsert(self, prepared: list[tuple[dict[str, Any], bool]]) -> UpsertResult:
+        """One transaction of :meth:`upsert`."""
         result = UpsertResult()
         with self._sessions.begin() as s:
             items = load_items(s, (r["item_id"] for r, _ in prepared))

@@ -34,15 +34,18 @@ def test_the_session_database_url_is_psycopg_on_loopback(postgres_url):
         assert store.items.ingest([{"id": 1, "text": "x"}]).added == 1
 
 
-def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last(postgres_cluster):
-    """Both pulls read the stored answer, then the newer one commits, then the older one writes:
-    the older must not replace the newer (SQLite serializes whole transactions, so this is PostgreSQL's)."""
+@pytest.mark.parametrize("stored_before", [True, False], ids=["update race", "insert race"])
+def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last(postgres_cluster, stored_before):
+    """Both pulls read the stored answer (or its absence), then the newer one commits, then the older
+    one writes: the older must neither replace the newer nor fail on the newer's insert (SQLite
+    serializes whole transactions, so this is PostgreSQL's)."""
     name = f"store_{next(_names)}"
     store = StateStore(postgres_cluster.create_database(name))
     try:
         store.migrate()
         a = ingest_three(store)["a"]
-        store.annotations.upsert([annotation(a, value=["pos"])])
+        if stored_before:
+            store.annotations.upsert([annotation(a, value=["pos"])])
         both_read = threading.Barrier(2, timeout=20)
         newer_committed = threading.Event()
         role = threading.local()
@@ -74,7 +77,8 @@ def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last
         assert set(results) == {"older", "newer"}
         (stored,) = store.annotations.list([a])
         assert (stored.value, stored.remote_updated_at) == (["mixed"], T0 + timedelta(minutes=5))
-        assert (results["newer"].updated, results["older"].unchanged) == (1, 1)
+        newer = results["newer"].updated if stored_before else results["newer"].inserted
+        assert (newer, results["older"].unchanged) == (1, 1)
     finally:
         store.close()
         postgres_cluster.drop_database(name)
