@@ -421,7 +421,7 @@ class EmbeddingCases(_Cases):
         v = np.ones(2, dtype=np.float32).tobytes()
         with EmbeddingRepository.open(empty_store.url) as cache:  # migrates the empty database
             assert cache.put("enc", {"h": v}) == 1
-        assert empty_store.schema_revision() == "0004"
+        assert empty_store.schema_revision() == "0005"
         with EmbeddingRepository.open(empty_store.url) as again:  # a second open: the migration is a no-op
             assert again.get("enc", ["h"]) == {"h": v}
         assert empty_store.embeddings.get("enc", ["h"]) == {"h": v}
