@@ -12,18 +12,12 @@ counted in the tool itself and in the store.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from connector.store import StateStore
-from tests.support import kill_points
+from tests.support.workspaces import make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -32,56 +26,10 @@ ARGILLA_PUSH = "connector.tools.argilla:ArgillaTool.push"
 LS_PAGE = "connector.tools.label_studio:LabelStudioTool._task_page"
 UPSERT = "connector.store.annotations:AnnotationRepository.upsert"
 LABELS_SAVE = "connector.store.annotations:LabelRepository.save"
-KILLED = -9  # subprocess.returncode of a SIGKILL-ed child
 
 
 def _choice(label):
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
-
-
-@dataclass
-class Workspace:
-    root: Path
-    env: dict[str, str]
-    name: str  # the task's name: Label Studio project title, Argilla dataset name
-    tool: str
-    db_url: str
-
-    def run(self, *args: str, at: str | None = None, after: int = 1, timeout: float = 180,
-            **extra: str) -> subprocess.CompletedProcess:
-        """``args`` (a ``python`` argument list) in a subprocess, killed after ``at`` returned ``after`` times."""
-        mark = self.root / f"kill-{uuid.uuid4().hex[:8]}"
-        env = kill_points.env(self.env, at, after=after, mark=mark, **extra)
-        proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                              check=False, start_new_session=True)
-        if at is not None:  # died exactly there, and only there
-            assert proc.returncode == KILLED and mark.exists(), (proc.returncode, proc.stderr[-3000:])
-        else:
-            assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
-
-    def hitl(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return self.run("-m", "hitl.cli", *args, **kwargs)
-
-    def store(self) -> StateStore:
-        return StateStore(self.db_url)
-
-
-def _workspace(tmp_path, postgres_cluster, backend, texts, *, tool, url, api_key, prefix) -> Workspace:
-    tag = uuid.uuid4().hex[:8]
-    name = f"kill {prefix} {tag}"
-    db_url = postgres_cluster.create_database(f"kill_{prefix}_{tag}")
-    section, key_env = ("label_studio", "HITL_LS_API_KEY") if tool == "label_studio" else ("argilla",
-                                                                                           "HITL_ARGILLA_API_KEY")
-    (tmp_path / "task.toml").write_text(
-        f'name = "{name}"\ntool = "{tool}"\nlabels = ["fresh", "rotten"]\n[{section}]\nurl = "{url}"\n'
-        '[routing]\naccept_threshold = 0.999\nspot_check_rate = 0.0\naudit_share = 0.0\ngold_rate = 0.0\n')
-    env = {**os.environ, "HITL_DB_URL": db_url, "HITL_TASK": str(tmp_path / "task.toml"), key_env: api_key,
-           "HITL_BACKEND_URL": backend.url, "HITL_PUSH_BATCH": "10", "HITL_MODEL_ROOT": str(tmp_path / "models")}
-    with StateStore(db_url) as store:
-        store.migrate()
-        store.items.ingest([{"id": f"{prefix}-{i}", "text": t} for i, t in enumerate(texts)])
-    return Workspace(tmp_path, env, name, tool, db_url)
 
 
 def _ls_tasks(client, pid, **kwargs) -> list:
@@ -102,7 +50,7 @@ def test_a_push_killed_after_the_import_returned_is_confirmed_by_the_next_reconc
         from connector.tools.label_studio import LabelStudioTool
 
         server = request.getfixturevalue("label_studio")
-        ws = _workspace(tmp_path, postgres_cluster, backend, rt_sample[0][:30], tool=tool, url=server.url,
+        ws = make_workspace(tmp_path, postgres_cluster, backend, rt_sample[0][:30], tool=tool, url=server.url,
                         api_key=server.token, prefix="push-ls")
         client = LabelStudioTool(server.url, server.token)
         at = LS_PUSH
@@ -116,7 +64,7 @@ def test_a_push_killed_after_the_import_returned_is_confirmed_by_the_next_reconc
         from connector.tools.argilla import ArgillaTool
 
         server = request.getfixturevalue("argilla")
-        ws = _workspace(tmp_path, postgres_cluster, backend, rt_sample[0][:30], tool=tool, url=server.url,
+        ws = make_workspace(tmp_path, postgres_cluster, backend, rt_sample[0][:30], tool=tool, url=server.url,
                         api_key=server.api_key, prefix="push-ar")
         client = ArgillaTool(server.url, server.api_key)
         at = ARGILLA_PUSH
@@ -157,7 +105,7 @@ def test_a_label_studio_pull_killed_between_pages_then_the_next_pull_gets_every_
         tmp_path, postgres_cluster, backend, rt_sample, label_studio):
     from connector.tools.label_studio import LabelStudioTool
 
-    ws = _workspace(tmp_path, postgres_cluster, backend, rt_sample[0][40:52], tool="label_studio",
+    ws = make_workspace(tmp_path, postgres_cluster, backend, rt_sample[0][40:52], tool="label_studio",
                     url=label_studio.url, api_key=label_studio.token, prefix="pull-ls")
     ws.hitl("sync", "push")
     client = LabelStudioTool(label_studio.url, label_studio.token)
@@ -200,7 +148,7 @@ def test_consolidation_killed_after_some_labels_are_saved_settles_every_item_onc
         tmp_path, postgres_cluster, backend, rt_sample, label_studio):
     from connector.tools.label_studio import LabelStudioTool
 
-    ws = _workspace(tmp_path, postgres_cluster, backend, rt_sample[0][60:69], tool="label_studio",
+    ws = make_workspace(tmp_path, postgres_cluster, backend, rt_sample[0][60:69], tool="label_studio",
                     url=label_studio.url, api_key=label_studio.token, prefix="cons-ls")
     ws.hitl("sync", "push")
     client = LabelStudioTool(label_studio.url, label_studio.token)
@@ -244,7 +192,7 @@ def test_an_argilla_search_answer_short_of_one_record_loses_no_answer(tmp_path, 
 
     search = r"/api/v1/datasets/[^/]+/records/search"
     with FaultProxy(argilla.url) as proxy:
-        ws = _workspace(tmp_path, postgres_cluster, backend, rt_sample[0][80:86], tool="argilla", url=proxy.url,
+        ws = make_workspace(tmp_path, postgres_cluster, backend, rt_sample[0][80:86], tool="argilla", url=proxy.url,
                         api_key=argilla.api_key, prefix="short-ar")
         ws.hitl("sync", "push")
         client = ArgillaTool(argilla.url, argilla.api_key)  # straight to the server: the tool's own count

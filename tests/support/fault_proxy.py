@@ -7,6 +7,8 @@ holds the answer back ``hold_s`` seconds and drops the connection (the client's 
 ``"drop_one"`` forwards it and answers the upstream's JSON less the first element of its
 ``items`` (a search answer short of one record; ``total`` left as it was), kept in ``dropped``.
 ``hits`` counts matching requests per armed pattern, so a test sees what was sent again.
+``delay(method, path_regex, seconds)`` holds every matching answer that long after the upstream
+gave it (a slow network: the window between a server's commit and the client's knowing widens).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class FaultProxy:
         self.hits: dict[str, int] = {}
         self.dropped: list[object] = []
         self._faults: list[tuple[str, re.Pattern[str], str]] = []
+        self._delays: list[tuple[str, re.Pattern[str], float]] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self.upstream, timeout=120)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -52,6 +55,15 @@ class FaultProxy:
         with self._lock:
             self.hits.setdefault(path_regex, 0)
             self._faults.append((method, re.compile(path_regex), fault))
+
+    def delay(self, method: str, path_regex: str, seconds: float) -> None:
+        """Hold every later ``method`` answer whose path matches ``seconds`` after the upstream gave it."""
+        with self._lock:
+            self._delays.append((method, re.compile(path_regex), seconds))
+
+    def _delay_s(self, method: str, path: str) -> float:
+        with self._lock:
+            return sum(s for m, rx, s in self._delays if m == method and rx.search(path))
 
     def _take(self, method: str, path: str) -> str | None:
         with self._lock:
@@ -75,6 +87,8 @@ class FaultProxy:
                 fault = proxy._take(self.command, self.path)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 resp = proxy._http.request(self.command, self.path, headers=headers, content=body)
+                if hold := proxy._delay_s(self.command, self.path):
+                    time.sleep(hold)
                 if fault == "timeout":
                     time.sleep(proxy.hold_s)
                     self.close_connection = True

@@ -9,7 +9,7 @@ interpreter start-up, and :func:`install` reads
   reached) and SIGKILLs the whole process, on whatever thread it ran: nothing after it runs, no
   ``finally``, no commit, exactly as a crash there;
 - ``HITL_KILL_LS_PAGE_SIZE``: the page size every ``LabelStudioTool`` reads with (a multi-page
-  pull on a small project).
+  pull on a small project); ``HITL_KILL_ARGILLA_PAGE_SIZE``: the same for ``ArgillaTool``'s searches.
 
 Nothing of this is in production code; without ``HITL_KILL_AT`` the module changes nothing.
 ``python -c "from tests.support.kill_points import consolidate; consolidate()"`` runs
@@ -55,6 +55,11 @@ def install() -> None:
             self.page_size = int(page_size)
 
         label_studio.LabelStudioTool.__init__ = small_pages
+    argilla_page_size = os.environ.get("HITL_KILL_ARGILLA_PAGE_SIZE")
+    if argilla_page_size:
+        from connector.tools import argilla
+
+        argilla.SEARCH_PAGE = int(argilla_page_size)
     target = os.environ.get("HITL_KILL_AT")
     if not target:
         return
