@@ -8,8 +8,9 @@ connections opened after the fork, that a test can SIGKILL anywhere in its work.
 
 Protocol, one JSON object per line: ``{"run": [args...], "log": path}`` answers ``{"pid": N}``
 (the child's stdout and stderr, with INFO logging, go to ``log``); ``{"wait": N}`` answers
-``{"code": C}`` once the child has ended (``-9`` when it was SIGKILLed). A child is reaped only
-when waited for, so its pid cannot be reused before the test has killed it.
+``{"code": C}`` once the child has ended (``-9`` when it was SIGKILLed); ``{"poll": N}`` answers at
+once, ``{"code": null}`` while it runs. A child is reaped only by a wait or a poll that saw it
+end, so its pid cannot be reused while the test may still kill it.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def serve() -> None:
                 _child(req["run"], req["log"])
             answer: dict[str, Any] = {"pid": pid}
         else:
-            _, status = os.waitpid(int(req["wait"]), 0)
-            answer = {"code": os.waitstatus_to_exitcode(status)}
+            pid, status = os.waitpid(int(req.get("wait") or req["poll"]), 0 if "wait" in req else os.WNOHANG)
+            answer = {"code": os.waitstatus_to_exitcode(status) if pid else None}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 
@@ -122,6 +123,13 @@ class ForkRunner:
         pid = int(self._ask({"run": args, "log": str(log)})["pid"])
         self._live.add(pid)
         return pid
+
+    def poll(self, pid: int) -> int | None:
+        """The child's exit code if it has ended, else ``None``."""
+        code = self._ask({"poll": pid})["code"]
+        if code is not None:
+            self._live.discard(pid)
+        return code
 
     def wait(self, pid: int) -> int:
         """The child's exit code once it ended (``-9``: SIGKILLed)."""
