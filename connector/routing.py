@@ -12,7 +12,9 @@ applies wins:
    predicts it, and ``confidence >= reject_threshold``.
 3. ``auto_accept`` / ``confident`` -- ``confidence >=`` the label's threshold
    (``label_overrides[label]``, else ``accept_threshold``); a seeded Bernoulli draw with
-   probability ``spot_check_rate`` turns it into ``review`` / ``spot_check`` instead.
+   probability ``spot_check_rate`` turns it into ``review`` / ``spot_check`` instead. With
+   ``auto_accept = False`` (no certified threshold yet) such an item is ``defer`` / ``uncertified``:
+   it keeps the model's label as a suggestion only, and is routed again once a threshold is certified.
 4. otherwise the item is uncertain: ``review`` / ``uncertain``. If ``review_budget`` is set, forced
    items and spot checks take their seats first; if the uncertain items do not fit in the seats
    left, the query strategy picks which go to ``review`` / ``active_learning`` (their strategy score
@@ -108,6 +110,8 @@ class RoutingPolicy(BaseModel):
 
     - ``accept_threshold``: auto-accept when confidence >= this (per label: ``label_overrides``);
       1.0 accepts nothing (a probability can round to exactly 1.0).
+    - ``auto_accept``: False defers would-be accepted items (``uncertified``) instead of accepting them;
+      the sync service sets it from the threshold review (nothing certified, nothing accepted).
     - ``reject_label`` / ``reject_threshold``: auto-reject when the model predicts ``reject_label``
       with confidence >= ``reject_threshold``; set both or neither; ``reject_threshold <=
       accept_threshold``.
@@ -124,6 +128,7 @@ class RoutingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     accept_threshold: float = Field(0.95, ge=0.0, le=1.0)
+    auto_accept: bool = True
     reject_label: str | None = None
     reject_threshold: float | None = Field(None, ge=0.0, le=1.0)
     label_overrides: dict[str, float] = Field(default_factory=dict)
@@ -262,7 +267,7 @@ class Router:
             elif spot[i]:
                 action, reason = "review", "spot_check"
             elif accepted[i]:
-                action, reason = "auto_accept", "confident"
+                action, reason = ("auto_accept", "confident") if pol.auto_accept else ("defer", "uncertified")
             elif i in picked:
                 action = "review"
                 reason = "active_learning" if budget_binds else "uncertain"

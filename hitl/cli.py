@@ -279,11 +279,14 @@ def report(out: Path = typer.Option(Path("var/report.html"), help="where to writ
     """Write the HTML report: calibration, accuracy vs review rate, thresholds, labels, agreement, annotators, versions."""
     from connector.model_store import ModelStore
     from connector.report import write_report
+    from connector.task_spec import TaskSpec
     from sync.runner import open_store
     from sync.settings import SyncSettings
 
-    with open_store(SyncSettings()) as store:
-        path = write_report(store, ModelStore(model_root), out)
+    settings = SyncSettings()
+    spec = TaskSpec.load(settings.task) if Path(settings.task).exists() else None
+    with open_store(settings) as store:
+        path = write_report(store, ModelStore(model_root), out, spec=spec)
     typer.echo(str(path))
 
 

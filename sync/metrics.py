@@ -11,7 +11,10 @@ several sync processes or a restart report the same numbers) and yields:
 - ``hitl_fleiss_kappa``, ``hitl_krippendorff_alpha``, ``hitl_percent_agreement``: from the latest
   ``agreement`` snapshot (each left out when missing)
 - ``hitl_model_info{version}``: 1, from the latest ``model`` snapshot's ``current``
-- ``hitl_accept_threshold``: the latest ``thresholds`` snapshot's ``threshold``
+- ``hitl_auto_accept{state}``: 1 for the auto-accept rule in force (``certified``: a threshold the
+  latest review certified; ``off``: none certified, nothing accepted; ``uncertified``: the task
+  file's fixed threshold with ``adapt = false``), 0 for the others
+- ``hitl_accept_threshold``: the threshold in force (left out when nothing is accepted)
 - ``hitl_job_runs_total{job}``, ``hitl_job_failures_total{job}`` and
   ``hitl_job_last_success_timestamp_seconds{job}`` (when a run of the job succeeded)
 - ``hitl_store_up``: 1 when every query answered, 0 when the store failed; a scrape never fails
@@ -32,10 +35,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from connector.snapshots import AgreementSnapshot, ModelSnapshot, ThresholdsSnapshot, read_latest
+from connector.auto_accept import in_force
+from connector.snapshots import AgreementSnapshot, ModelSnapshot, read_latest
 from connector.store import StateStore
 from connector.store.database import read_only
 from connector.store.models import Item, RoutingDecision
+from connector.task_spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,9 @@ SUCCESS_LOOKBACK = 100  # newest runs of a job searched for its last success whe
 class SyncMetricsCollector(Collector):
     """A Prometheus collector over a :class:`StateStore`; register it in a ``CollectorRegistry``."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, spec: TaskSpec | None = None) -> None:
         self.store = store
+        self.spec = spec  # the task (for its [thresholds] adapt); without it adapt = true is assumed
 
     def describe(self) -> Iterable[Metric]:
         return ()  # never query the store when registered
@@ -119,8 +125,13 @@ class SyncMetricsCollector(Collector):
             info = GaugeMetricFamily("hitl_model_info", "The promoted model version (value 1).", labels=["version"])
             info.add_metric([model.snapshot.current], 1)
             out.append(info)
-        review = read_latest(self.store, ThresholdsSnapshot)
-        threshold = _number(review.snapshot.threshold) if review else None
+        rule = in_force(self.store, self.spec)
+        state = GaugeMetricFamily("hitl_auto_accept", "The auto-accept rule in force (1) and the others (0).",
+                                  labels=["state"])
+        for name in ("certified", "off", "uncertified"):
+            state.add_metric([name], 1.0 if rule.state == name else 0.0)
+        out.append(state)
+        threshold = _number(rule.threshold)
         if threshold is not None:
             out.append(GaugeMetricFamily("hitl_accept_threshold", "Confidence from which a prediction is auto-accepted.",
                                          value=threshold))

@@ -104,7 +104,8 @@ def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests
     check_bind(settings.sync_host, secret)
     argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
     app = create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret,
-                             metrics=SyncMetricsCollector(store), max_body_bytes=settings.webhook_max_bytes)
+                             metrics=SyncMetricsCollector(store, TaskSpec.load(settings.task)),
+                             max_body_bytes=settings.webhook_max_bytes)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sync_host, port=settings.sync_port,
                                            log_level="warning", access_log=False))
     server.install_signal_handlers = lambda: None  # the caller owns SIGINT/SIGTERM

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from connector.auto_accept import in_force
 from connector.labeling_config import parse_labeling_config
 from connector.routing import CHECK_REASONS, Batch, Router
-from connector.snapshots import ThresholdsSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import AnnotationTool, PushItem, item_key
@@ -114,11 +114,13 @@ class SyncService:
         """
         report = PassReport("route")
         self._adapt_threshold()
+        if self.router.policy.auto_accept and (waiting := self.store.decisions.requeue_deferred("uncertified")):
+            report.counts["requeued"] += waiting  # a threshold is in force now: routed again against it
         budget = max(self.router.policy.review_budget or 1, 1)
         backlog = (self.store.items.counts_by_state()["pushed"]
                    + len(self.store.decisions.routed(action="review", limit=budget)))
-        if backlog < budget and (requeued := self.store.decisions.requeue_deferred()):
-            report.counts["requeued"] = requeued
+        if backlog < budget and (requeued := self.store.decisions.requeue_deferred("over_budget")):
+            report.counts["requeued"] += requeued
         predicted = self.store.items.list(state="predicted")
         preds = {p.item_id: p for p in self.store.predictions.list([it.id for it in predicted])}  # latest wins
         ordinary = [it for it in predicted if not it.is_gold]
@@ -138,19 +140,30 @@ class SyncService:
             report.counts.update(d.action if d.reason != "gold" else "gold" for d in decisions)
         return report
 
-    def _adapt_threshold(self) -> None:
-        """Use the scheduler's latest threshold review when the task lets the threshold adapt."""
-        if not self.spec.thresholds.adapt:
-            return
-        review = read_latest(self.store, ThresholdsSnapshot)
-        if review is None or review.snapshot.threshold is None:
-            return
-        t = min(review.snapshot.threshold, 1.0)
-        if t != self.router.policy.accept_threshold:
-            log.info("auto-accept threshold %.4f -> %.4f (threshold review)", self.router.policy.accept_threshold, t)
-            overrides = {k: max(v, t) for k, v in self.router.policy.label_overrides.items()}
-            self.router = Router(self.router.policy.model_copy(update={"accept_threshold": t,
-                                                                        "label_overrides": overrides}))
+    def _adapt_threshold(self) -> bool:
+        """Set the router from the auto-accept rule in force (:func:`connector.auto_accept.in_force`);
+        whether a certified threshold is in force.
+
+        With ``[thresholds] adapt = true`` (the default) only a threshold the latest review certified
+        accepts anything; with no review yet, or one that certified nothing, would-be accepted items
+        are deferred as ``uncertified``. With ``adapt = false`` the task file's fixed threshold
+        applies as it is (uncertified, and the report and ``/metrics`` say so).
+        """
+        rule = in_force(self.store, self.spec)
+        if rule.state == "uncertified":
+            return False
+        policy = self.router.policy
+        if rule.state == "certified":
+            t = float(rule.threshold or 1.0)
+            update = {"auto_accept": True, "accept_threshold": t,
+                      "label_overrides": {k: max(v, t) for k, v in policy.label_overrides.items()}}
+        else:
+            update = {"auto_accept": False}
+        if any(getattr(policy, k) != v for k, v in update.items()):
+            log.info("auto-accept: %s", f"certified threshold {rule.threshold:.4f}" if rule.state == "certified"
+                     else "off (no certified threshold)")
+            self.router = Router(policy.model_copy(update=update))
+        return rule.state == "certified"
 
     def _batch(self, items: list[Any], preds: dict[int, Any]) -> Batch:
         labels = list(self.spec.labels)

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from connector.auto_accept import in_force
 from connector.report.annotators import agreement_section, quality_section
 from connector.report.calibration import N_BINS, accuracy_section, accuracy_vs_review, calibration_section
 from connector.report.figures import pyplot
@@ -59,6 +60,7 @@ from connector.snapshots import (
 if TYPE_CHECKING:
     from connector.model_store import ModelStore
     from connector.store import StateStore
+    from connector.task_spec import TaskSpec
 
 __all__ = ["N_BINS", "SECTION_TITLES", "accuracy_vs_review", "build_report", "write_report"]
 
@@ -67,14 +69,17 @@ SECTION_TITLES = ("Summary", "Calibration", "Accuracy vs review rate", "Threshol
                   "Annotator agreement", "Annotator quality", "Model versions")
 
 
-def build_report(store: StateStore, models: ModelStore, *, title: str = "hitl report") -> str:
-    """The report as one HTML page (plots embedded as base64 PNGs; no scripts, no external files)."""
+def build_report(store: StateStore, models: ModelStore, *, title: str = "hitl report",
+                 spec: TaskSpec | None = None) -> str:
+    """The report as one HTML page (plots embedded as base64 PNGs; no scripts, no external files);
+    with the task, the summary names the auto-accept rule in force (certified, off or uncertified)."""
     retrain = read_latest(store, RetrainSnapshot)
     thresholds = read_latest(store, ThresholdsSnapshot)
     quality = read_latest(store, QualitySnapshot)
     with pyplot() as plt:
         bodies = [
-            summary_section(store, models, _latest(thresholds), _latest(quality)),
+            summary_section(store, models, _latest(thresholds), _latest(quality),
+                            in_force(store, spec) if spec is not None else None),
             calibration_section(plt, retrain),
             accuracy_section(plt, _latest(retrain), _latest(thresholds)),
             thresholds_section(plt, thresholds),
@@ -100,10 +105,11 @@ def _store_name(store: StateStore) -> str:
     return engine.url.render_as_string(hide_password=True) if engine is not None else repr(store)
 
 
-def write_report(store: StateStore, models: ModelStore, path: str | Path, *, title: str = "hitl report") -> Path:
+def write_report(store: StateStore, models: ModelStore, path: str | Path, *, title: str = "hitl report",
+                 spec: TaskSpec | None = None) -> Path:
     """Write :func:`build_report` to ``path`` (UTF-8; parent folders created) and return the path."""
     path = Path(path)
-    text = build_report(store, models, title=title)
+    text = build_report(store, models, title=title, spec=spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from connector.auto_accept import AutoAccept
 from connector.report.markup import esc, finite, or_dash, pct, stamp, table
 from connector.report.thresholds import threshold_text
 from connector.snapshots import ModelSnapshot, QualitySnapshot, ThresholdsSnapshot, read_latest
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 
 
 def summary_section(store: StateStore, models: ModelStore, thresholds: ThresholdsSnapshot | None,
-                    quality: QualitySnapshot | None) -> str:
-    """The overview table, then one row per scheduled job."""
+                    quality: QualitySnapshot | None, rule: AutoAccept | None = None) -> str:
+    """The overview table, then one row per scheduled job; ``rule`` is the auto-accept rule in force."""
     states = store.items.counts_by_state()
     decisions = store.decisions.counts()
     labels = store.labels.list()
@@ -42,6 +43,8 @@ def summary_section(store: StateStore, models: ModelStore, thresholds: Threshold
     rows.append(("human labels (settled)", f"{len(labels)}" + (
         " (" + ", ".join(f"{esc(m)} {n}" for m, n in sorted(by_method.items())) + ")" if by_method else "")))
     rows.append(("current model version", esc(current) if current else "none yet (`hitl train`)"))
+    if rule is not None:
+        rows.append(("auto-accept", _rule_text(rule)))
     if thresholds is not None:
         t = thresholds
         bound = (f"error ≤ {pct(t.error_ucb)} at {pct(1 - (finite(t.delta) or 0.05), 0)}"
@@ -70,3 +73,14 @@ def _job_runs(store: StateStore) -> str:
         classes.append("flagged" if last is not None and last.status == "failed" else "")
     return "<h3>Job runs</h3>" + table(["job", "runs", "failures", "last run", "last error"], job_rows,
                                        row_classes=classes, numeric=(1, 2))
+
+
+def _rule_text(rule: AutoAccept) -> str:
+    if rule.state == "certified":
+        return f'<span class="badge">certified</span> confidence ≥ {rule.threshold:.4g} (the latest threshold review)'
+    if rule.state == "uncertified":
+        fixed = f"confidence ≥ {rule.threshold:.4g}" if rule.threshold is not None else "nothing"
+        return (f'<span class="badge flagged">uncertified</span> {esc(fixed)}: a fixed threshold '
+                "(<code>[thresholds] adapt = false</code>), with no bound on the error of what it accepts")
+    return ('<span class="badge">off</span> nothing is auto-accepted until a threshold review certifies a '
+            "threshold; confident items wait as model suggestions")

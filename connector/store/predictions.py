@@ -109,9 +109,10 @@ class DecisionRepository(Repository):
         with self._sessions() as s:
             return dict(s.execute(stmt).tuples().all())
 
-    def requeue_deferred(self) -> int:
-        """Put items deferred by the review budget back to ``predicted``, to be routed again; returns the count."""
-        deferred = [it.id for it, _ in self.routed(action="defer")]
+    def requeue_deferred(self, reason: str | None = None) -> int:
+        """Put deferred items (those deferred for ``reason``, if given) back to ``predicted``, to be routed
+        again; returns the count."""
+        deferred = [it.id for it, d in self.routed(action="defer") if reason is None or d.reason == reason]
         with self._sessions.begin() as s:
             for chunk in chunks(deferred):
                 s.execute(update(Item).where(Item.id.in_(chunk), Item.state == "routed").values(state="predicted"))

@@ -154,7 +154,7 @@ def _fill(store):
     store.snapshots.add("agreement", {"fleiss_kappa": 0.1, "percent_agreement": 0.2})
     store.snapshots.add("agreement", {"fleiss_kappa": 0.61, "krippendorff_alpha": None, "percent_agreement": 0.8})
     store.snapshots.add("model", {"current": "v3", "versions": ["v1", "v3"]})
-    store.snapshots.add("thresholds", {"threshold": 0.92})
+    store.snapshots.add("thresholds", {"threshold": 0.92, "meets_target": True})
     ok = store.job_runs.claim("sync", "slot1", "host")
     store.job_runs.finish(ok, "ok")
     failed = store.job_runs.claim("sync", "slot2", "host")
@@ -180,6 +180,7 @@ def test_sync_metrics_read_the_store(store):
     assert ("hitl_krippendorff_alpha", ()) not in samples
     assert _get(samples, "hitl_model_info", version="v3") == 1
     assert _get(samples, "hitl_accept_threshold") == pytest.approx(0.92)
+    assert [_get(samples, "hitl_auto_accept", state=st) for st in ("certified", "off", "uncertified")] == [1, 0, 0]
     assert _get(samples, "hitl_job_runs_total", job="sync") == 2
     assert _get(samples, "hitl_job_failures_total", job="sync") == 1
     assert _get(samples, "hitl_job_runs_total", job="train") == 1
@@ -197,6 +198,24 @@ def test_sync_metrics_of_an_empty_store(store):
     assert _get(samples, "hitl_automation_rate", default=None) == 0
     assert _get(samples, "hitl_review_queue", default=None) == 0
     assert not any(name in ("hitl_model_info", "hitl_fleiss_kappa", "hitl_accept_threshold") for name, _ in samples)
+
+
+def test_the_auto_accept_rule_in_force_is_named_certified_off_or_uncertified(store):
+    from connector.task_spec import TaskSpec
+
+    def scrape(spec=None):
+        client = TestClient(create_webhook_app(PullRequests(), secret="s", metrics=SyncMetricsCollector(store, spec)))
+        samples = _scrape(client)
+        state = next(st for st in ("certified", "off", "uncertified") if _get(samples, "hitl_auto_accept", state=st))
+        return state, _get(samples, "hitl_accept_threshold", default=None)
+
+    assert scrape() == ("off", None)  # no review yet: nothing is accepted
+    store.snapshots.add("thresholds", {"threshold": 0.9, "meets_target": False})
+    assert scrape() == ("off", None)  # a review that certified nothing
+    store.snapshots.add("thresholds", {"threshold": 0.9, "meets_target": True})
+    assert scrape() == ("certified", pytest.approx(0.9))
+    fixed = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.97}, thresholds={"adapt": False})
+    assert scrape(fixed) == ("uncertified", pytest.approx(0.97))  # a fixed threshold, called what it is
 
 
 def test_a_scrape_answers_while_the_database_is_unreachable(store, tmp_path, caplog):

@@ -226,3 +226,18 @@ def test_the_cli_writes_the_report(tmp_path):
     assert str(out) in result.output
     text = out.read_text(encoding="utf-8")
     assert text.count(IMG) == 7 and "v2" in text
+
+
+def test_the_summary_names_the_auto_accept_rule_in_force(tmp_path):
+    from connector.task_spec import TaskSpec
+
+    adapt = TaskSpec(name="t", labels=["a", "b"])
+    fixed = TaskSpec(name="t", labels=["a", "b"], routing={"accept_threshold": 0.97}, thresholds={"adapt": False})
+    with _store(tmp_path) as store:
+        models = ModelStore(tmp_path / "models")
+        assert "nothing is auto-accepted until a threshold review certifies" in build_report(store, models, spec=adapt)
+        uncertified = build_report(store, models, spec=fixed)
+        assert "uncertified" in uncertified and "confidence ≥ 0.97" in uncertified
+        store.snapshots.add("thresholds", {"threshold": 0.93, "meets_target": True, "error_ucb": 0.04})
+        certified = build_report(store, models, spec=adapt)
+        assert "certified</span> confidence ≥ 0.93" in certified and "uncertified" not in certified
