@@ -10,6 +10,8 @@ collector, the simulator and the sync service:
 - ``model`` (:class:`ModelSnapshot`): the served model version (metrics and retrain jobs)
 - ``retrain`` (:class:`RetrainSnapshot`): one retraining's decision, metrics and honest predictions
 - ``thresholds`` (:class:`ThresholdsSnapshot`): the auto-accept threshold review
+- ``checks`` (:class:`ChecksSnapshot`): what spot checks, audits and gold found, and whether
+  auto-accept is paused for it (metrics job)
 
 The payload on disk is the model's ``model_dump()``, the same keys the jobs wrote as dicts before
 these models existed. Reading is lenient so old databases read back: a field an older payload
@@ -207,6 +209,32 @@ class ThresholdsSnapshot(SnapshotModel):
     delta: float | None = None
     evidence: str | None = None
     n_evidence: int | None = None
+
+
+class CheckPart(_Part):
+    """One group of answered checks (:class:`connector.checks.CheckRow`)."""
+
+    kind: str
+    model_version: str
+    label: str
+    n: int
+    correct: int
+    accuracy: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+class ChecksSnapshot(SnapshotModel):
+    """The metrics job's reading of the checks; ``paused``: the spot checks of ``model_version`` show
+    the auto-accepted error above the target, so nothing is auto-accepted until a later review."""
+
+    kind: ClassVar[str] = "checks"
+
+    rows: list[CheckPart] = []
+    model_version: str | None = None
+    paused: bool = False
+    paused_threshold: float | None = None  # the threshold the failing spot checks were accepted under
+    note: str = ""
 
 
 # ------------------------------------------------------------------------------------------------ store access

@@ -250,6 +250,34 @@ def scheduler_once(job: str = typer.Argument(..., help="sync, metrics, retrain o
 
 
 @app.command()
+def status() -> None:
+    """Where the loop stands: items by state, the auto-accept rule in force, and what the checks found."""
+    from connector.auto_accept import in_force
+    from connector.snapshots import ChecksSnapshot, read_latest
+    from connector.task_spec import TaskSpec
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    settings = SyncSettings()
+    spec = TaskSpec.load(settings.task) if Path(settings.task).exists() else None
+    with open_store(settings) as store:
+        states, rule, checks = store.items.counts_by_state(), in_force(store, spec), read_latest(store, ChecksSnapshot)
+    console.print("items: " + ", ".join(f"{s} {n}" for s, n in states.items() if n) + f" (total {sum(states.values())})")
+    rules = {"certified": f"certified, confidence >= {rule.threshold}",
+             "uncertified": f"UNCERTIFIED fixed threshold {rule.threshold} ([thresholds] adapt = false)",
+             "off": "off: PAUSED by failing spot checks" if rule.paused else "off: no certified threshold yet"}
+    console.print(f"auto-accept: {rules[rule.state]}")
+    table = Table(title="checks (realized accuracy, 95 % Clopper-Pearson interval)")
+    for col in ("checks", "model version", "label", "items", "accuracy", "interval"):
+        table.add_column(col)
+    for r in checks.snapshot.rows if checks else []:
+        table.add_row(r.kind, r.model_version, "all" if r.label == "*" else r.label, str(r.n),
+                      f"{r.accuracy:.1%}" if r.accuracy is not None else "-",
+                      f"{r.lower:.1%} - {r.upper:.1%}" if r.lower is not None and r.upper is not None else "-")
+    console.print(table if checks and checks.snapshot.rows else "checks: none answered yet")
+
+
+@app.command()
 def jobs() -> None:
     """List the scheduled jobs: trigger (from the settings), runs, last run, next run, last error."""
     from sync.runner import build_scheduler, open_store

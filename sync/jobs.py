@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from connector.auto_accept import in_force
+from connector.checks import assess, outcomes, summarize
 from connector.consolidation import (
     ConsensusPolicy,
     agreement_snapshot,
@@ -26,6 +28,8 @@ from connector.retraining import RetrainResult, retrain
 from connector.snapshots import (
     AgreementSnapshot,
     AnnotatorQuality,
+    CheckPart,
+    ChecksSnapshot,
     CountsSnapshot,
     Evidence,
     ModelSnapshot,
@@ -172,9 +176,46 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     write_snapshot(store, CountsSnapshot(states=store.items.counts_by_state(), decisions=store.decisions.counts(),
                                          labels=_count([lb.label for lb in labels]), human_labels=len(labels)))
     write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
+    checks = read_checks(ctx)
     pruned = store.retention.prune(ctx.retention)
     return {"items": agreement.n_items, "annotators": agreement.n_annotators,
-            "fleiss_kappa": agreement.fleiss_kappa, "flagged": flagged, "pruned": pruned}
+            "fleiss_kappa": agreement.fleiss_kappa, "flagged": flagged, "pruned": pruned,
+            "checks_paused": checks.paused}
+
+
+def read_checks(ctx: JobContext) -> ChecksSnapshot:
+    """Read every answered spot check, audit and gold item against the model (:mod:`connector.checks`)
+    and keep it as a ``checks`` snapshot.
+
+    When the spot checks taken since the latest threshold review show the auto-accepted error above
+    the target with confidence, auto-accept pauses (the snapshot says so, with the threshold that
+    failed; :func:`connector.auto_accept.in_force` reads it) and a threshold review runs at once. The
+    pause holds, snapshot after snapshot, until a review certifies a higher threshold or another model
+    version is served; then the spot checks taken after that review are read afresh.
+    """
+    store, policy = ctx.store, ctx.spec.thresholds
+    found = outcomes(store)
+    rows = [CheckPart(**vars(r), accuracy=r.accuracy) for r in summarize(found, delta=policy.delta)]
+    version = ctx.models.current()
+    rule = in_force(store, ctx.spec)
+    previous = read_latest(store, ChecksSnapshot)
+    if rule.paused and previous is not None and previous.snapshot.model_version == version:
+        held = previous.snapshot
+        snapshot = ChecksSnapshot(rows=rows, model_version=version, paused=True,
+                                  paused_threshold=held.paused_threshold, note=held.note)
+        write_snapshot(store, snapshot)
+        return snapshot
+    review = read_latest(store, ThresholdsSnapshot)
+    since = [o for o in found if review is None or o.decided_at >= review.at]
+    verdict = assess(summarize(since, delta=policy.delta), version, target_error=policy.target_error)
+    pause = verdict.pause and rule.accepts
+    snapshot = ChecksSnapshot(rows=rows, model_version=version, paused=pause,
+                              paused_threshold=rule.threshold if pause else None, note=verdict.note)
+    write_snapshot(store, snapshot)
+    if pause:
+        log.warning("auto-accept paused: %s; reviewing the threshold", verdict.note)
+        threshold_job(ctx)
+    return snapshot
 
 
 def _count(values: list[Any]) -> dict[str, int]:

@@ -15,6 +15,10 @@ several sync processes or a restart report the same numbers) and yields:
   latest review certified; ``off``: none certified, nothing accepted; ``uncertified``: the task
   file's fixed threshold with ``adapt = false``), 0 for the others
 - ``hitl_accept_threshold``: the threshold in force (left out when nothing is accepted)
+- ``hitl_auto_accept_paused``: 1 while failing spot checks hold auto-accept off
+- ``hitl_check_items{kind,model_version,label}``, ``hitl_check_accuracy{...}`` and its Clopper–Pearson
+  bounds ``hitl_check_accuracy_lower{...}`` / ``_upper{...}``: the latest ``checks`` snapshot (spot
+  checks: the realized accuracy of auto-accepted items; audits; gold), ``label="*"`` over all labels
 - ``hitl_job_runs_total{job}``, ``hitl_job_failures_total{job}`` and
   ``hitl_job_last_success_timestamp_seconds{job}`` (when a run of the job succeeded)
 - ``hitl_store_up``: 1 when every query answered, 0 when the store failed; a scrape never fails
@@ -36,7 +40,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.auto_accept import in_force
-from connector.snapshots import AgreementSnapshot, ModelSnapshot, read_latest
+from connector.snapshots import AgreementSnapshot, ChecksSnapshot, ModelSnapshot, read_latest
 from connector.store import StateStore
 from connector.store.database import read_only
 from connector.store.models import Item, RoutingDecision
@@ -135,7 +139,26 @@ class SyncMetricsCollector(Collector):
         if threshold is not None:
             out.append(GaugeMetricFamily("hitl_accept_threshold", "Confidence from which a prediction is auto-accepted.",
                                          value=threshold))
-        return out
+        out.append(GaugeMetricFamily("hitl_auto_accept_paused", "1 while failing spot checks hold auto-accept off.",
+                                     value=1.0 if rule.paused else 0.0))
+        return out + self._checks()
+
+    def _checks(self) -> list[Metric]:
+        checks = read_latest(self.store, ChecksSnapshot)
+        names = ("kind", "model_version", "label")
+        families = {key: GaugeMetricFamily(f"hitl_check_{key}", doc, labels=list(names)) for key, doc in (
+            ("items", "Answered checks (spot_check, audit, gold) per model version and predicted label."),
+            ("accuracy", "Realized accuracy of the model on answered checks."),
+            ("accuracy_lower", "Lower Clopper-Pearson bound of that accuracy."),
+            ("accuracy_upper", "Upper Clopper-Pearson bound of that accuracy."))}
+        for row in checks.snapshot.rows if checks else []:
+            key = [row.kind, row.model_version, row.label]
+            families["items"].add_metric(key, row.n)
+            for name, value in (("accuracy", row.accuracy), ("accuracy_lower", row.lower),
+                                ("accuracy_upper", row.upper)):
+                if _number(value) is not None:
+                    families[name].add_metric(key, float(value))
+        return list(families.values())
 
     def _jobs(self) -> list[Metric]:
         runs = CounterMetricFamily("hitl_job_runs", "Runs of each scheduled job.", labels=["job"])

@@ -49,6 +49,7 @@ from connector.report.thresholds import thresholds_section
 from connector.report.versions import versions_section
 from connector.snapshots import (
     AgreementSnapshot,
+    ChecksSnapshot,
     Dated,
     QualitySnapshot,
     RetrainSnapshot,
@@ -82,7 +83,7 @@ def build_report(store: StateStore, models: ModelStore, *, title: str = "hitl re
                             in_force(store, spec) if spec is not None else None),
             calibration_section(plt, retrain),
             accuracy_section(plt, _latest(retrain), _latest(thresholds)),
-            thresholds_section(plt, thresholds),
+            thresholds_section(plt, thresholds, read_latest(store, ChecksSnapshot)),
             labels_section(plt, store),
             agreement_section(plt, read_latest(store, AgreementSnapshot)),
             quality_section(plt, quality),

@@ -1,5 +1,6 @@
 """Section 4, the threshold review: the chosen auto-accept threshold, the upper confidence bound
-on the error of the items it accepts, the target and the review rate, and the tested candidates."""
+on the error of the items it accepts, the target and the review rate, and the tested candidates;
+then what the checks found (spot checks, audits, gold), with a pause of auto-accept said first."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from connector.report.figures import embed
 from connector.report.markup import NO_DATA, esc, finite, nodata, num, or_dash, pct, stamp, table
-from connector.snapshots import Dated, ThresholdsSnapshot
+from connector.snapshots import ChecksSnapshot, Dated, ThresholdsSnapshot
 
 
 def threshold_text(t: ThresholdsSnapshot) -> str:
@@ -22,10 +23,26 @@ def threshold_text(t: ThresholdsSnapshot) -> str:
     return f"confidence ≥ {threshold:.4g}"
 
 
-def thresholds_section(plt: Any, latest: Dated[ThresholdsSnapshot] | None) -> str:
-    """The latest review's numbers, its curve of tested candidates, and its note."""
+def checks_table(checks: Dated[ChecksSnapshot] | None) -> str:
+    """What the spot checks (the realized accuracy of auto-accepted items), audits and gold found, per
+    model version (and per predicted label), with Clopper–Pearson intervals; a pause is said first."""
+    if checks is None or not checks.snapshot.rows:
+        return '<p class="meta">No answered spot check, audit or gold item yet.</p>'
+    c = checks.snapshot
+    head = (f'<p class="note"><span class="badge flagged">auto-accept paused</span> {esc(c.note)}</p>' if c.paused
+            else f'<p class="meta">Checks read {esc(stamp(checks.at))}: {esc(c.note)}</p>')
+    names = {"spot_check": "spot checks (auto-accepted items)", "audit": "audits (random)", "gold": "gold"}
+    rows = [(esc(names.get(r.kind, r.kind)), esc(r.model_version), esc("all" if r.label == "*" else r.label),
+             str(r.n), pct(r.accuracy), f"{pct(r.lower)} – {pct(r.upper)}") for r in c.rows]
+    return head + table(["checks", "model version", "predicted label", "items", "realized accuracy",
+                         "95 % interval (Clopper–Pearson)"], rows)
+
+
+def thresholds_section(plt: Any, latest: Dated[ThresholdsSnapshot] | None,
+                       checks: Dated[ChecksSnapshot] | None = None) -> str:
+    """The latest review's numbers, its curve of tested candidates, and its note; then what the checks found."""
     if latest is None:
-        return nodata(NO_DATA["thresholds"])
+        return nodata(NO_DATA["thresholds"]) + checks_table(checks)
     t = latest.snapshot
     rows = [("threshold", esc(threshold_text(t))), ("error bound (UCB)", pct(t.error_ucb)),
             ("observed error", f"{pct(t.error_rate)} ({or_dash(t.errors)} of {or_dash(t.n)})"),
@@ -70,5 +87,5 @@ def thresholds_section(plt: Any, latest: Dated[ThresholdsSnapshot] | None) -> st
         out += '<p class="meta">No threshold could be tested (too few labeled items): no curve.</p>'
     if t.note:
         out += f'<p class="note">{esc(t.note)}</p>'
-    return out
+    return out + checks_table(checks)
 

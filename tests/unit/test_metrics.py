@@ -232,3 +232,16 @@ def test_a_scrape_answers_while_the_database_is_unreachable(store, tmp_path, cap
 def test_the_webhook_app_serves_an_empty_exposition_without_a_collector():
     client = TestClient(create_webhook_app(PullRequests(), secret=None))
     assert _scrape(client) == {}
+
+
+def test_the_checks_reading_is_served_per_kind_version_and_label(store):
+    store.snapshots.add("checks", {"rows": [
+        {"kind": "spot_check", "model_version": "v2", "label": "*", "n": 40, "correct": 30, "accuracy": 0.75,
+         "lower": 0.59, "upper": 0.87}], "model_version": "v2", "paused": True, "paused_threshold": 0.9})
+    samples = _scrape(_sync_client(store))
+    key = {"kind": "spot_check", "model_version": "v2", "label": "*"}
+    assert _get(samples, "hitl_check_items", **key) == 40
+    assert _get(samples, "hitl_check_accuracy", **key) == pytest.approx(0.75)
+    assert _get(samples, "hitl_check_accuracy_lower", **key) == pytest.approx(0.59)
+    assert _get(samples, "hitl_auto_accept_paused") == 1
+    assert _get(samples, "hitl_auto_accept", state="off") == 1

@@ -241,3 +241,15 @@ def test_the_summary_names_the_auto_accept_rule_in_force(tmp_path):
         store.snapshots.add("thresholds", {"threshold": 0.93, "meets_target": True, "error_ucb": 0.04})
         certified = build_report(store, models, spec=adapt)
         assert "certified</span> confidence ≥ 0.93" in certified and "uncertified" not in certified
+
+
+def test_the_threshold_section_shows_what_the_checks_found_and_a_pause(tmp_path):
+    with _store(tmp_path) as store:
+        models = ModelStore(tmp_path / "models")
+        assert "No answered spot check, audit or gold item yet" in build_report(store, models)
+        store.snapshots.add("checks", {"rows": [
+            {"kind": "spot_check", "model_version": "v2", "label": "*", "n": 40, "correct": 30, "accuracy": 0.75,
+             "lower": 0.588, "upper": 0.873}], "model_version": "v2", "paused": True, "note": "10 wrong of 40"})
+        text = build_report(store, models)
+    assert "auto-accept paused" in text and "spot checks (auto-accepted items)" in text
+    assert "75.0%" in text or "75 %" in text or "75%" in text
