@@ -319,6 +319,33 @@ def report(out: Path = typer.Option(Path("var/report.html"), help="where to writ
 
 
 @app.command()
+def export(
+    out: Path = typer.Option(Path("var/export.parquet"), help="the file; its suffix (.jsonl, .csv, .parquet) is the format"),
+    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv, parquet, or all (three files beside --out)"),
+    only: str = typer.Option("settled", help="settled: final labels (humans, adjudication, auto-accept, gold); "
+                                             "all: every item, model suggestions too"),
+    since: str | None = typer.Option(None, help="ISO date or time: only items whose final label changed since"),
+) -> None:
+    """Write the labelled set, one row per item: label, where it came from, answers, model score."""
+    from connector.export import counts, export_rows, format_of, parse_since, write
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    if only not in ("settled", "all"):
+        raise typer.BadParameter(f"{only!r}: settled or all", param_hint="--only")
+    try:
+        format_of(out, fmt)
+        after = parse_since(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with open_store(SyncSettings()) as store:
+        rows = export_rows(store, only=only, since=after)  # type: ignore[arg-type]
+    for path in write(rows, out, fmt):
+        typer.echo(str(path))
+    console.print(f"{len(rows)} items: " + (", ".join(f"{k} {v}" for k, v in counts(rows).items()) or "none"))
+
+
+@app.command()
 def simulate(
     data: str = typer.Argument("bbc_news", help="'bbc_news', 'rotten_tomatoes', or a labelled JSONL/CSV file"),
     text_field: str = typer.Option("text"),
