@@ -248,8 +248,26 @@ class Dated(NamedTuple, Generic[S]):
 
 
 def write_snapshot(store: StateStore, snapshot: SnapshotModel) -> int:
-    """Keep ``snapshot`` as a new dated row of its kind; returns the row id."""
-    return store.snapshots.add(snapshot.kind, snapshot.model_dump())
+    """Keep ``snapshot`` as a new dated row of its kind; returns the row id.
+
+    A threshold review whose threshold differs from the previous review's (the first review
+    included) is on record in the store's history as ``threshold_changed``, in the same transaction."""
+    changes = _threshold_changes if isinstance(snapshot, ThresholdsSnapshot) else None
+    return store.snapshots.add(snapshot.kind, snapshot.model_dump(), changes=changes)
+
+
+_REVIEW_DETAIL = ("adapt", "target_error", "delta", "evidence", "n_evidence", "error_ucb", "review_rate",
+                  "meets_target", "within_band", "note")
+
+
+def _threshold_changes(previous: Any, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """``threshold_changed`` when the review's threshold is not the previous review's."""
+    old = previous.get("threshold") if isinstance(previous, dict) else None
+    new = payload.get("threshold")
+    if old == new:
+        return []
+    return [{"kind": "threshold_changed", "item_id": None, "actor": "scheduler",
+             "detail": {"old": old, "new": new, **{k: payload.get(k) for k in _REVIEW_DETAIL}}}]
 
 
 def read_latest(store: StateStore, model: type[S]) -> Dated[S] | None:

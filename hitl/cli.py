@@ -302,6 +302,44 @@ def jobs() -> None:
 
 
 @app.command()
+def history(
+    item_id: str = typer.Argument(..., help="the item's external id (every version of it)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON array of the events, for machines"),
+    task_wide: bool = typer.Option(True, help="also the threshold changes since the item was ingested"),
+) -> None:
+    """Every change to ITEM_ID's label, oldest first: answers added, edited, deleted; consensus
+    changes; auto-accepts (with the threshold and model version); threshold changes; sends-back;
+    adjudications."""
+    import json
+
+    from connector.store.history import describe
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    with open_store(SyncSettings()) as store:
+        versions = store.items.versions(item_id)
+        if not versions:
+            console.print(f"[red]no item with id {item_id!r}[/red]")
+            raise typer.Exit(1)
+        events = store.history.for_item([v.id for v in versions],
+                                        task_wide_since=versions[0].created_at if task_wide else None)
+    version_of = {v.id: v.version for v in versions}
+    if as_json:
+        typer.echo(json.dumps([{"id": e.id, "at": e.at.isoformat(), "kind": e.kind, "actor": e.actor,
+                                "item_version": version_of.get(e.item_id) if e.item_id is not None else None,
+                                "source_at": e.source_at.isoformat() if e.source_at else None, "detail": e.detail}
+                               for e in events], indent=1))
+        return
+    table = Table(title=f"history of {item_id} ({len(events)} events)")
+    for col in ("at (UTC)", "version", "event", "by", "what", "tool time"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", f"v{version_of[e.item_id]}" if e.item_id is not None else "task",
+                      e.kind, e.actor, describe(e), f"{e.source_at:%Y-%m-%d %H:%M:%S}" if e.source_at else "-")
+    console.print(table)
+
+
+@app.command()
 def report(out: Path = typer.Option(Path("var/report.html"), help="where to write the HTML"),
            model_root: Path = typer.Option(Path("var/models"), envvar="HITL_MODEL_ROOT")) -> None:
     """Write the HTML report: calibration, accuracy vs review rate, thresholds, labels, agreement, annotators, versions."""

@@ -150,7 +150,8 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     sent = 0
     if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
         sent = ctx.sync.send_back(wanted)
-        store.labels.save([r for r in result.rows if r["item_id"] in asking])
+        store.labels.save([r for r in result.rows if r["item_id"] in asking], sent_back=wanted if sent else (),
+                          tool=ctx.sync.tool.name, project=ctx.sync.project)
     settled = sum(r["status"] == "settled" for r in result.rows)
     if table.invalid:
         log.warning("%d answers left out of consensus (e.g. %s)", len(table.invalid), table.invalid[0])

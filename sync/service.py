@@ -131,9 +131,12 @@ class SyncService:
             chunk = ordinary[i:i + batch]
             decisions = self.router.route(self._batch(chunk, preds),
                                           gold_pool=self._batch(gold, preds) if gold else None)
+            policy = self.router.policy  # the thresholds in force go on record with each auto-accept/reject
             self.store.decisions.record([
                 {"item_id": int(d.item_id), "model_version": preds[int(d.item_id)].model_version,
-                 "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score}
+                 "action": d.action, "reason": d.reason, "priority": d.priority, "score": d.score,
+                 "label": d.label, "confidence": d.confidence,
+                 "threshold": policy.reject_threshold if d.action == "auto_reject" else policy.threshold_for(d.label)}
                 for d in decisions])
             drawn = {d.item_id for d in decisions if d.reason == "gold"}
             gold = [it for it in gold if str(it.id) not in drawn]

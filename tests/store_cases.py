@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from connector.ingest import ingest_file
 from connector.store import (
@@ -30,7 +31,7 @@ from connector.store import (
 from connector.store.models import Base
 
 TABLES = {"items", "predictions", "routing_decisions", "pushes", "annotations", "cursors", "alembic_version",
-          "labels", "job_runs", "embeddings", "snapshots"}
+          "labels", "job_runs", "embeddings", "snapshots", "label_events"}
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
@@ -75,7 +76,7 @@ class FacadeCases(_Cases):
         assert empty_store.schema_revision() is None
         assert set(inspect(empty_store.engine).get_table_names()) == set()
         empty_store.migrate()
-        assert empty_store.schema_revision() == head == "0005"
+        assert empty_store.schema_revision() == head == "0006"
         assert set(inspect(empty_store.engine).get_table_names()) == TABLES
         with empty_store.engine.connect() as conn:  # the revision and the models agree, column by column
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -83,14 +84,14 @@ class FacadeCases(_Cases):
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
         store.items.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
-        assert store.schema_revision() == "0005"
+        assert store.schema_revision() == "0006"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0006"]
         assert [i.external_id for i in store.items.list()] == ["a"]
 
     def test_every_repository_shares_the_facades_engine_and_sessions(self, store):
         repos = [store.items, store.predictions, store.decisions, store.pushes, store.annotations, store.cursors,
-                 store.labels, store.embeddings, store.job_runs, store.snapshots]
+                 store.labels, store.embeddings, store.job_runs, store.snapshots, store.history]
         assert all(r.engine is store.engine for r in repos)
         assert len({id(r._sessions) for r in repos}) == 1
 
@@ -421,7 +422,7 @@ class EmbeddingCases(_Cases):
         v = np.ones(2, dtype=np.float32).tobytes()
         with EmbeddingRepository.open(empty_store.url) as cache:  # migrates the empty database
             assert cache.put("enc", {"h": v}) == 1
-        assert empty_store.schema_revision() == "0005"
+        assert empty_store.schema_revision() == "0006"
         with EmbeddingRepository.open(empty_store.url) as again:  # a second open: the migration is a no-op
             assert again.get("enc", ["h"]) == {"h": v}
         assert empty_store.embeddings.get("enc", ["h"]) == {"h": v}
@@ -452,5 +453,183 @@ class RunCases(_Cases):
         assert store.snapshots.list("agreement")[0].payload["matrix"] == [[1.0, 0.0], [0.0, 1.0]]
 
 
-class StoreCases(FacadeCases, ItemCases, RoutingCases, PushCases, AnnotationCases, EmbeddingCases, RunCases):
+def events(store, item_id=None, **filters):
+    """``(kind, item_id, actor, detail)`` of the history's events, oldest first."""
+    return [(e.kind, e.item_id, e.actor, e.detail) for e in store.history.list(item_id=item_id, **filters)]
+
+
+class HistoryCases(_Cases):
+    """``store.history``: every change to an item's label leaves exactly its event, in the change's
+    transaction, and the database refuses to change or delete one."""
+
+    def test_an_answer_added_edited_deleted_and_revived_each_leave_exactly_one_event(self, store):
+        a = ingest_three(store)["a"]
+        where = {"tool": "label_studio", "project": "7", "remote_id": "101"}
+        store.annotations.upsert([annotation(a)])
+        store.annotations.upsert([annotation(a, value=["neg"], updated_at=T0 + timedelta(minutes=5))])
+        store.annotations.upsert([annotation(a, value=["neg"], status="deleted", updated_at=T0 + timedelta(hours=1))])
+        store.annotations.upsert([annotation(a, value=["pos"], annotator="ann2") | {"revive": True}])
+        assert events(store, a) == [
+            ("answer_added", a, "ann1", where | {"value": ["pos"], "status": "submitted"}),
+            ("answer_edited", a, "ann1", where | {"value": ["neg"], "status": "submitted", "old_value": ["pos"],
+                                                 "old_status": "submitted"}),
+            ("answer_deleted", a, "ann1", where | {"value": ["neg"], "status": "deleted", "old_value": ["neg"],
+                                                  "old_status": "submitted"}),
+            ("answer_revived", a, "ann2", where | {"value": ["pos"], "status": "submitted", "old_value": ["neg"],
+                                                  "old_status": "deleted", "old_annotator": "ann1"}),
+        ]
+        # the tool's own times, and ours
+        assert [e.source_at for e in store.history.for_item(a)] == [T0, T0 + timedelta(minutes=5),
+                                                                   T0 + timedelta(hours=1), T0]
+        assert all(e.at.tzinfo is not None for e in store.history.for_item(a))
+
+    def test_repeats_older_answers_and_replacements_that_change_nothing_leave_no_event(self, store):
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a)])
+        store.annotations.upsert([annotation(a)])  # the same answer again
+        store.annotations.upsert([annotation(a, value=["neg"], updated_at=T0 - timedelta(minutes=1))])  # older
+        newer_same = store.annotations.upsert([annotation(a, updated_at=T0 + timedelta(minutes=1))])
+        assert newer_same.updated == 1  # stored (a newer time), but the answer did not change
+        assert [k for k, *_ in events(store, a)] == ["answer_added"]
+        # two rows for one new answer in one call: added, then edited
+        b = store.items.list()[1].id
+        store.annotations.upsert([annotation(b, remote_id="201"),
+                                  annotation(b, remote_id="201", value=["neg"], updated_at=T0 + timedelta(minutes=2))])
+        assert [(k, d["value"]) for k, _, _, d in events(store, b)] == [("answer_added", ["pos"]),
+                                                                          ("answer_edited", ["neg"])]
+
+    def test_a_deletion_seen_first_and_an_answer_absent_twice_are_deleted_on_record(self, store):
+        ids = ingest_three(store)
+        store.annotations.upsert([annotation(ids["a"], status="deleted")])
+        ((kind, _, _, detail),) = events(store, ids["a"])
+        assert (kind, detail["old_value"], detail["old_status"]) == ("answer_deleted", None, None)
+        row = annotation(ids["b"], remote_id="2", updated_at=T0 + timedelta(minutes=3))
+        store.annotations.upsert([row | {"tool": "argilla", "project": "d"}])
+        store.annotations.settle_absent("argilla", "d", [])  # missing once: marked, still live
+        assert [k for k, *_ in events(store, ids["b"])] == ["answer_added"]
+        store.annotations.settle_absent("argilla", "d", [])
+        store.annotations.settle_absent("argilla", "d", [])  # already deleted: nothing more
+        (_, deleted) = store.history.for_item(ids["b"])
+        assert (deleted.kind, deleted.actor, deleted.source_at) == ("answer_deleted", "ann1", T0 + timedelta(minutes=3))
+        assert deleted.detail == {"tool": "argilla", "project": "d", "remote_id": "2", "value": ["pos"],
+                                  "status": "deleted", "old_value": ["pos"], "old_status": "submitted",
+                                  "inferred": "absent from 2 whole pulls"}
+
+    def test_a_consensus_change_is_on_record_and_a_label_saved_again_is_not(self, store):
+        ids = ingest_three(store)
+        row = {"item_id": ids["a"], "label": "pos", "status": "settled", "method": "majority", "n_answers": 2,
+               "reason": "agreed", "agreement": np.float64(1.0)}
+        store.labels.save([row])
+        store.labels.save([row | {"n_answers": 3, "agreement": 2 / 3}])  # more answers, same label: no change
+        store.labels.save([row | {"label": None, "status": "unsettled", "reason": "tie", "agreement": float("nan")}])
+        store.labels.save([row | {"label": "neg", "method": "adjudicated", "actor": "lead"}])
+        got = events(store, ids["a"])
+        assert [(k, actor, d["old_label"], d["old_status"], d["label"], d["status"], d["method"])
+                for k, _, actor, d in got] == [
+            ("consensus_changed", "scheduler", None, None, "pos", "settled", "majority"),
+            ("consensus_changed", "scheduler", "pos", "settled", None, "unsettled", "majority"),
+            ("consensus_changed", "lead", None, "unsettled", "neg", "settled", "adjudicated")]
+        assert got[0][3]["agreement"] == 1.0 and got[1][3]["agreement"] is None  # NaN is not JSON: None
+
+    def test_auto_accepts_and_rejects_are_on_record_with_model_version_confidence_and_threshold(self, store):
+        ids = ingest_three(store)
+        store.predictions.record([prediction(i, confidence=0.97) for i in ids.values()])
+        store.decisions.record([
+            {"item_id": ids["a"], "action": "auto_accept", "reason": "confident", "priority": 0.03,
+             "label": "pos", "confidence": 0.97, "threshold": 0.95},
+            {"item_id": ids["b"], "action": "auto_accept", "reason": "confident", "priority": 0.03},  # from its prediction
+            {"item_id": ids["c"], "action": "review", "reason": "uncertain", "priority": 0.5},
+        ])
+        store.decisions.record([{"item_id": ids["c"], "action": "auto_reject", "reason": "reject_label",
+                                 "priority": 0.1, "threshold": 0.9}])
+        assert events(store) == [
+            ("auto_accepted", ids["a"], "router", {"label": "pos", "confidence": 0.97, "model_version": "m1",
+                                                   "threshold": 0.95, "reason": "confident"}),
+            ("auto_accepted", ids["b"], "router", {"label": "pos", "confidence": 0.97, "model_version": "m1",
+                                                   "threshold": None, "reason": "confident"}),
+            ("auto_rejected", ids["c"], "router", {"label": "pos", "confidence": 0.97, "model_version": "m1",
+                                                   "threshold": 0.9, "reason": "reject_label"})]
+
+    def test_a_threshold_change_is_on_record_once_as_a_task_wide_event(self, store):
+        from connector.snapshots import ThresholdsSnapshot, write_snapshot
+
+        for t in (0.93, 0.93, 0.9):
+            write_snapshot(store, ThresholdsSnapshot(threshold=t, adapt=True, target_error=0.02, n_evidence=40))
+        got = store.history.list(kind="threshold_changed")
+        assert [(e.item_id, e.actor, e.detail["old"], e.detail["new"]) for e in got] == [
+            (None, "scheduler", None, 0.93), (None, "scheduler", 0.93, 0.9)]
+        assert got[1].detail["target_error"] == 0.02 and got[1].detail["n_evidence"] == 40
+        store.snapshots.add("thresholds", {"threshold": 0.5})  # not through write_snapshot: no review of it
+        assert len(store.history.list(kind="threshold_changed")) == 2
+
+    def test_a_send_back_is_on_record_for_each_item_pushed_there(self, store):
+        ids = ingest_three(store)
+        store.pushes.begin([ids["a"], ids["b"]], "label_studio", "7")
+        store.pushes.confirm({ids["a"]: 501}, "label_studio", "7")  # b: pending, never sent
+        row = {"item_id": ids["a"], "label": None, "status": "unsettled", "method": "majority", "n_answers": 2,
+               "reason": "tie"}
+        store.labels.save([row, row | {"item_id": ids["b"]}], sent_back=[(ids["a"], 3, "tie"), (ids["b"], 3, "tie")],
+                          tool="label_studio", project="7")
+        assert [(k, i) for k, i, _, _ in events(store)] == [("consensus_changed", ids["a"]),
+                                                            ("consensus_changed", ids["b"]), ("sent_back", ids["a"])]
+        assert events(store, kind="sent_back")[0][3] == {"tool": "label_studio", "project": "7", "remote_id": "501",
+                                                         "answers_wanted": 3, "reason": "tie"}
+        with pytest.raises(ValueError, match="tool and the project"):
+            store.labels.save([row], sent_back=[(ids["a"], 3, "tie")])
+
+    def test_update_and_delete_on_the_history_are_refused_by_the_database(self, store):
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a)])
+        for statement in ("UPDATE label_events SET kind = 'answer_edited'", "UPDATE label_events SET detail = '{}'",
+                          "DELETE FROM label_events", f"DELETE FROM label_events WHERE item_id = {a}"):
+            with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as conn:
+                conn.execute(text(statement))
+        (kept,) = store.history.for_item(a)
+        assert (kept.kind, kept.detail["value"]) == ("answer_added", ["pos"])
+
+    def test_a_failed_call_leaves_no_event(self, store):
+        a = ingest_three(store)["a"]
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.annotations.upsert([annotation(a), annotation(999_999, remote_id="2")])
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.labels.save([{"item_id": a, "label": "pos", "status": "settled", "method": "majority",
+                                "n_answers": 1, "reason": "agreed"}, {"item_id": 999_999, "label": "pos",
+                                "status": "settled", "method": "majority", "n_answers": 1, "reason": "agreed"}])
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.decisions.record([{"item_id": a, "action": "auto_accept", "reason": "confident", "priority": 0},
+                                    {"item_id": 999_999, "action": "review", "reason": "uncertain", "priority": 0}])
+        with pytest.raises(ValueError, match="unknown item ids"):
+            store.history.record([{"item_id": a, "kind": "adjudicated", "actor": "lead", "detail": {"label": "pos"}},
+                                  {"item_id": 999_999, "kind": "adjudicated", "actor": "lead"}])
+        with pytest.raises(ValueError, match="unknown event kind"):
+            store.history.record([{"item_id": a, "kind": "relabelled", "actor": "lead"}])
+        assert store.history.list() == [] and store.annotations.list() == [] and store.labels.list(status=None) == []
+
+    def test_a_change_whose_event_fails_is_not_stored_either(self, store, monkeypatch):
+        import connector.store.annotations as annotations_module
+
+        a = ingest_three(store)["a"]
+
+        def broken(s, rows):
+            raise RuntimeError("the event insert failed")
+
+        monkeypatch.setattr(annotations_module, "append_events", broken)
+        with pytest.raises(RuntimeError, match="event insert failed"):
+            store.annotations.upsert([annotation(a)])
+        assert store.annotations.list() == [] and store.items.get(a).state == "ingested"
+
+    def test_adjudication_records_through_the_repository_and_reads_back_by_item_and_kind(self, store):
+        ids = ingest_three(store)
+        assert store.history.record([{"item_id": ids["b"], "kind": "adjudicated", "actor": "lead",
+                                      "detail": {"old_label": None, "label": "neg", "note": "sarcasm"}}]) == 1
+        store.annotations.upsert([annotation(ids["b"])])
+        assert [e.kind for e in store.history.for_item(ids["b"])] == ["adjudicated", "answer_added"]
+        assert [e.kind for e in store.history.list(kind=["adjudicated"])] == ["adjudicated"]
+        later = store.history.list(kind="answer_added")[0].at
+        assert [e.kind for e in store.history.list(since=later)] == ["answer_added"]
+        assert store.history.for_item(ids["a"]) == []
+
+
+class StoreCases(FacadeCases, ItemCases, RoutingCases, PushCases, AnnotationCases, EmbeddingCases, RunCases,
+                 HistoryCases):
     """Every repository's cases, for a database that runs them all (PostgreSQL)."""

@@ -1,6 +1,6 @@
 """The state store: SQLAlchemy 2 models, Alembic migrations and the ``StateStore`` facade over
 one repository per area (items, predictions, decisions, pushes, annotations, cursors, labels,
-embeddings, job runs, snapshots).
+embeddings, job runs, snapshots, the append-only label history).
 
 SQLite by default (``sqlite:///var/state.db``), PostgreSQL by URL (``postgresql+psycopg://...``);
 the same code and tests run on both.
@@ -21,6 +21,7 @@ from connector.store.models import (
     Item,
     JobRun,
     Label,
+    LabelEvent,
     Prediction,
     Push,
     RoutingDecision,
@@ -44,6 +45,7 @@ __all__ = [
     "Item",
     "JobRun",
     "Label",
+    "LabelEvent",
     "Prediction",
     "Push",
     "RoutingDecision",

@@ -13,7 +13,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from connector.store.models import ANNOTATION_STATUSES, LABEL_STATUSES, Annotation, Cursor, Label
+from connector.store.history import append as append_events
+from connector.store.models import ANNOTATION_STATUSES, LABEL_STATUSES, Annotation, Cursor, Label, Push
 from connector.store.repository import (
     BEFORE_ANNOTATED,
     Repository,
@@ -49,6 +50,17 @@ class _Stored:
     id: int
     remote_updated_at: datetime
     status: str
+    value: Any
+    annotator: str
+
+
+@dataclass
+class _Before:
+    """What an answer was before a row replaced it (for its event)."""
+
+    value: Any
+    status: str
+    annotator: str
 
 
 class AnnotationRepository(Repository):
@@ -67,6 +79,10 @@ class AnnotationRepository(Repository):
         interleaving; two pulls inserting the same new answer at once both read it absent, and the
         one whose insert loses on the unique key runs again from the read (it then sees the answer
         and keeps the newer). A submitted annotation moves its item to ``annotated``.
+
+        Each change is on record (``store.history``, same transaction): ``answer_added`` for a new
+        answer, ``answer_edited`` / ``answer_deleted`` / ``answer_revived`` for a replacement that
+        changes its value, status or annotator, with the old and new value and the tool's time.
         """
         prepared = [_prepare(r) for r in rows]
         for attempt in range(1, INSERT_RACE_ATTEMPTS + 1):
@@ -86,16 +102,19 @@ class AnnotationRepository(Repository):
             keys = sorted({(r["tool"], r["project"], r["remote_id"]) for r, _ in prepared})
             for (tool, project), group in itertools.groupby(keys, key=lambda k: k[:2]):
                 for chunk in chunks([k[2] for k in group]):
-                    stored.update(((tool, project, remote_id), _Stored(id_, at, status))
-                                  for id_, remote_id, at, status in s.execute(
-                        select(Annotation.id, Annotation.remote_id, Annotation.remote_updated_at, Annotation.status)
+                    stored.update(((tool, project, remote_id), _Stored(id_, at, status, value, annotator))
+                                  for id_, remote_id, at, status, value, annotator in s.execute(
+                        select(Annotation.id, Annotation.remote_id, Annotation.remote_updated_at, Annotation.status,
+                               Annotation.value, Annotation.annotator)
                         .where(Annotation.tool == tool, Annotation.project == project,
                                Annotation.remote_id.in_(chunk))))
             added: dict[tuple[str, str, str], Annotation] = {}  # inserted by this call
+            events: list[dict[str, Any]] = []
             for r, revive in prepared:
                 key = (r["tool"], r["project"], r["remote_id"])
                 revives = revive and r["status"] != "deleted"
                 new, old = added.get(key), stored.get(key)
+                before: _Before | None = None
                 if new is None and old is None:
                     added[key] = Annotation(**r)
                     s.add(added[key])
@@ -104,25 +123,42 @@ class AnnotationRepository(Repository):
                     if not (r["remote_updated_at"] > new.remote_updated_at or (revives and new.status == "deleted")):
                         result.unchanged += 1
                         continue
+                    before = _Before(new.value, new.status, new.annotator)
                     for name in _REPLACED:
                         setattr(new, name, r[name])
                     result.updated += 1
-                elif old is not None and self._replace(s, old, r, revives):
+                elif old is not None and (before := self._replace(s, old, r, revives)) is not None:
                     result.updated += 1
                 else:
                     result.unchanged += 1
                     continue
+                if (event := _answer_event(before, r)) is not None:
+                    events.append(event)
                 if r["status"] == "submitted":
                     advance(items[r["item_id"]], "annotated", from_states=BEFORE_ANNOTATED)
+            append_events(s, events)
         return result
 
     @staticmethod
-    def _replace(s: Session, old: _Stored, r: dict[str, Any], revives: bool) -> bool:
+    def _replace(s: Session, old: _Stored, r: dict[str, Any], revives: bool) -> _Before | None:
         """Write ``r`` over the stored answer when it is newer (or revives a deletion), checked by the
-        database at write time: a concurrent pull may have stored a newer answer since the read."""
+        database at write time: a concurrent pull may have stored a newer answer since the read.
+        Returns what the answer was, or ``None`` when ``r`` did not replace it.
+
+        On PostgreSQL the answer is read again under a row lock, so what it was is what this write
+        replaced, not what the first read saw; SQLite's write transactions are serial (``BEGIN
+        IMMEDIATE``), so there the first read is still what is stored."""
         newer = r["remote_updated_at"] > old.remote_updated_at
         if not (newer or (revives and old.status == "deleted")):
-            return False
+            return None
+        now: Any = old
+        if s.get_bind().dialect.name != "sqlite":
+            now = s.execute(select(Annotation.value, Annotation.status, Annotation.annotator,
+                                   Annotation.remote_updated_at)
+                            .where(Annotation.id == old.id).with_for_update()).one()
+            if not (r["remote_updated_at"] > now.remote_updated_at or (revives and now.status == "deleted")):
+                return None
+        before = _Before(now.value, now.status, now.annotator)
         condition = Annotation.remote_updated_at < r["remote_updated_at"]
         if revives:
             condition = or_(condition, Annotation.status == "deleted")
@@ -130,9 +166,10 @@ class AnnotationRepository(Repository):
                             .values({name: r[name] for name in _REPLACED})
                             .execution_options(synchronize_session=False))
         if written.rowcount != 1:
-            return False
-        old.remote_updated_at, old.status = r["remote_updated_at"], r["status"]
-        return True
+            return None
+        old.remote_updated_at, old.status, old.value, old.annotator = (r["remote_updated_at"], r["status"], r["value"],
+                                                                       r["annotator"])
+        return before
 
     def settle_absent(self, tool: str, project: str, returned: Iterable[str]) -> AbsenceResult:
         """After a pull that returned every live answer of a project (Argilla's): the stored ones it did not.
@@ -150,17 +187,23 @@ class AnnotationRepository(Repository):
             candidates = s.scalars(select(Annotation).where(
                 Annotation.tool == tool, Annotation.project == project,
                 or_(Annotation.status != "deleted", Annotation.missed_pulls > 0)).order_by(Annotation.id))
+            events: list[dict[str, Any]] = []
             for a in candidates:
                 if a.remote_id in seen:
                     a.missed_pulls = 0
                 elif a.status == "deleted":
                     continue
                 elif a.missed_pulls >= 1:
+                    events.append(_event("answer_deleted", a.item_id, a.annotator, a.remote_updated_at, {
+                        "tool": tool, "project": project, "remote_id": a.remote_id, "value": a.value,
+                        "status": "deleted", "old_value": a.value, "old_status": a.status,
+                        "inferred": f"absent from {a.missed_pulls + 1} whole pulls"}))
                     a.status, a.missed_pulls = "deleted", a.missed_pulls + 1
                     result.deleted += 1
                 else:
                     a.missed_pulls = 1
                     result.missing += 1
+            append_events(s, events)
         return result
 
     def list(self, item_ids: Iterable[int] | None = None, *, tool: str | None = None,
@@ -191,6 +234,38 @@ def _prepare(r: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
 _REPLACED = ("annotator", "value", "status", "remote_updated_at", "lead_time")
 
 
+def _event(kind: str, item_id: int | None, actor: str, source_at: datetime | None,
+           detail: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "item_id": item_id, "actor": actor, "source_at": source_at, "detail": detail}
+
+
+def _answer_event(before: _Before | None, r: dict[str, Any]) -> dict[str, Any] | None:
+    """The event of row ``r`` stored over ``before`` (``None``: a new answer); ``None`` when the
+    replacement changed neither the value, the status nor the annotator."""
+    detail = {"tool": r["tool"], "project": r["project"], "remote_id": r["remote_id"], "value": r["value"],
+              "status": r["status"]}
+    if before is None:
+        if r["status"] == "deleted":  # a deletion seen before the answer itself
+            return _event("answer_deleted", r["item_id"], r["annotator"], r["remote_updated_at"],
+                          detail | {"old_value": None, "old_status": None})
+        return _event("answer_added", r["item_id"], r["annotator"], r["remote_updated_at"], detail)
+    was_deleted, is_deleted = before.status == "deleted", r["status"] == "deleted"
+    if was_deleted and is_deleted:
+        return None
+    if was_deleted:
+        kind = "answer_revived"
+    elif is_deleted:
+        kind = "answer_deleted"
+    elif (before.value, before.status, before.annotator) == (r["value"], r["status"], r["annotator"]):
+        return None
+    else:
+        kind = "answer_edited"
+    detail |= {"old_value": before.value, "old_status": before.status}
+    if before.annotator != r["annotator"]:
+        detail["old_annotator"] = before.annotator
+    return _event(kind, r["item_id"], r["annotator"], r["remote_updated_at"], detail)
+
+
 class CursorRepository(Repository):
     """``store.cursors``: named positions per tool and project (e.g. the last ``updated_at`` pulled)."""
 
@@ -213,29 +288,47 @@ class CursorRepository(Repository):
 class LabelRepository(Repository):
     """``store.labels``: each item's consolidated label, one per item, replaced on each consolidation."""
 
-    def save(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def save(self, rows: Iterable[Mapping[str, Any]], *, sent_back: Iterable[tuple[int, int, str]] = (),
+             tool: str | None = None, project: str | None = None) -> int:
         """Write each item's consolidated label, replacing the previous one; returns the count.
 
         Each row: ``item_id, label`` (None when unsettled), ``status`` (settled|unsettled),
-        ``method``, ``n_answers``, ``reason`` and optionally ``confidence`` and ``agreement``. A
-        settled label moves its item to ``consolidated``; an unsettled one moves it back to
-        ``annotated`` (it waits for more answers).
+        ``method``, ``n_answers``, ``reason`` and optionally ``confidence``, ``agreement`` and
+        ``actor`` (who settled it, for the history; default ``scheduler``). A settled label moves
+        its item to ``consolidated``; an unsettled one moves it back to ``annotated`` (it waits for
+        more answers).
+
+        A row that changes an item's label, status or method is on record (``consensus_changed``,
+        same transaction). ``sent_back``: the ``(item_id, answers wanted, reason)`` the ``tool``
+        accepted for ``project`` just before, each recorded as ``sent_back`` with the remote id of
+        the item's confirmed push there (an item without one was not sent).
         """
         rows = list(rows)
+        sent_back = list(sent_back)
         for r in rows:
             if r["status"] not in LABEL_STATUSES:
                 raise ValueError(f"unknown label status {r['status']!r}; expected one of {', '.join(LABEL_STATUSES)}")
+        if sent_back:
+            if tool is None or project is None:
+                raise ValueError("sent_back needs the tool and the project it was sent to")
+            check_tool(tool)
         with self._sessions.begin() as s:
             items = load_items(s, (r["item_id"] for r in rows))
             old: dict[int, Label] = {}
             for chunk in chunks(sorted(items)):
                 old.update((lb.item_id, lb) for lb in s.scalars(select(Label).where(Label.item_id.in_(chunk))))
+            events: list[dict[str, Any]] = []
             for r in rows:
                 item_id = int(r["item_id"])
                 values = {"label": None if r.get("label") is None else str(r["label"]), "status": r["status"],
                           "method": str(r["method"]), "n_answers": int(r["n_answers"]), "reason": str(r["reason"]),
                           "confidence": _opt_float(r.get("confidence")), "agreement": _opt_float(r.get("agreement"))}
                 label = old.get(item_id)
+                was = None if label is None else (label.label, label.status, label.method)
+                if was != (values["label"], values["status"], values["method"]):
+                    events.append(_event("consensus_changed", item_id, str(r.get("actor") or "scheduler"), None, {
+                        "old_label": None if was is None else was[0], "old_status": None if was is None else was[1],
+                        "old_method": None if was is None else was[2], **values}))
                 if label is None:
                     label = Label(item_id=item_id, **values)
                     s.add(label)
@@ -248,6 +341,9 @@ class LabelRepository(Repository):
                     item.state = "consolidated"
                 elif item.state == "consolidated":
                     item.state = "annotated"
+            if sent_back:
+                events.extend(_sent_back_events(s, sent_back, str(tool), str(project)))
+            append_events(s, events)
             return len(rows)
 
     def list(self, *, status: str | None = "settled", item_ids: Iterable[int] | None = None) -> list[Label]:
@@ -256,6 +352,19 @@ class LabelRepository(Repository):
         if status is not None:
             stmt = stmt.where(Label.status == status)
         return sorted(self._rows_for(stmt, Label.item_id, item_ids), key=lambda lb: lb.item_id)
+
+
+def _sent_back_events(s: Session, sent_back: list[tuple[int, int, str]], tool: str,
+                      project: str) -> list[dict[str, Any]]:
+    remote: dict[int, str] = {}
+    for chunk in chunks(sorted({int(i) for i, _, _ in sent_back})):
+        remote.update(s.execute(select(Push.item_id, Push.remote_id).where(
+            Push.tool == tool, Push.project == project, Push.status == "confirmed", Push.item_id.in_(chunk),
+            Push.remote_id.is_not(None))).tuples().all())
+    return [_event("sent_back", int(i), "scheduler", None, {"tool": tool, "project": project,
+                                                            "remote_id": remote[int(i)], "answers_wanted": int(n),
+                                                            "reason": str(why)})
+            for i, n, why in sent_back if int(i) in remote]
 
 
 def _opt_float(value: Any) -> float | None:

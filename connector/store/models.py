@@ -260,6 +260,28 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class LabelEvent(Base):
+    """One change to an item's label, on record for good: appended, never updated or deleted.
+
+    The database enforces it: triggers (made by migration 0006) refuse UPDATE and DELETE on the
+    table. ``item_id`` is ``None`` for task-wide events (a threshold change); ``at`` is our time,
+    ``source_at`` the tool's timestamp when there is one; ``kind`` and ``detail`` are described in
+    :mod:`connector.store.history`.
+    """
+
+    __tablename__ = "label_events"
+    __table_args__ = (Index("ix_label_events_item_id_id", "item_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # no ON DELETE CASCADE: an item with a history is never deleted (items are not; the triggers would refuse)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    source_at: Mapped[datetime | None]
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]]
+
+
 class Snapshot(Base):
     """A dated measurement (agreement, annotator quality, thresholds, model evaluation...)."""
 

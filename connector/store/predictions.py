@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
+from connector.store.history import append as append_events
 from connector.store.models import Item, Prediction, RoutingDecision
 from connector.store.repository import BEFORE_PUSHED, Repository, advance, chunks, load_items
 
@@ -54,6 +56,29 @@ class PredictionRepository(Repository):
         return sorted(out, key=lambda p: (p.item_id, p.id))
 
 
+_SETTLING = {"auto_accept": "auto_accepted", "auto_reject": "auto_rejected"}  # routing actions that give a label
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fill_from_predictions(s: Session, events: list[dict[str, Any]]) -> None:
+    """The label and confidence an event's row lacked, from its model version's prediction."""
+    lacking = [e for e in events if e["detail"]["label"] is None or e["detail"]["confidence"] is None]
+    found: dict[tuple[int, str | None], Prediction] = {}
+    for chunk in chunks(sorted({e["item_id"] for e in lacking})):
+        found.update(((p.item_id, p.model_version), p)
+                     for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(chunk))))
+    for e in lacking:
+        pred = found.get((e["item_id"], e["detail"]["model_version"]))
+        if pred is not None:
+            if e["detail"]["label"] is None:
+                e["detail"]["label"] = pred.label
+            if e["detail"]["confidence"] is None:
+                e["detail"]["confidence"] = pred.confidence
+
+
 class DecisionRepository(Repository):
     """``store.decisions``: routing decisions, appended; an item's latest one is the one that counts."""
 
@@ -61,17 +86,29 @@ class DecisionRepository(Repository):
         """Append routing decisions and move items not yet pushed to ``routed``; returns the count.
 
         Each row: ``item_id, action, reason, priority`` and optionally ``model_version`` and ``score``.
+        An ``auto_accept`` (``auto_reject``) is on record as ``auto_accepted`` (``auto_rejected``),
+        same transaction, with the row's optional ``label``, ``confidence`` (else the model
+        version's prediction's) and ``threshold`` (the one in force, when the caller knows it).
         """
         rows = list(rows)
         with self._sessions.begin() as s:
             items = load_items(s, (r["item_id"] for r in rows))
+            events: list[dict[str, Any]] = []
             for r in rows:
                 item = items[int(r["item_id"])]
                 score = r.get("score")
-                s.add(RoutingDecision(item_id=item.id, model_version=r.get("model_version", item.model_version),
+                model_version = r.get("model_version", item.model_version)
+                s.add(RoutingDecision(item_id=item.id, model_version=model_version,
                                       action=str(r["action"]), reason=str(r["reason"]),
                                       priority=float(r["priority"]), score=None if score is None else float(score)))
                 advance(item, "routed", from_states=BEFORE_PUSHED)
+                if r["action"] in _SETTLING:
+                    threshold = r.get("threshold")
+                    events.append({"kind": _SETTLING[r["action"]], "item_id": item.id, "actor": "router", "detail": {
+                        "label": r.get("label"), "confidence": _opt_float(r.get("confidence")),
+                        "model_version": model_version, "threshold": _opt_float(threshold), "reason": str(r["reason"])}})
+            _fill_from_predictions(s, events)
+            append_events(s, events)
             return len(rows)
 
     def routed(self, action: str | None = None, limit: int | None = None) -> list[tuple[Item, RoutingDecision]]:

@@ -12,6 +12,9 @@ What stays, and why:
 - predictions and routing decisions: each item's latest one always (every reader takes the latest:
   routing, push suggestions, the threshold pool, the random-evidence reasons, the simulator);
   superseded ones only when older than ``history_days``.
+
+The label history (``label_events``) is never pruned: it is append-only, and the database's
+triggers would refuse the delete.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from connector.store.history import append as append_events
 from connector.store.models import JOB_STATUSES, JobRun, Snapshot, utcnow
 from connector.store.repository import Repository
 from connector.store.retention import pruned_runs
@@ -75,10 +76,20 @@ class JobRunRepository(Repository):
 class SnapshotRepository(Repository):
     """``store.snapshots``: dated JSON measurements by kind (agreement, thresholds, quality...)."""
 
-    def add(self, kind: str, payload: Mapping[str, Any]) -> int:
-        """Keep a dated measurement (JSON-serializable; numpy values are converted)."""
+    def add(self, kind: str, payload: Mapping[str, Any], *,
+            changes: Callable[[Any, dict[str, Any]], Iterable[Mapping[str, Any]]] | None = None) -> int:
+        """Keep a dated measurement (JSON-serializable; numpy values are converted).
+
+        ``changes(previous, payload)``: the label events (``store.history``) this measurement
+        makes, given the previous payload of its kind (``None``: the first); they are appended in
+        the same transaction (e.g. ``threshold_changed``)."""
         with self._sessions.begin() as s:
-            snap = Snapshot(kind=kind, payload=json.loads(json.dumps(dict(payload), default=_jsonable)))
+            stored = json.loads(json.dumps(dict(payload), default=_jsonable))
+            if changes is not None:
+                previous = s.scalars(select(Snapshot.payload).where(Snapshot.kind == kind)
+                                     .order_by(Snapshot.id.desc()).limit(1)).first()
+                append_events(s, changes(previous, stored))
+            snap = Snapshot(kind=kind, payload=stored)
             s.add(snap)
             s.flush()
             return snap.id

@@ -82,3 +82,68 @@ def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last
     finally:
         store.close()
         postgres_cluster.drop_database(name)
+
+
+def test_the_history_refuses_truncate_too_and_survives_a_second_migrate(postgres_cluster):
+    """UPDATE and DELETE are refused in the shared cases (``HistoryCases``); PostgreSQL has TRUNCATE
+    besides, which row triggers do not see: a statement trigger refuses it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    name = f"store_{next(_names)}"
+    store = StateStore(postgres_cluster.create_database(name))
+    try:
+        store.migrate()
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a)])
+        with pytest.raises(DBAPIError, match="append-only: TRUNCATE refused"), store.engine.begin() as conn:
+            conn.execute(text("TRUNCATE label_events"))
+        with pytest.raises(DBAPIError, match="append-only: UPDATE refused"), store.engine.begin() as conn:
+            conn.execute(text("UPDATE label_events SET actor = 'someone else'"))
+        store.migrate()
+        assert [(e.kind, e.actor) for e in store.history.for_item(a)] == [("answer_added", "ann1")]
+    finally:
+        store.close()
+        postgres_cluster.drop_database(name)
+
+
+def test_concurrent_edits_each_record_the_answer_they_replaced(postgres_cluster):
+    """Two pulls read the stored answer ``pos``; the older edit (``neg``) commits first, then the newer
+    (``mixed``) writes over it: its event says it replaced ``neg``, not the ``pos`` it first read."""
+    name = f"store_{next(_names)}"
+    store = StateStore(postgres_cluster.create_database(name))
+    try:
+        store.migrate()
+        a = ingest_three(store)["a"]
+        store.annotations.upsert([annotation(a, value=["pos"])])
+        both_read = threading.Barrier(2, timeout=20)
+        older_committed = threading.Event()
+        role = threading.local()
+
+        @event.listens_for(store.engine, "after_cursor_execute")
+        def pause_after_the_read(conn, cursor, statement, parameters, context, executemany):
+            if getattr(role, "name", None) and statement.lstrip().startswith("SELECT") and "FROM annotations" in statement:
+                name_, role.name = role.name, None  # once per thread
+                both_read.wait()
+                if name_ == "newer":
+                    assert older_committed.wait(20)
+
+        def pull(name_: str, minutes: int, value: str) -> None:
+            role.name = name_
+            try:
+                store.annotations.upsert([annotation(a, value=[value], updated_at=T0 + timedelta(minutes=minutes))])
+            finally:
+                if name_ == "older":
+                    older_committed.set()
+
+        threads = [threading.Thread(target=pull, args=args) for args in (("older", 1, "neg"), ("newer", 5, "mixed"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        edits = [(e.detail["old_value"], e.detail["value"]) for e in store.history.list(kind="answer_edited")]
+        assert edits == [(["pos"], ["neg"]), (["neg"], ["mixed"])]
+        assert store.annotations.list([a])[0].value == ["mixed"]
+    finally:
+        store.close()
+        postgres_cluster.drop_database(name)
