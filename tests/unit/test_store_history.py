@@ -46,7 +46,7 @@ def loop(tmp_path):
     tool = OfflineTool()
     spec = TaskSpec(name="history", labels=["a", "b"], overlap=2,
                     routing={"accept_threshold": 0.95, "label_overrides": {"a": 0.97}, "spot_check_rate": 0.0,
-                             "audit_share": 0.0})
+                             "audit_share": 0.0}, thresholds={"adapt": False})  # a fixed threshold applies
     sync = SyncService(store, spec, tool, SurePredictor())
     yield store, tool, JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
     store.close()
