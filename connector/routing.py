@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connector.strategies import QueryStrategy, make_strategy
 
 __all__ = [
+    "CHECK_REASONS",
     "FORCED_BONUS",
     "Action",
     "Batch",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 FORCED_BONUS = 1.0
+#: reasons of the items sent to a human to check the loop (gold answers, random audits, spot checks of
+#: would-be auto-accepts): their answers must be independent of the model, so they carry no suggestion
+CHECK_REASONS = frozenset({"gold", "audit", "spot_check"})
 
 Action = Literal["auto_accept", "review", "auto_reject", "defer"]
 Op = Literal["==", "!=", ">=", "<=", ">", "<", "in"]

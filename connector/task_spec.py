@@ -95,6 +95,12 @@ class TaskSpec(BaseModel):
     multi_label: bool = False
     instructions: str = ""
     overlap: int = Field(1, ge=1)
+    show_suggestion: Literal["except_checks", "always", "never"] = Field(
+        "except_checks", description="when annotators see the model's label: 'except_checks' hides it on gold "
+                                     "items, audits and spot checks, and on a random blind_share of the others")
+    blind_share: float = Field(0.5, ge=0.0, le=1.0, description="share of ordinary items shown without a "
+                                                              "suggestion under 'except_checks', so that a "
+                                                              "missing suggestion does not mark a check")
     label_studio: LabelStudioTarget = LabelStudioTarget()
     argilla: ArgillaTarget = ArgillaTarget()
     routing: dict[str, Any] = Field(default_factory=dict, description="RoutingPolicy fields")

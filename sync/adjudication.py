@@ -143,12 +143,13 @@ class AdjudicationQueue:
         key, name = self.ensure(), self.tool.name
         counts.update(self._reconcile(key))
         begun = {p.item_id for p in self.store.pushes.begin([it.id for it, _, _ in wanted], name, key)}
-        todo = [(it, answers, reason) for it, answers, reason in wanted if it.id in begun]
+        todo = [w for w in wanted if w[0].id in begun]
         if todo:
             by_key = {item_key(it.external_id, it.version): it.id for it, _, _ in todo}
-            mapping = self.tool.push(key, [self._push_item(*w) for w in todo])
+            mapping = self.tool.push(key, [self._push_item(it, answers) for it, answers, _ in todo])
             counts["pushed"] += self.store.pushes.confirm({by_key[e]: r for e, r in mapping.items()}, name, key)
-            log.info("%d items pushed to the adjudication project %s", counts["pushed"], key)
+            log.info("%d items pushed to the adjudication project %s (e.g. %s: %s)", counts["pushed"], key,
+                     todo[0][0].external_id, todo[0][2])
         return +counts
 
     def _reconcile(self, key: str) -> Counter:
@@ -169,7 +170,9 @@ class AdjudicationQueue:
             counts["re-queued"] += self.store.pushes.cancel(missing, name, key)
         return counts
 
-    def _push_item(self, item: Any, answers: str, reason: str) -> PushItem:
+    def _push_item(self, item: Any, answers: str) -> PushItem:
+        """What the adjudicator gets: the item's own fields, its key and the answers in conflict,
+        no suggestion (why it came stays in the store, with its label row)."""
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
-        data.update({self.text_key: item.text, ANSWERS_FIELD: answers, "reason": reason})
+        data.update({self.text_key: item.text, ANSWERS_FIELD: answers})
         return PushItem(item_key(item.external_id, item.version), data)

@@ -10,6 +10,7 @@ nothing. What differs between tools lives in the tool (``connector.tools``), not
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from connector.labeling_config import parse_labeling_config
-from connector.routing import Batch, Router
+from connector.routing import CHECK_REASONS, Batch, Router
 from connector.snapshots import ThresholdsSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
@@ -32,7 +33,11 @@ from sync.pulls import annotation_rows, settle_absent
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpPredictor", "PassReport", "Predictor", "SyncService"]
+__all__ = ["SUGGESTION_SOURCE", "HttpPredictor", "PassReport", "Predictor", "SyncService"]
+
+#: the model version a pushed suggestion names in the tool: one neutral name, so annotators never see
+#: which version (or that a new one arrived); the store keeps the real version with each prediction
+SUGGESTION_SOURCE = "hitl"
 
 
 @dataclass
@@ -222,14 +227,32 @@ class SyncService:
         return report
 
     def _push_item(self, item: Any, decision: Any, pred: Any) -> PushItem:
+        """What the annotator gets: the item's own fields and its key, with the model's label as a
+        suggestion when :meth:`shows_suggestion` says so. Why the item was sent (reason, priority,
+        gold or audit), the model version and the score of a hidden suggestion stay in the store;
+        priority travels only as the import order (highest first)."""
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
         data[self.control.data_key] = item.text
-        data["reason"] = decision.reason
-        data["priority"] = round(float(decision.priority), 4)
         key = item_key(item.external_id, item.version)
-        if pred is None:
+        if pred is None or not self.shows_suggestion(item, decision):
             return PushItem(key, data)
-        return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), pred.model_version)
+        return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), SUGGESTION_SOURCE)
+
+    def shows_suggestion(self, item: Any, decision: Any) -> bool:
+        """Whether the annotator sees the model's label (the task file's ``show_suggestion``).
+
+        ``except_checks`` (the default): never on a check (gold, audit, spot check: their answers must
+        not lean on the model), and not on a random ``blind_share`` of the other items either, so that a
+        missing suggestion says little about whether an item is a check. The draw is a hash of the
+        item's key: the same item is shown the same way on every push.
+        """
+        mode = self.spec.show_suggestion
+        if mode != "except_checks":
+            return mode == "always"
+        if decision.reason in CHECK_REASONS or item.is_gold:
+            return False
+        digest = hashlib.sha256(f"blind:{self.spec.name}:{item_key(item.external_id, item.version)}".encode())
+        return int.from_bytes(digest.digest()[:8], "big") / 2 ** 64 >= self.spec.blind_share
 
     def check_remote(self) -> PassReport:
         """Route again the pushed, unanswered items whose remote item is gone (deleted in the tool).

@@ -121,10 +121,11 @@ class ArgillaTool:
         """Upsert one record per item (by external id), with its suggestion; external id -> record id.
 
         ``data`` holds the dataset's fields (the text field; the adjudication dataset's answers too)
-        and any of the metadata keys ``reason``/``priority``/``confidence``; ``result`` is the
-        suggested label or labels (a string, a list, or Label Studio choices); an item may carry a
-        ``metadata`` dict too. ``confidence`` defaults to
-        ``score``. At most 500 records go in one request; logging an item again updates its record.
+        and keys named like the dataset's metadata properties, which go to metadata; ``result`` is
+        the suggested label or labels (a string, a list, or Label Studio choices), with ``score``
+        its confidence; an item may carry a ``metadata`` dict too. Nothing else is added:
+        annotators see the record's fields and, when there is one, the suggestion. At most 500
+        records go in one request; logging an item again updates its record.
         """
         import argilla as rg
 
@@ -141,8 +142,6 @@ class ArgillaTool:
                 metadata = {k: data.pop(k) for k in list(data) if k in metadata_names}
                 metadata.update(getattr(it, "metadata", None) or {})
                 metadata = {k: v for k, v in metadata.items() if v is not None}
-                if "confidence" not in metadata and it.score is not None:
-                    metadata["confidence"] = float(it.score)
                 suggestions = []
                 labels = suggested_labels(it.result)
                 if labels:
@@ -226,8 +225,8 @@ class ArgillaTool:
         """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
 
         Settings: one text field (then ``extra_fields``: name -> title, more text fields), one
-        required question ``label`` (single or multi label), metadata ``reason`` (terms),
-        ``priority`` and ``confidence`` (floats), and a task distribution that completes a record
+        required question ``label`` (single or multi label), no metadata (annotators see metadata:
+        why a record was sent stays in our store), and a task distribution that completes a record
         after ``min_submitted`` submitted responses.
         An existing dataset is reused as it is, after checking that it has the ``label`` question;
         one left unpublished by an interrupted creation is deleted and made again.
@@ -255,8 +254,6 @@ class ArgillaTool:
                     *(rg.TextField(name=n, title=title) for n, title in (extra_fields or {}).items())],
             questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
                                     required=True)],
-            metadata=[rg.TermsMetadataProperty(name="reason"), rg.FloatMetadataProperty(name="priority"),
-                      rg.FloatMetadataProperty(name="confidence")],
             distribution=rg.TaskDistribution(min_submitted=min_submitted),
         )
         dataset = rg.Dataset(name=name, workspace=self.workspace, settings=settings, client=self._rg)

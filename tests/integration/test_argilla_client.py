@@ -31,7 +31,7 @@ def _dataset(client, name, **kwargs):
 
 
 def _items(n, prefix="e"):
-    return [PushItem(f"{prefix}{i}", {"text": f"text number {i}", "reason": "uncertain", "priority": i / n},
+    return [PushItem(f"{prefix}{i}", {"text": f"text number {i}"},
                      [{"from_name": "label", "to_name": "text", "type": "choices",
                        "value": {"choices": [LABELS[i % 2]]}}], round(0.5 + i / (4 * n), 4), "v7")
             for i in range(n)]
@@ -68,12 +68,12 @@ def test_ensure_dataset_is_idempotent_by_name_and_has_the_settings(client):
     assert [f.name for f in settings.fields] == ["text"]
     question = settings.questions["label"]
     assert type(question).__name__ == "MultiLabelQuestion" and question.labels == LABELS
-    assert sorted(m.name for m in settings.metadata) == ["confidence", "priority", "reason"]
+    assert list(settings.metadata) == []  # annotators see metadata: why a record was sent stays with us
     assert settings.distribution.min_submitted == 2
     assert again.workspace.name == "default"
 
 
-def test_push_writes_suggestions_and_metadata_and_upserts_by_external_id(client):
+def test_push_writes_suggestions_and_no_metadata_and_upserts_by_external_id(client):
     dataset = _dataset(client, "client-log")
     items = _items(20)
     mapping = client.push(dataset.name, items)
@@ -85,9 +85,7 @@ def test_push_writes_suggestions_and_metadata_and_upserts_by_external_id(client)
         assert str(rec._server_id) == mapping[it.external_id]
         sugg = rec.suggestions["label"]
         assert (sugg.value, sugg.score, sugg.agent) == (it.result[0]["value"]["choices"][0], it.score, "v7")
-        assert rec.metadata["reason"] == "uncertain"
-        assert rec.metadata["priority"] == pytest.approx(it.data["priority"])
-        assert rec.metadata["confidence"] == pytest.approx(it.score)
+        assert not rec.metadata
         assert rec.fields["text"] == it.data["text"]
 
     again = client.push(dataset.name, items)  # a re-push after a crash, say

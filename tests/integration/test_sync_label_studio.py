@@ -38,18 +38,20 @@ def _remote_tasks(client, project):
     return client.find(project)
 
 
-def test_push_sends_review_items_once_with_the_models_suggestion(setup):
-    _, sync, client = setup
+def test_push_sends_review_items_once_with_the_models_suggestion_where_shown(setup):
+    store, sync, client = setup
     sync.predict_pass()
     routed = sync.route_pass().counts
     assert routed["review"] > 0 and routed["review"] + routed["auto_accept"] == 40
+    shown = sum(sync.shows_suggestion(it, d) for it, d in store.decisions.routed(action="review"))
+    assert 0 < shown < routed["review"]  # the default: checks and a blind share go without
     first = sync.push_pass().counts
     assert first["pushed"] == routed["review"]
     assert sync.push_pass().counts["pushed"] == 0  # a second pass creates nothing
     remote = _remote_tasks(client, sync.project)
     assert len(remote) == routed["review"]
     preds = client._ls.predictions.list(project=int(sync.project))
-    assert len(preds) == len(remote) and all(0 < p.score <= 1 for p in preds)
+    assert len(preds) == shown and all(0 < p.score <= 1 and p.model_version == "hitl" for p in preds)
     assert all(p.result[0]["value"]["choices"][0] in ("fresh", "rotten") for p in preds)
 
 
