@@ -211,7 +211,7 @@ def apply_verdicts(rows: Sequence[Mapping[str, Any]], verdicts: Mapping[int, Any
 
     An adjudicator's answer of one known label settles its item on that label, method
     ``adjudicated``, whatever the other answers say (the adjudicator saw them); ``n_answers`` and
-    ``agreement`` stay those of the annotators' answers. A gold item keeps its known label. A skip
+    ``agreement`` stay those of the annotators' answers, and ``actor`` names the adjudicator. A gold item keeps its known label. A skip
     leaves the row as it was, its reason saying so; an answer that is not one known label is left
     out and listed, as ``(item_id, adjudicator, why)``, like :func:`answer_table`'s ``invalid``.
     """
@@ -231,7 +231,8 @@ def apply_verdicts(rows: Sequence[Mapping[str, Any]], verdicts: Mapping[int, Any
             out.append(dict(row))
         else:
             out.append({**row, "label": str(value[0]), "status": "settled", "method": ADJUDICATED,
-                        "confidence": None, "reason": f"adjudicated by {verdict.annotator}"})
+                        "confidence": None, "reason": f"adjudicated by {verdict.annotator}",
+                        "actor": str(verdict.annotator)})
     return out, invalid
 
 

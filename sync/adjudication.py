@@ -71,12 +71,22 @@ def conflict_summaries(table: AnswerTable, item_ids: Iterable[int]) -> dict[int,
     return out
 
 
-def record_adjudicated(store: StateStore, rows: Sequence[Mapping[str, Any]]) -> None:
-    """The one place an adjudication is announced beyond its label row: ``rows`` are the label rows
-    (method ``adjudicated``) an adjudicator's answer settles or changes, about to be saved; a crash
-    before the save announces them again on the next run (at least once, never lost)."""
-    for r in rows:
-        log.info("item %d adjudicated: %s (%s)", r["item_id"], r["label"], r["reason"])
+def adjudication_events(rows: Iterable[Mapping[str, Any]], old_labels: Mapping[int, str | None]) -> list[dict[str, Any]]:
+    """One event per label row an adjudicator's answer settles (method ``adjudicated``, ``actor``
+    the adjudicator), shaped for an item's history: ``item_id, kind, actor, detail`` (``old_label``,
+    ``label``, ``note``)."""
+    return [{"item_id": int(r["item_id"]), "kind": "adjudicated", "actor": r["actor"],
+             "detail": {"old_label": old_labels.get(int(r["item_id"])), "label": r["label"], "note": r["reason"]}}
+            for r in rows]
+
+
+def record_adjudicated(store: StateStore, events: Sequence[Mapping[str, Any]]) -> None:
+    """The one place an adjudication is recorded beyond its label row: ``events``
+    (:func:`adjudication_events`) for the labels an adjudicator's answer settles or changes, about
+    to be saved; a crash before the save records them again on the next run (at least once)."""
+    for e in events:
+        log.info("item %d adjudicated by %s: %s -> %s", e["item_id"], e["actor"], e["detail"]["old_label"],
+                 e["detail"]["label"])
 
 
 class AdjudicationQueue:

@@ -41,7 +41,7 @@ from connector.snapshots import (
 from connector.store import StateStore
 from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
-from sync.adjudication import conflict_summaries, record_adjudicated, split_answers
+from sync.adjudication import adjudication_events, conflict_summaries, record_adjudicated, split_answers
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
                                                and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
     asking = {i for i, _, _ in wanted} if sync is not None else set()
     # announced before the save: a crash between the two announces it again, never not at all
-    record_adjudicated(store, [r for i, r in adjudicated.items()
-                               if not (i in before and before[i].method == ADJUDICATED and before[i].label == r["label"])])
+    changed = [r for i, r in adjudicated.items()
+               if not (i in before and before[i].method == ADJUDICATED and before[i].label == r["label"])]
+    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
     store.labels.save([r for r in rows if r["item_id"] not in asking])
     if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
         store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer

@@ -41,7 +41,7 @@ def store(store_with_three_items):
 
 @pytest.fixture
 def announced(monkeypatch) -> list[dict[str, Any]]:
-    """The label rows the adjudication hook was called with."""
+    """The events the adjudication hook was called with."""
     calls: list[dict[str, Any]] = []
     hook = jobs.record_adjudicated
     monkeypatch.setattr(jobs, "record_adjudicated", lambda store, rows: (calls.extend(rows), hook(store, rows)))
@@ -91,7 +91,8 @@ def test_an_item_unsettled_at_max_answers_goes_to_adjudication_once_and_the_answ
     item, label = _label(store, "e0")
     assert (label.label, label.status, label.method, label.n_answers) == ("b", "settled", "adjudicated", 2)
     assert label.reason == "adjudicated by lead" and item.state == "consolidated"
-    assert [(r["item_id"], r["label"]) for r in announced] == [(item.id, "b")]
+    assert announced == [{"item_id": item.id, "kind": "adjudicated", "actor": "lead",
+                          "detail": {"old_label": None, "label": "b", "note": "adjudicated by lead"}}]
 
     sync_job(ctx)  # settled once: the hook hears of it once, and nothing is pushed again
     assert len(announced) == 1 and len(adj.items) == 1
@@ -99,7 +100,8 @@ def test_an_item_unsettled_at_max_answers_goes_to_adjudication_once_and_the_answ
 
     tool.annotate(ADJ, "e0", "lead", ["a"])  # the adjudicator changes their mind
     sync_job(ctx)
-    assert _label(store, "e0")[1].label == "a" and [r["label"] for r in announced] == ["b", "a"]
+    assert _label(store, "e0")[1].label == "a"
+    assert [(e["detail"]["old_label"], e["detail"]["label"]) for e in announced] == [(None, "b"), ("b", "a")]
 
 
 def test_a_crash_after_the_adjudication_push_before_its_confirmation_is_reconciled(store, tmp_path, monkeypatch):

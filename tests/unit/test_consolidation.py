@@ -84,7 +84,8 @@ def test_an_adjudicators_latest_answer_settles_its_item_but_not_a_gold_one():
     rows, invalid = apply_verdicts(result.rows, verdicts, LABELS)
     by_item = {r["item_id"]: r for r in rows}
     assert (by_item[1]["label"], by_item[1]["status"], by_item[1]["method"]) == ("neg", "settled", "adjudicated")
-    assert (by_item[1]["n_answers"], by_item[1]["agreement"], by_item[1]["reason"]) == (2, 0.5, "adjudicated by boss")
+    assert (by_item[1]["n_answers"], by_item[1]["agreement"], by_item[1]["reason"], by_item[1]["actor"]) == (
+        2, 0.5, "adjudicated by boss", "boss")
     assert by_item[2]["status"] == "unsettled" and by_item[4]["status"] == "unsettled"
     assert (by_item[3]["label"], by_item[3]["method"]) == ("pos", "gold")
     assert [(i, who) for i, who, _ in invalid] == [(4, "lead")]
