@@ -3,8 +3,9 @@
 :func:`answer_table` turns the store's submitted annotations into the ratings matrix of
 :mod:`connector.agreement` (items × annotators, class codes, ``-1`` missing; an annotator's latest
 answer per item counts). :func:`consolidate` settles each item by the task's
-:class:`ConsensusPolicy` and says which items need more answers; :func:`annotator_quality` scores
-each annotator against gold items and against the consensus.
+:class:`ConsensusPolicy` and says which items need more answers and which need an adjudicator;
+:func:`apply_verdicts` lets an adjudicator's answer (:func:`latest_verdicts`) settle an item;
+:func:`annotator_quality` scores each annotator against gold items and against the consensus.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from connector.consensus import ConsensusResult, dawid_skene, majority_vote
 
 #: Reasons for which an unsettled item is sent back for another answer.
 SEND_BACK_REASONS = frozenset({"tie", "low_agreement", "too_few_answers", "low_confidence"})
+#: Reasons that are a disagreement: where the tool cannot ask one item for another answer, these go
+#: to adjudication at once.
+DISAGREEMENT_REASONS = frozenset({"tie", "low_agreement", "low_confidence"})
+#: The method of a label an adjudicator's answer settled.
+ADJUDICATED = "adjudicated"
 
 
 class ConsensusPolicy(BaseModel):
@@ -31,8 +37,9 @@ class ConsensusPolicy(BaseModel):
     - ``min_answers``: answers an item needs before it can settle.
     - ``min_agreement``: share of an item's answers the winner needs (majority vote).
     - ``min_confidence``: posterior the winner needs (Dawid–Skene).
-    - ``max_answers``: an item still unsettled with this many answers is left for adjudication
-      (reason ``needs_adjudication``) instead of being sent back again.
+    - ``max_answers``: an item still unsettled with this many answers goes to adjudication
+      (reason ``needs_adjudication``) instead of being sent back again: the sync pushes it to the
+      task's adjudication project, and the adjudicator's answer settles it (method ``adjudicated``).
     - ``gold_min_accuracy`` / ``gold_min_answers``: an annotator whose accuracy on at least
       ``gold_min_answers`` gold items is below ``gold_min_accuracy`` is flagged.
     - ``on_skip``: an item whose only answers are skips is ``send_back`` (for another answer,
@@ -115,6 +122,7 @@ class Consolidation:
 
     ``rows``: one label row per answered item (``StateStore.labels.save`` format);
     ``send_back``: ``(item_id, answers wanted, reason)`` for items that need another answer;
+    ``adjudicate``: ``(item_id, reason)`` for items that need an adjudicator (their row's reason);
     ``result``: the consensus over ``table``; ``gold``: gold item id -> class code.
     """
 
@@ -123,14 +131,17 @@ class Consolidation:
     rows: list[dict[str, Any]]
     send_back: list[tuple[int, int, str]]
     gold: dict[int, int]
+    adjudicate: list[tuple[int, str]] = field(default_factory=list)
 
 
-def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
-                gold: Mapping[int, str] | None = None) -> Consolidation:
+def consolidate(table: AnswerTable, policy: ConsensusPolicy, *, gold: Mapping[int, str] | None = None,
+                per_item_overlap: bool = True) -> Consolidation:
     """Settle each answered item. Gold items (``gold``: item id -> known label) keep their known
     label (method ``gold``); the others follow ``policy``. Unsettled items with fewer than
     ``max_answers`` answers are listed in ``send_back`` with the count of answers they now need;
-    so are items only skipped (``table.skipped``) when ``policy.on_skip`` says so."""
+    so are items only skipped (``table.skipped``) when ``policy.on_skip`` says so. Items still
+    unsettled at ``max_answers`` are listed in ``adjudicate``; without ``per_item_overlap`` (a tool
+    that cannot ask one item for one more answer: Argilla) so are disagreements at any count."""
     k = len(table.labels)
     index = {label: c for c, label in enumerate(table.labels)}
     gold_codes = {int(i): index[str(v)] for i, v in (gold or {}).items() if str(v) in index}
@@ -145,6 +156,7 @@ def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
                                min_agreement=policy.min_agreement)
     rows: list[dict[str, Any]] = []
     send_back: list[tuple[int, int, str]] = []
+    adjudicate: list[tuple[int, str]] = []
     for r, item_id in enumerate(table.item_ids.tolist()):
         n = int(result.n_answers[r])
         agreement = float(result.agreement[r]) if np.isfinite(result.agreement[r]) else None
@@ -159,10 +171,12 @@ def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
                          "method": policy.method, "n_answers": n, "agreement": agreement,
                          "confidence": agreement, "reason": "settled"})
             continue
-        if reason in SEND_BACK_REASONS and n < policy.max_answers:
+        if reason in SEND_BACK_REASONS and n < policy.max_answers and (
+                per_item_overlap or reason not in DISAGREEMENT_REASONS):
             send_back.append((item_id, max(n + 1, policy.min_answers), reason))
         elif reason in SEND_BACK_REASONS:
             reason = f"needs_adjudication ({reason} after {n} answers)"
+            adjudicate.append((item_id, reason))
         rows.append({"item_id": item_id, "label": None, "status": "unsettled", "method": policy.method,
                      "n_answers": n, "agreement": agreement, "confidence": None, "reason": reason})
     for item_id, skips in table.skipped.items():
@@ -173,9 +187,53 @@ def consolidate(table: AnswerTable, policy: ConsensusPolicy, *,
             send_back.append((item_id, policy.min_answers, reason))
         else:
             reason = f"needs_adjudication (skipped after {skips} answers)"
+            adjudicate.append((item_id, reason))
         rows.append({"item_id": item_id, "label": None, "status": "unsettled", "method": policy.method,
                      "n_answers": 0, "agreement": None, "confidence": None, "reason": reason})
-    return Consolidation(table, result, rows, send_back, gold_codes)
+    return Consolidation(table, result, rows, send_back, gold_codes, adjudicate)
+
+
+def latest_verdicts(annotations: Iterable[Any]) -> dict[int, Any]:
+    """Item id -> the adjudicators' latest live answer to it (submitted or skipped; annotation rows
+    of the adjudication project: ``item_id, annotator, value, status, remote_updated_at``)."""
+    latest: dict[int, Any] = {}
+    for a in annotations:
+        if a.status in ("submitted", "skipped"):
+            i = int(a.item_id)
+            if i not in latest or a.remote_updated_at >= latest[i].remote_updated_at:
+                latest[i] = a
+    return latest
+
+
+def apply_verdicts(rows: Sequence[Mapping[str, Any]], verdicts: Mapping[int, Any],
+                   labels: Sequence[str]) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+    """``rows`` with the adjudicators' answers (``verdicts``, from :func:`latest_verdicts`) applied.
+
+    An adjudicator's answer of one known label settles its item on that label, method
+    ``adjudicated``, whatever the other answers say (the adjudicator saw them); ``n_answers`` and
+    ``agreement`` stay those of the annotators' answers, and ``actor`` names the adjudicator. A gold item keeps its known label. A skip
+    leaves the row as it was, its reason saying so; an answer that is not one known label is left
+    out and listed, as ``(item_id, adjudicator, why)``, like :func:`answer_table`'s ``invalid``.
+    """
+    out: list[dict[str, Any]] = []
+    invalid: list[tuple[int, str, str]] = []
+    for row in rows:
+        verdict = verdicts.get(int(row["item_id"]))
+        if verdict is None or row["method"] == "gold":
+            out.append(dict(row))
+            continue
+        value = verdict.value if isinstance(verdict.value, list) else [verdict.value]
+        if verdict.status == "skipped":
+            out.append({**row, "reason": f"{row['reason']}; skipped by the adjudicator"}
+                       if row["status"] == "unsettled" else dict(row))
+        elif len(value) != 1 or str(value[0]) not in labels:
+            invalid.append((int(row["item_id"]), str(verdict.annotator), f"expected one known label, got {value!r}"))
+            out.append(dict(row))
+        else:
+            out.append({**row, "label": str(value[0]), "status": "settled", "method": ADJUDICATED,
+                        "confidence": None, "reason": f"adjudicated by {verdict.annotator}",
+                        "actor": str(verdict.annotator)})
+    return out, invalid
 
 
 def annotator_quality(consolidation: Consolidation, policy: ConsensusPolicy) -> list[dict[str, Any]]:

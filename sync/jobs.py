@@ -8,7 +8,7 @@ in the ``ModelStore`` the ML backend also reads, so a promotion here is picked u
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +17,14 @@ import numpy as np
 from connector.auto_accept import in_force
 from connector.checks import assess, outcomes, summarize
 from connector.consolidation import (
+    ADJUDICATED,
     ConsensusPolicy,
     agreement_snapshot,
     annotator_quality,
     answer_table,
+    apply_verdicts,
     consolidate,
+    latest_verdicts,
 )
 from connector.model_store import ModelStore
 from connector.retraining import RetrainResult, retrain
@@ -42,6 +45,7 @@ from connector.snapshots import (
 from connector.store import StateStore
 from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
+from sync.adjudication import adjudication_events, conflict_summaries, record_adjudicated, split_answers
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +117,14 @@ def sync_job(ctx: JobContext) -> dict[str, Any]:
     return out
 
 
-def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], dict[int, str]]:
-    """The submitted answers as a table (with the items only skipped), their items, and the known
-    answers of the gold ones."""
-    table = answer_table(store.annotations.list(), spec.labels)
+def _answers(store: StateStore, spec: TaskSpec,
+             answers: Iterable[Any] | None = None) -> tuple[Any, dict[int, Any], dict[int, str]]:
+    """The annotators' submitted answers as a table (with the items only skipped), their items, and
+    the known answers of the gold ones. ``answers``: the annotators' answers (by default every
+    stored answer but the adjudicators', which are no independent votes)."""
+    if answers is None:
+        answers, _ = split_answers(store, store.annotations.list())
+    table = answer_table(answers, spec.labels)
     items = store.items.get_many([*table.item_ids.tolist(), *table.skipped])
     gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
     return table, items, gold
@@ -124,39 +132,73 @@ def _answers(store: StateStore, spec: TaskSpec) -> tuple[Any, dict[int, Any], di
 
 def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
     """Settle every answered item; send the unsettled ones back for another answer (once per
-    answer count, so repeated runs do not repeat the request).
+    answer count, so repeated runs do not repeat the request), and those the annotators cannot
+    settle to adjudication (once each).
+
+    The adjudicators' answers are pulled first (``sync/adjudication.py``): one settles its item
+    (method ``adjudicated``). Items still unsettled at ``max_answers``, and in a tool that cannot
+    send one item back (Argilla) disagreements at once, are pushed to the task's adjudication
+    project after their label rows are saved. With the tool down, the stored answers and verdicts
+    still settle what they can, and the run then fails with the tool's error.
 
     An item sent back has its label row saved only after the request went: that row is what
     says it was asked, so a crash between the two asks again (sending back is idempotent)
-    instead of never asking."""
+    instead of never asking. With ``send_back=False`` (or no sync service) nothing is asked of
+    the tool."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    table, items, gold = _answers(store, spec)
+    sync = ctx.sync if send_back and ctx.make_sync is not None else None
+    pull_error: Exception | None = None
+    if sync is not None:
+        try:
+            sync.adjudication.pull()
+        except Exception as exc:  # noqa: BLE001 - re-raised at the end, after settling from what is stored
+            log.warning("pulling the adjudicators' answers failed (%s: %s); settling from the stored ones",
+                        type(exc).__name__, exc)
+            pull_error = exc
+    ordinary, verdicts = split_answers(store, store.annotations.list())
+    table, items, gold = _answers(store, spec, ordinary)
     current = np.array([items[i].is_current for i in table.item_ids.tolist()], dtype=bool)
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
         table.item_ids, table.R = table.item_ids[current], table.R[current]
     table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
-    result = consolidate(table, policy, gold=gold)
-    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in result.rows])}
+    result = consolidate(table, policy, gold=gold, per_item_overlap=sync is None or sync.tool.per_item_overlap)
+    rows, invalid_verdicts = apply_verdicts(result.rows, latest_verdicts(verdicts), table.labels)
+    adjudicated = {r["item_id"]: r for r in rows if r["method"] == ADJUDICATED}
+    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in rows])}
     # asked already: at this answer count, or (an item only skipped) since its first skip; the
     # saved label row is the only record of the request, so it is saved after the request went
     wanted = [(i, n, why) for i, n, why in result.send_back
-              if not (i in before and before[i].status == "unsettled"
-                      and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
-    asking = {i for i, _, _ in wanted} if send_back and ctx.make_sync is not None else set()
-    store.labels.save([r for r in result.rows if r["item_id"] not in asking])
+              if i not in adjudicated and not (i in before and before[i].status == "unsettled"
+                                               and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
+    asking = {i for i, _, _ in wanted} if sync is not None else set()
+    # announced before the save: a crash between the two announces it again, never not at all
+    changed = [r for i, r in adjudicated.items()
+               if not (i in before and before[i].method == ADJUDICATED and before[i].label == r["label"])]
+    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
+    store.labels.save([r for r in rows if r["item_id"] not in asking])
     if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
         store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer
     sent = 0
     if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
         sent = ctx.sync.send_back(wanted)
-        store.labels.save([r for r in result.rows if r["item_id"] in asking], sent_back=wanted if sent else (),
+        store.labels.save([r for r in rows if r["item_id"] in asking], sent_back=wanted if sent else (),
                           tool=ctx.sync.tool.name, project=ctx.sync.project)
-    settled = sum(r["status"] == "settled" for r in result.rows)
+    pushed = 0
+    if sync is not None and pull_error is None:  # each item once: the pushes table remembers
+        queue = [(i, why) for i, why in result.adjudicate if i not in adjudicated]
+        answers = conflict_summaries(table, [i for i, _ in queue])
+        pushed = sync.adjudication.push([(items[i], answers[i], why) for i, why in queue])["pushed"]
+    if pull_error is not None:
+        raise pull_error
+    settled = sum(r["status"] == "settled" for r in rows)
     if table.invalid:
         log.warning("%d answers left out of consensus (e.g. %s)", len(table.invalid), table.invalid[0])
-    return {"items": len(result.rows), "settled": settled, "unsettled": len(result.rows) - settled,
-            "sent_back": sent, "invalid_answers": len(table.invalid)}
+    if invalid_verdicts:
+        log.warning("%d adjudicators' answers left out (e.g. %s)", len(invalid_verdicts), invalid_verdicts[0])
+    return {"items": len(rows), "settled": settled, "unsettled": len(rows) - settled, "sent_back": sent,
+            "invalid_answers": len(table.invalid) + len(invalid_verdicts), "adjudicated": len(adjudicated),
+            "to_adjudication": pushed}
 
 
 def metrics_job(ctx: JobContext) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from connector.routing import CHECK_REASONS, Batch, Router
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import AnnotationTool, PushItem, item_key
+from sync.adjudication import AdjudicationQueue
 from sync.predictor import HttpPredictor, Predictor
 from sync.pulls import annotation_rows, settle_absent
 
@@ -72,6 +74,11 @@ class SyncService:
         if self._project is None:
             self._project = self.tool.ensure_project(self.spec)
         return self._project
+
+    @cached_property
+    def adjudication(self) -> AdjudicationQueue:
+        """The task's adjudication queue (``sync/adjudication.py``); its project is created on first need."""
+        return AdjudicationQueue(self.store, self.spec, self.tool, self.project, self.control.data_key)
 
     # -- predict and route --------------------------------------------------------------------
 

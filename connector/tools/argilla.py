@@ -17,6 +17,11 @@ only what is new or newer. Webhooks (``response.created``/``response.updated``) 
 The SDK's response objects carry neither the response id nor its ``updated_at``, so the pull
 posts the SDK-built query through the SDK's own HTTP client and reads the server's JSON.
 Webhook deliveries are signed the Standard Webhooks way: ``verify_webhook`` checks them.
+
+Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record overlap, so
+an item cannot be sent back for one more answer (``per_item_overlap`` is false): the sync sends
+disagreements to the task's adjudication dataset (``ensure_adjudication``: ``<dataset> ·
+adjudication``, the text and the answers in conflict as fields, complete at one answer) instead.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from connector.tools.base import Pull, PushItem, RemoteAnswer, UserNames, as_utc, retrying
+from connector.tools.base import (
+    ANSWERS_FIELD,
+    Pull,
+    PushItem,
+    RemoteAnswer,
+    UserNames,
+    adjudication_name,
+    as_utc,
+    retrying,
+)
 
 if TYPE_CHECKING:
     from connector.task_spec import TaskSpec
@@ -65,6 +79,7 @@ class ArgillaTool:
 
     name = "argilla"
     cursor_keys: tuple[str, ...] = ()
+    per_item_overlap = False
 
     def __init__(self, url: str, api_key: str, *, workspace: str = "default", attempts: int = 5,
                  timeout: float = 60.0) -> None:
@@ -88,19 +103,34 @@ class ArgillaTool:
                             multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap)
         return spec.project_name
 
+    def ensure_adjudication(self, spec: TaskSpec) -> str:
+        """The task's adjudication dataset (``<dataset> · adjudication``): the text, the answers in
+        conflict (``ANSWERS_FIELD``), the task's question, complete at one answer; its name."""
+        from connector.labeling_config import parse_labeling_config
+
+        control = parse_labeling_config(spec.label_config())[0]
+        name = adjudication_name(spec.project_name)
+        instructions = "The answers so far disagree: give the final label." + (
+            f" {spec.instructions}" if spec.instructions else "")
+        self.ensure_dataset(name, text_field=control.data_key, labels=list(spec.labels),
+                            multi_label=spec.multi_label, instructions=instructions, min_submitted=1,
+                            extra_fields={ANSWERS_FIELD: "Answers so far"})
+        return name
+
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
         """Upsert one record per item (by external id), with its suggestion; external id -> record id.
 
-        ``data`` holds the text field (and keys named like the dataset's metadata properties, which
-        go to metadata); ``result`` is the suggested label or labels (a string, a list, or Label
-        Studio choices), with ``score`` its confidence; an item may carry a ``metadata`` dict too.
-        Nothing else is added: annotators see the record's fields and, when there is one, the
-        suggestion. At most 500 records go in one request; logging an item again updates its record.
+        ``data`` holds the dataset's fields (the text field; the adjudication dataset's answers too)
+        and keys named like the dataset's metadata properties, which go to metadata; ``result`` is
+        the suggested label or labels (a string, a list, or Label Studio choices), with ``score``
+        its confidence; an item may carry a ``metadata`` dict too. Nothing else is added:
+        annotators see the record's fields and, when there is one, the suggestion. At most 500
+        records go in one request; logging an item again updates its record.
         """
         import argilla as rg
 
         dataset = self.dataset(project)
-        text_field = dataset.settings.fields[0].name
+        field_names = [f.name for f in dataset.settings.fields]
         metadata_names = {m.name for m in dataset.settings.metadata}
         multi = isinstance(dataset.settings.questions[QUESTION], rg.MultiLabelQuestion)
         items = list(items)
@@ -117,8 +147,9 @@ class ArgillaTool:
                 if labels:
                     suggestions.append(rg.Suggestion(QUESTION, labels if multi else labels[0], score=it.score,
                                                      agent=it.model_version))
-                record = rg.Record(id=it.external_id, fields={text_field: data[text_field]}, metadata=metadata,
-                                   suggestions=suggestions)
+                fields = {name: data[name] for name in field_names if name in data}
+                fields[field_names[0]] = data[field_names[0]]  # the text: required
+                record = rg.Record(id=it.external_id, fields=fields, metadata=metadata, suggestions=suggestions)
                 record.dataset = dataset  # suggestions resolve their question id through it
                 models.append(record.api_model())
             upserted, _ = self._call(self._rg.api.records.bulk_upsert, dataset.id, models)
@@ -150,8 +181,10 @@ class ArgillaTool:
 
     def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
         """Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record
-        setting to ask for one more answer: the items stay unsettled (their label row says why)
-        and are listed in the log for a reviewer; raise the task's ``overlap`` to ask for more."""
+        setting to ask for one more answer: nothing is sent. Disagreements go to the adjudication
+        dataset instead (the sync does it); what is left here (too few answers, skips) stays
+        unsettled, its label row says why, and is listed in the log; raise the task's ``overlap``
+        to ask for more."""
         if wanted:
             log.warning("%d Argilla records need more answers (e.g. record %s: %s); Argilla has no per-record "
                         "overlap: raise the task's overlap", len(wanted), wanted[0][0], wanted[0][2])
@@ -187,12 +220,14 @@ class ArgillaTool:
         return self._datasets[project]
 
     def ensure_dataset(self, name: str, *, text_field: str, labels: list[str], multi_label: bool = False,
-                       instructions: str = "", min_submitted: int = 1) -> Any:
+                       instructions: str = "", min_submitted: int = 1,
+                       extra_fields: Mapping[str, str] | None = None) -> Any:
         """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
 
-        Settings: one text field, one required question ``label`` (single or multi label), no
-        metadata (annotators see metadata: why a record was sent stays in our store), and a task
-        distribution that completes a record after ``min_submitted`` submitted responses.
+        Settings: one text field (then ``extra_fields``: name -> title, more text fields), one
+        required question ``label`` (single or multi label), no metadata (annotators see metadata:
+        why a record was sent stays in our store), and a task distribution that completes a record
+        after ``min_submitted`` submitted responses.
         An existing dataset is reused as it is, after checking that it has the ``label`` question;
         one left unpublished by an interrupted creation is deleted and made again.
         """
@@ -215,7 +250,8 @@ class ArgillaTool:
         question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
         settings = rg.Settings(
             guidelines=instructions or None,
-            fields=[rg.TextField(name=text_field)],
+            fields=[rg.TextField(name=text_field),
+                    *(rg.TextField(name=n, title=title) for n, title in (extra_fields or {}).items())],
             questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
                                     required=True)],
             distribution=rg.TaskDistribution(min_submitted=min_submitted),

@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The adjudication project's read-only field: the answers in conflict, one label per line.
+ANSWERS_FIELD = "hitl_answers"
+ADJUDICATION_SUFFIX = " · adjudication"
+
+
+def adjudication_name(project_name: str, max_length: int | None = None) -> str:
+    """The adjudication project's name: the task's project name and ``· adjudication``, the
+    project name cut so that the whole fits in ``max_length`` (Label Studio's titles: 50)."""
+    base = project_name if max_length is None else project_name[:max(max_length - len(ADJUDICATION_SUFFIX), 1)]
+    return f"{base}{ADJUDICATION_SUFFIX}"
+
 
 def item_key(external_id: str, version: int) -> str:
     """The key one item version is pushed under and found by: the external id for version 1,
@@ -97,9 +108,16 @@ class AnnotationTool(Protocol):
 
     name: str  # the store's tool name
     cursor_keys: tuple[str, ...]  # the cursor values ``pull`` reads from the store
+    per_item_overlap: bool  # ``send_back`` can ask one item for one more answer (Argilla 2.8 cannot)
 
     def ensure_project(self, spec: TaskSpec) -> str:
         """The task's project (or dataset), created if absent; the project key the store uses."""
+        ...
+
+    def ensure_adjudication(self, spec: TaskSpec) -> str:
+        """The task's adjudication project (or dataset), created if absent; its project key. It asks
+        the task's question on the text, showing the answers in conflict (``ANSWERS_FIELD`` of
+        each pushed item's data), and completes an item at one answer."""
         ...
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:

@@ -23,6 +23,11 @@ How Label Studio 1.23 behaved, and what the pull does about it:
   the next page starts strictly after that instant. A task edited during the pull is read again at
   its new place; the pull keeps its last reading.
 - Asking for the page after the last answers 404.
+
+Adjudication: Label Studio Community (1.23) has no reviewer flow (the review stream, reviewer
+role and review API are Label Studio Enterprise's), so the task's adjudication project is a second
+project (``ensure_adjudication``), titled like the task with ``· adjudication``, whose config is the
+task's with the answers in conflict shown above the question (``adjudication_config``).
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from connector.tools.base import (
+    ANSWERS_FIELD,
     Pull,
     PushItem,
     RemoteAnswer,
     RemoteItem,
     UserNames,
+    adjudication_name,
     as_utc,
     push_checked,
     retrying,
@@ -54,6 +61,7 @@ log = logging.getLogger(__name__)
 
 EXTERNAL_ID_KEY = "hitl_id"
 PAGE = 500
+TITLE_MAX = 50  # Label Studio's PROJECT_TITLE_MAX_LEN
 
 
 def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None) -> list[str]:
@@ -65,11 +73,33 @@ def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None
     return out
 
 
+def adjudication_config(label_config: str) -> str:
+    """The task's labeling config with the answers in conflict (``$hitl_answers``) shown, read-only,
+    right after the text the task's first ``<Choices>`` labels."""
+    import xml.etree.ElementTree as ET
+
+    from connector.labeling_config import parse_labeling_config
+
+    to_name = parse_labeling_config(label_config)[0].to_name  # refuses a DTD before ET reads it
+    root = ET.fromstring(label_config)
+    for parent in root.iter():
+        for position, child in enumerate(list(parent)):
+            if child.get("name") == to_name:
+                shown = [ET.Element("Header", value="Answers so far"),
+                         ET.Element("Text", name=ANSWERS_FIELD, value=f"${ANSWERS_FIELD}")]
+                for offset, element in enumerate(shown, 1):
+                    element.tail = child.tail
+                    parent.insert(position + offset, element)
+                return ET.tostring(root, encoding="unicode")
+    raise ValueError(f"no element named {to_name!r} in the labeling config")
+
+
 class LabelStudioTool:
     """One Label Studio instance; ``api_key`` is a legacy token or a personal access token."""
 
     name = "label_studio"
     cursor_keys = ("updated_at", "settled")
+    per_item_overlap = True
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, attempts: int = 5,
                  from_name: str | None = None, overlap_s: float = 1.0, page_size: int = PAGE) -> None:
@@ -89,6 +119,13 @@ class LabelStudioTool:
     def ensure_project(self, spec: TaskSpec) -> str:
         """The id of the project titled like the task, created from its labeling config if absent."""
         return str(self.project_id(spec.project_name, spec.label_config(), description=spec.instructions))
+
+    def ensure_adjudication(self, spec: TaskSpec) -> str:
+        """The id of the task's adjudication project (``<title> · adjudication``, the title cut to
+        Label Studio's 50 characters), created with the task's config and the answers in conflict."""
+        title = adjudication_name(spec.project_name, TITLE_MAX)
+        description = f"Adjudication of {spec.project_name!r}: the answers so far disagree; give the final label."
+        return str(self.project_id(title, adjudication_config(spec.label_config()), description=description))
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
         """Create one task per item (with its prediction) in one bulk import; external id -> task id.

@@ -10,6 +10,9 @@ A push creates one task per item every time, like Label Studio's import (``find`
 newest task with a key), and goes through the same rule as Label Studio's (``push_checked``), so the faults
 queued in ``push_faults`` test it: ``"after_commit"`` creates the tasks, then fails like an
 answer lost on the way back (a read timeout); ``"before_commit"`` fails before creating any.
+
+The adjudication project is one more project (the task's key and ``· adjudication``);
+``per_item_overlap=False`` plays Argilla, whose items cannot be sent back one by one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem, push_checked
+from connector.tools.base import Pull, PushItem, RemoteAnswer, RemoteItem, adjudication_name, push_checked
 
 if TYPE_CHECKING:
     from connector.task_spec import TaskSpec
@@ -45,9 +48,11 @@ class OfflineTool:
     name = "offline"
     cursor_keys = ("changes",)
 
-    def __init__(self, *, project: str | None = None, whole_project: bool = False, attempts: int = 3) -> None:
+    def __init__(self, *, project: str | None = None, whole_project: bool = False, attempts: int = 3,
+                 per_item_overlap: bool = True) -> None:
         self.project = project
         self.whole_project = whole_project
+        self.per_item_overlap = per_item_overlap
         self.projects: dict[str, OfflineProject] = {}
         self.push_faults: list[str] = []  # "after_commit" | "before_commit", one per create call, in order
         self.creates: list[list[str]] = []  # the keys each create call was sent
@@ -58,6 +63,11 @@ class OfflineTool:
 
     def ensure_project(self, spec: TaskSpec) -> str:
         key = self.project or spec.project_name
+        self.projects.setdefault(key, OfflineProject())
+        return key
+
+    def ensure_adjudication(self, spec: TaskSpec) -> str:
+        key = adjudication_name(self.project or spec.project_name)
         self.projects.setdefault(key, OfflineProject())
         return key
 
@@ -81,7 +91,10 @@ class OfflineTool:
         return Pull(answers, items, {"changes": str(position)})
 
     def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
-        """Recorded, not acted on: whoever plays the annotators answers unsettled items itself."""
+        """Recorded, not acted on: whoever plays the annotators answers unsettled items itself
+        (without ``per_item_overlap``, like Argilla: nothing is sent)."""
+        if not self.per_item_overlap:
+            return 0
         self.projects[project].sent_back.extend(wanted)
         return len(wanted)
 

@@ -54,7 +54,8 @@ def test_answers_settle_ties_go_back_for_a_third_answer_and_a_retrain_runs(tmp_p
         assert sched.execute("sync", slot="2") == "ran"
         second = store.job_runs.list("sync")[0].detail
         assert second["pull"]["inserted"] == 8
-        assert second["consolidate"] == {"items": 4, "settled": 3, "unsettled": 1, "sent_back": 1, "invalid_answers": 0}
+        assert second["consolidate"] == {"items": 4, "settled": 3, "unsettled": 1, "sent_back": 1, "invalid_answers": 0,
+                                         "adjudicated": 0, "to_adjudication": 0}
         tie = client._ls.tasks.get(id=int(tasks[1][1]))
         assert tie.overlap == 3 and not tie.is_labeled  # back in the queue for a third answer
         labels = {lb.item_id: lb for lb in store.labels.list(status=None)}

@@ -13,7 +13,9 @@ from connector.consolidation import (
     agreement_snapshot,
     annotator_quality,
     answer_table,
+    apply_verdicts,
     consolidate,
+    latest_verdicts,
 )
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -54,6 +56,39 @@ def test_consolidate_settles_majorities_keeps_gold_and_sends_ties_back_until_max
     assert {i: rows[i]["reason"] for i in (2, 3)} == {2: "tie", 3: "too_few_answers"}
     assert rows[5]["reason"] == "needs_adjudication (tie after 4 answers)" and rows[5]["label"] is None
     assert result.send_back == [(2, 3, "tie"), (3, 2, "too_few_answers")]
+    assert result.adjudicate == [(5, "needs_adjudication (tie after 4 answers)")]
+
+
+def test_without_per_item_overlap_disagreements_go_to_adjudication_and_too_few_answers_wait():
+    anns = [Ann(1, "a", ["pos"]), Ann(1, "b", ["neg"]),                          # tie at 2 of 4
+            Ann(2, "a", ["pos"]),                                                # too few: the tool's queue has it
+            Ann(3, "a", [], status="skipped"), Ann(3, "b", [], status="skipped")]  # skipped at max_answers
+    policy = ConsensusPolicy(min_answers=2, max_answers=2)
+    result = consolidate(answer_table(anns, LABELS), policy.model_copy(update={"max_answers": 4}),
+                         per_item_overlap=False)
+    assert result.adjudicate == [(1, "needs_adjudication (tie after 2 answers)")]
+    assert result.send_back == [(2, 2, "too_few_answers"), (3, 2, "skipped")]
+    assert consolidate(answer_table(anns, LABELS), policy).adjudicate == [
+        (1, "needs_adjudication (tie after 2 answers)"), (3, "needs_adjudication (skipped after 2 answers)")]
+
+
+def test_an_adjudicators_latest_answer_settles_its_item_but_not_a_gold_one():
+    anns = [Ann(1, "a", ["pos"]), Ann(1, "b", ["neg"]), Ann(2, "a", ["pos"]), Ann(2, "b", ["neg"]),
+            Ann(3, "a", ["neg"]), Ann(3, "b", ["neg"]), Ann(4, "a", ["pos"]), Ann(4, "b", ["neg"])]
+    result = consolidate(answer_table(anns, LABELS), ConsensusPolicy(min_answers=2, max_answers=2), gold={3: "pos"})
+    verdicts = latest_verdicts([
+        Ann(1, "lead", ["pos"]), Ann(1, "boss", ["neg"], remote_updated_at=T0 + timedelta(seconds=1)),  # latest wins
+        Ann(2, "lead", ["neg"], status="deleted"),                                                     # gone
+        Ann(3, "lead", ["neg"]),                                                                       # gold stays
+        Ann(4, "lead", ["pos", "neg"])])                                                               # not one label
+    rows, invalid = apply_verdicts(result.rows, verdicts, LABELS)
+    by_item = {r["item_id"]: r for r in rows}
+    assert (by_item[1]["label"], by_item[1]["status"], by_item[1]["method"]) == ("neg", "settled", "adjudicated")
+    assert (by_item[1]["n_answers"], by_item[1]["agreement"], by_item[1]["reason"], by_item[1]["actor"]) == (
+        2, 0.5, "adjudicated by boss", "boss")
+    assert by_item[2]["status"] == "unsettled" and by_item[4]["status"] == "unsettled"
+    assert (by_item[3]["label"], by_item[3]["method"]) == ("pos", "gold")
+    assert [(i, who) for i, who, _ in invalid] == [(4, "lead")]
 
 
 def test_min_agreement_leaves_weak_majorities_unsettled():
