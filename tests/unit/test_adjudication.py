@@ -93,6 +93,8 @@ def test_an_item_unsettled_at_max_answers_goes_to_adjudication_once_and_the_answ
     assert label.reason == "adjudicated by lead" and item.state == "consolidated"
     assert announced == [{"item_id": item.id, "kind": "adjudicated", "actor": "lead",
                           "detail": {"old_label": None, "label": "b", "note": "adjudicated by lead"}}]
+    (event,) = store.history.list(kind="adjudicated")  # on the item's record, for good
+    assert (event.item_id, event.actor, event.detail["label"]) == (item.id, "lead", "b")
 
     sync_job(ctx)  # settled once: the hook hears of it once, and nothing is pushed again
     assert len(announced) == 1 and len(adj.items) == 1
