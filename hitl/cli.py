@@ -280,21 +280,24 @@ def status() -> None:
 @app.command()
 def jobs() -> None:
     """List the scheduled jobs: trigger (from the settings), runs, last run, next run, last error."""
-    from sync.runner import build_scheduler, open_store
+    from datetime import UTC, datetime
+
+    from sync.runner import open_store, triggers
     from sync.settings import SyncSettings
 
     settings = SyncSettings()
+    fired = triggers(settings)
+    now = datetime.now(UTC)
+    next_runs = {job_id: t.get_next_fire_time(None, now) for job_id, t in fired.items()}
     with open_store(settings) as store:
-        scheduler = build_scheduler(settings, store)
-        triggers, next_runs = scheduler.triggers, scheduler.next_runs()
         summary = store.job_runs.summary()
     table = Table(title="jobs")
     for col in ("job", "trigger", "runs", "failures", "last run", "next run", "last error"):
         table.add_column(col)
-    for job_id in sorted(set(triggers) | set(summary)):
+    for job_id in sorted(set(fired) | set(summary)):
         s, nxt = summary.get(job_id, {}), next_runs.get(job_id)
         last, err = s.get("last_run"), s.get("last_error")
-        table.add_row(job_id, str(triggers[job_id]) if job_id in triggers else "by hand", str(s.get("runs", 0)),
+        table.add_row(job_id, str(fired[job_id]) if job_id in fired else "by hand", str(s.get("runs", 0)),
                       str(s.get("failures", 0)), f"{last.started_at:%Y-%m-%d %H:%M:%S} {last.status}" if last else "-",
                       f"{nxt:%Y-%m-%d %H:%M:%S}" if nxt else "-",
                       f"{err.started_at:%Y-%m-%d %H:%M:%S} {err.error}" if err else "-")

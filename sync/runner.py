@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
@@ -180,17 +181,23 @@ def build_context(settings: SyncSettings, store: StateStore) -> JobContext:
                       make_sync=lambda: build_sync(settings, store), retention=retention)
 
 
-def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext | None = None) -> Scheduler:
-    """The scheduler with the sync, metrics and retrain jobs at the configured intervals."""
+def triggers(settings: SyncSettings) -> dict[str, Any]:
+    """When each scheduled job fires, from the settings alone (``hitl jobs`` reads them without a task)."""
     from apscheduler.triggers.cron import CronTrigger
 
-    from sync import jobs
     from sync.scheduler import interval
 
+    retrain = (CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC") if settings.retrain_cron
+               else interval(settings.retrain_interval_s))
+    return {"sync": interval(settings.sync_interval_s), "metrics": interval(settings.metrics_interval_s),
+            "retrain": retrain}
+
+
+def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext | None = None) -> Scheduler:
+    """The scheduler with the sync, metrics and retrain jobs at the configured intervals."""
+    from sync import jobs
+
     ctx = ctx or build_context(settings, store)
-    retrain_trigger = (CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC") if settings.retrain_cron
-                       else interval(settings.retrain_interval_s))
     return Scheduler(store, {"sync": lambda: jobs.sync_job(ctx), "metrics": lambda: jobs.metrics_job(ctx),
                              "retrain": lambda: jobs.retrain_job(ctx), "thresholds": lambda: jobs.threshold_job(ctx)},
-                     {"sync": interval(settings.sync_interval_s), "metrics": interval(settings.metrics_interval_s),
-                      "retrain": retrain_trigger}, retries=settings.job_retries)
+                     triggers(settings), retries=settings.job_retries)

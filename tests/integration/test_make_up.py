@@ -63,11 +63,14 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         client = LabelStudioTool(f"http://127.0.0.1:{ports['HITL_LS_PORT']}", creds["token"])
         project = next(p for p in client._ls.projects.list() if p.title.startswith("hitl demo"))
         tasks = list(client._ls.tasks.list(project=project.id, fields="all"))
-        # what the annotator finds: the uncertain snippets, each with the model's label and score
-        assert len(tasks) == 10 and all(t.predictions and 0 < t.predictions[0].score < 1 for t in tasks)
+        # what the annotator finds: the uncertain snippets, the model's label and score on those shown with
+        # one (the default hides it on checks and on a random share of the others), nothing on why they came
+        shown = [t for t in tasks if t.predictions]
+        assert len(tasks) == 10 and 0 < len(shown) < 10 and all(0 < t.predictions[0].score < 1 for t in shown)
+        assert all(set(t.data) == {"text", "hitl_id"} for t in tasks)
         assert client._ls.ml.list(project=project.id)  # the backend is registered on the project
         for t in tasks[:6]:
-            label = t.predictions[0].result[0]["value"]["choices"][0]
+            label = t.predictions[0].result[0]["value"]["choices"][0] if t.predictions else "fresh"
             client.annotate(t.id, [{"from_name": "label", "to_name": "text", "type": "choices",
                                     "value": {"choices": [label]}}])
 
@@ -93,7 +96,7 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
     assert all(port_is_free(p) for p in ports.values())
 
 
-def test_up_with_argilla_pushes_records_with_suggestions_resumes_and_down_stops_everything(tmp_path):
+def test_up_with_argilla_pushes_records_some_with_suggestions_resumes_and_down_stops_everything(tmp_path):
     import argilla as rg
 
     var = tmp_path / "var"
@@ -108,7 +111,7 @@ def test_up_with_argilla_pushes_records_with_suggestions_resumes_and_down_stops_
         client = rg.Argilla(api_url=f"http://127.0.0.1:{ports['HITL_ARGILLA_PORT']}", api_key=creds["argilla_key"])
         ds = client.datasets(name="hitl demo: Rotten Tomatoes", workspace="default")
         records = list(ds.records(with_suggestions=True))
-        assert len(records) == 8 and all(r.suggestions for r in records)
+        assert len(records) == 8 and 0 < sum(bool(list(r.suggestions)) for r in records) < 8  # blind share, checks
         assert _hitl(["down"], env, tmp_path, timeout=120).returncode == 0
         again = _hitl(["up"], env, tmp_path, timeout=600)  # the in-memory index is rebuilt from Argilla's database
         assert again.returncode == 0 and "resumed" in again.stdout, again.stdout + again.stderr

@@ -127,3 +127,15 @@ def test_schedulers_starting_together_on_a_fresh_database_all_start(tmp_path):
     for s in stores:
         s.close()
     assert errors == [] and len(started) == len(stores)
+
+
+def test_hitl_jobs_lists_the_triggers_and_runs_without_a_task_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hitl.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no task.toml here
+    result = CliRunner().invoke(app, ["jobs"], env={"HITL_DB_URL": f"sqlite:///{tmp_path}/s.db",
+                                                    "HITL_SYNC_INTERVAL_S": "30"})
+    assert result.exit_code == 0, result.output
+    assert all(j in result.output for j in ("sync", "metrics", "retrain"))
