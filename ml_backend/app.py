@@ -1,8 +1,14 @@
 """FastAPI app: Label Studio's ML backend protocol plus a plain JSON predict API.
 
 Label Studio 1.23 calls ``GET /health`` (1 s timeout), ``POST /setup`` (3 s) before every
-prediction request, ``POST /predict`` (100 s) and ``POST /webhook``. The model is loaded in the
-lifespan, never on a request; ``/setup`` only parses the config (cached by the config's hash).
+prediction request, ``POST /predict`` (100 s) and ``POST /webhook``: connecting a backend adds a
+project webhook to it for every event (each annotation, 1 s timeout, in the annotator's request),
+and *Start Training* sends ``START_TRAINING`` there. This backend trains on none of them: the
+scheduler retrains on settled labels, and answers reach it through the sync service's own
+receiver. ``/webhook`` says so with a 200 at once, the answer label-studio-ml-backend gives an
+event it does not handle (an error status would put the model in Label Studio's error state).
+The model is loaded in the lifespan, never on a request; ``/setup`` only parses the config
+(cached by the config's hash).
 On an empty model root the app starts anyway: ``/health`` answers 200 with status ``WAITING`` (the
 process is fine, nothing should restart it) and the model's routes 503 until a version is promoted.
 """
@@ -26,7 +32,6 @@ from connector.batching import QueueFull
 from connector.hardening import loads_json
 from connector.labeling_config import LabelingConfigError
 from ml_backend.auth import require_auth
-from ml_backend.events import TRAINING_ACTIONS, EventSpool, summarize_event
 from ml_backend.metrics import CONTENT_TYPE, BackendMetrics, MetricsMiddleware
 from ml_backend.schemas import (
     ErrorResponse,
@@ -38,7 +43,7 @@ from ml_backend.schemas import (
     SetupRequest,
     SetupResponse,
     VersionsResponse,
-    WebhookAccepted,
+    WebhookIgnored,
 )
 from ml_backend.service import ModelService, NoModelYet, SetupError
 from ml_backend.settings import BackendSettings
@@ -102,6 +107,10 @@ ERRORS = {
 }
 
 
+WEBHOOK_IGNORED = ("the ML backend does not train on webhooks: answers reach the loop through the sync "
+                   "service's receiver (/webhooks/label-studio), and the scheduler retrains on settled labels")
+
+
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
 
@@ -129,7 +138,6 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
 
     app = FastAPI(title="hitl ML backend", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.spool = EventSpool(settings.events_path)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     # one registry per app; added last, so it is outermost and also counts BodySizeLimit's 413s
     metrics = app.state.metrics = BackendMetrics(lambda: getattr(app.state, "service", None))
@@ -230,9 +238,9 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         # built as plain JSON (the hot path); the shape is LSPredictResponse's, as the schema says
         return JSONResponse({"results": results, "model_version": s.model_version, "warnings": warnings})
 
-    @app.post("/webhook", dependencies=auth, status_code=201, response_model=WebhookAccepted,
+    @app.post("/webhook", dependencies=auth, response_model=WebhookIgnored,
               responses=_responses(400, 401, 413), openapi_extra={"requestBody": {
-                  "required": True, "description": "a Label Studio webhook event (its token is never kept)",
+                  "required": True, "description": "a Label Studio event (any project event; START_TRAINING): ignored, nothing kept",
                   "content": {"application/json": {"schema": {
                       "type": "object", "required": ["action"], "properties": {"action": {"type": "string"}}}}}}})
     async def webhook(request: Request) -> JSONResponse:
@@ -242,9 +250,9 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
             return _error(400, f"webhook body is not JSON ({exc})")
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
             return _error(400, "webhook body must be a JSON object with an 'action' string")
-        event = summarize_event(payload)
-        request.app.state.spool.append(event)
-        return JSONResponse({"status": "ok", "queued": event["action"] in TRAINING_ACTIONS}, status_code=201)
+        if payload["action"] == "START_TRAINING":  # asked by a person; the other events come with every annotation
+            log.info("START_TRAINING ignored: %s", WEBHOOK_IGNORED)
+        return JSONResponse({"status": "ignored", "reason": WEBHOOK_IGNORED})
 
     @app.get("/versions", response_model=VersionsResponse, dependencies=auth, responses=_responses(401))
     async def versions(request: Request) -> VersionsResponse:

@@ -86,11 +86,11 @@ class HealthResponse(BaseModel):
     items_run: int | None = None
 
 
-class WebhookAccepted(BaseModel):
-    """``POST /webhook``: the event was spooled; ``queued`` when its action asks for training."""
+class WebhookIgnored(BaseModel):
+    """``POST /webhook``: taken and ignored, and why (the backend does not train on webhooks)."""
 
-    status: Literal["ok"]
-    queued: bool
+    status: Literal["ignored"]
+    reason: str
 
 
 class ErrorResponse(BaseModel):

@@ -2,6 +2,7 @@
 
 Refused at start-up (a ``ValidationError`` naming the variable): basic auth with only one of user
 and password, and a host beyond loopback with no credentials at all. Empty values count as unset.
+Unknown ``HITL_*`` variables are ignored (``HITL_EVENTS_PATH``, of a former webhook spool, included).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class BackendSettings(BaseSettings):
     basic_auth_user: str | None = None
     basic_auth_password: SecretStr | None = None
     api_token: SecretStr | None = Field(None, description="accepted as 'Authorization: Bearer <token>'")
-    events_path: Path = Field(Path("var/events/ml_backend.jsonl"), description="webhook events spooled for the scheduler")
     reload_interval_s: float = Field(10.0, ge=0, description="poll the model root for a newly promoted version (0: off)")
     host: str = "127.0.0.1"
     port: int = 9090

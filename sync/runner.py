@@ -24,7 +24,7 @@ from sync.locks import job_lock, try_lock
 from sync.scheduler import Scheduler
 from sync.service import HttpPredictor, PassReport, SyncService
 from sync.settings import SyncSettings
-from sync.webhooks import PullRequests, check_bind, create_webhook_app
+from sync.webhooks import PullRequests, check_bind, create_webhook_app, label_studio_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,19 @@ def open_store(settings: SyncSettings) -> StateStore:
     return store
 
 
-def build_tool(spec: TaskSpec) -> AnnotationTool:
-    """The annotation tool the task file names, with its connection settings."""
+def build_tool(spec: TaskSpec, settings: SyncSettings | None = None) -> AnnotationTool:
+    """The annotation tool the task file names, with its connection settings; for Label Studio with
+    ``HITL_SYNC_PUBLIC_URL`` set, the project webhook to this service's receiver (with the secret)."""
     if spec.tool == "argilla":
         from connector.tools.argilla import ArgillaTool
 
         return ArgillaTool(spec.argilla.url, spec.argilla.api_key(), workspace=spec.argilla.workspace)
     from connector.tools.label_studio import LabelStudioTool
 
-    return LabelStudioTool(spec.label_studio.url, spec.label_studio.api_key())
+    public = settings.sync_public_url if settings is not None else None
+    secret = settings.webhook_secret.get_secret_value() if settings is not None and settings.webhook_secret else None
+    return LabelStudioTool(spec.label_studio.url, spec.label_studio.api_key(),
+                           webhook_url=label_studio_webhook_url(public) if public else None, webhook_secret=secret)
 
 
 def build_sync(settings: SyncSettings, store: StateStore, *,
@@ -69,7 +73,7 @@ def build_sync(settings: SyncSettings, store: StateStore, *,
     spec = TaskSpec.load(settings.task)
     token = settings.backend_token.get_secret_value() if settings.backend_token else None
     predictor = HttpPredictor(settings.backend_url, token=token)
-    sync = SyncService(store, spec, build_tool(spec), predictor, progress=progress)
+    sync = SyncService(store, spec, build_tool(spec, settings), predictor, progress=progress)
     sync.push_batch = settings.push_batch
     return sync
 
@@ -116,12 +120,14 @@ def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests
 
 
 def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
-                on_cycle: Callable[[list[PassReport]], None] | None = None) -> None:
+                on_cycle: Callable[[list[PassReport]], None] | None = None,
+                requests: PullRequests | None = None) -> None:
     """Passes every ``sync_interval_s`` (a webhook wakes it earlier); a failing pass is logged and
     the others still run (:func:`run_cycle`), so a backend or tool that is down only delays its part; a cycle that finds the sync
-    lock held (a scheduler's sync job is running) is skipped."""
+    lock held (a scheduler's sync job is running) is skipped. Another thread stops it with
+    ``stop.set()`` then ``requests.wake.set()``."""
     stop = stop or threading.Event()
-    requests = PullRequests()
+    requests = requests or PullRequests()
     server, web = start_http(settings, sync.store, requests)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,9 @@ class SyncSettings(BaseSettings):
     webhook_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger webhook bodies get 413")
     sync_host: str = Field("127.0.0.1", description="beyond loopback, HITL_WEBHOOK_SECRET is required")
     sync_port: int = 9091
+    sync_public_url: str | None = Field(
+        None, description="this receiver's base URL as Label Studio reaches it (http://sync:9091); when set, "
+                          "the Label Studio project gets a webhook to its /webhooks/label-studio with the secret")
     model_root: Path = Field(Path("var/models"), description="model versions, shared with the ML backend")
     metrics_interval_s: float = Field(300.0, gt=0, description="seconds between agreement/quality snapshots")
     retrain_interval_s: float = Field(600.0, gt=0, description="seconds between checks for enough new labels")
@@ -32,8 +35,15 @@ class SyncSettings(BaseSettings):
     retention_days: float = Field(30.0, gt=0, description="superseded predictions and decisions kept this long")
     retention_batch: int = Field(10_000, ge=1, description="most rows pruned per table in one metrics run")
 
-    @field_validator("webhook_secret", "argilla_webhook_secret", "backend_token", mode="before")
+    @field_validator("webhook_secret", "argilla_webhook_secret", "backend_token", "sync_public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("sync_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"HITL_SYNC_PUBLIC_URL must be an http:// or https:// URL, got {value!r}")
+        return value.strip().rstrip("/") if value is not None else None

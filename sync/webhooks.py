@@ -1,8 +1,9 @@
 """Webhook receivers: answer at once, then wake the sync loop to pull that project.
 
 Label Studio gives a webhook 1 s and no retry, and sends no signature: we require a shared secret
-in a header configured on the webhook (``X-Hitl-Secret``). Payloads carry the project's token and
-are never logged.
+in a header configured on the webhook (``X-Hitl-Secret``). The sync registers that webhook itself
+when ``HITL_SYNC_PUBLIC_URL`` says where Label Studio reaches this receiver
+(``LabelStudioTool.ensure_webhook``). Payloads carry the project's token and are never logged.
 
 Each receiver checks what it can without the body first (the secret header; the presence of the
 signature headers), then reads at most ``max_body_bytes`` (more: 413), then parses (malformed or
@@ -25,10 +26,12 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from connector.hardening import is_loopback, loads_json
+from connector.tools.label_studio import WEBHOOK_SECRET_HEADER as SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "X-Hitl-Secret"
+LABEL_STUDIO_PATH = "/webhooks/label-studio"
+ARGILLA_PATH = "/webhooks/argilla"
 PULL_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
                           "ANNOTATION_DELETED", "TASKS_DELETED"})
 
@@ -110,6 +113,11 @@ def _label_studio_project(payload: dict[str, Any]) -> int | str | None:
     return project_id
 
 
+def label_studio_webhook_url(public_url: str) -> str:
+    """The Label Studio receiver's URL under the sync service's public base URL."""
+    return public_url.rstrip("/") + LABEL_STUDIO_PATH
+
+
 def check_bind(host: str, secret: str | None) -> None:
     """Refuse to serve the Label Studio receiver beyond loopback without its secret."""
     if not secret and not is_loopback(host):
@@ -142,7 +150,7 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
     if metrics is not None:
         registry.register(metrics)
 
-    @app.post("/webhooks/argilla", response_model=WebhookAck, responses=_responses(400, 401, 413, 503),
+    @app.post(ARGILLA_PATH, response_model=WebhookAck, responses=_responses(400, 401, 413, 503),
               openapi_extra=ARGILLA_EVENT)
     async def argilla(request: Request) -> JSONResponse:
         """Standard Webhooks: the signature over the raw body is checked before anything else;
@@ -182,7 +190,7 @@ def create_webhook_app(requests: PullRequests, *, secret: str | None, argilla_se
         # a plain def: the collector queries the store, so it runs in the thread pool, off the event loop
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
-    @app.post("/webhooks/label-studio", response_model=WebhookAck, responses=_responses(400, 401, 413),
+    @app.post(LABEL_STUDIO_PATH, response_model=WebhookAck, responses=_responses(400, 401, 413),
               openapi_extra=LABEL_STUDIO_EVENT)
     async def label_studio(request: Request) -> JSONResponse:
         if secret is not None and not secrets.compare_digest(request.headers.get(SECRET_HEADER, "").encode(),

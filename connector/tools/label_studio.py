@@ -28,6 +28,12 @@ Adjudication: Label Studio Community (1.23) has no reviewer flow (the review str
 role and review API are Label Studio Enterprise's), so the task's adjudication project is a second
 project (``ensure_adjudication``), titled like the task with ``· adjudication``, whose config is the
 task's with the answers in conflict shown above the question (``adjudication_config``).
+
+Projects are created with ``maximum_annotations`` = the task's ``overlap``. With a webhook URL,
+``ensure_project`` also keeps exactly one project webhook to it (the sync receiver), with the
+shared secret in ``X-Hitl-Secret``, so an annotation wakes a pull at once instead of at the next
+poll. Label Studio 1.23 blocks webhooks to loopback and private addresses unless
+``SSRF_PROTECTION_ENABLED=false`` (the local launcher sets it).
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ log = logging.getLogger(__name__)
 EXTERNAL_ID_KEY = "hitl_id"
 PAGE = 500
 TITLE_MAX = 50  # Label Studio's PROJECT_TITLE_MAX_LEN
+WEBHOOK_SECRET_HEADER = "X-Hitl-Secret"
+# what changes an answer; the payload carries the project (the receiver needs its id)
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
 def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None) -> list[str]:
@@ -95,17 +104,23 @@ def adjudication_config(label_config: str) -> str:
 
 
 class LabelStudioTool:
-    """One Label Studio instance; ``api_key`` is a legacy token or a personal access token."""
+    """One Label Studio instance; ``api_key`` is a legacy token or a personal access token.
+
+    ``webhook_url`` (the sync receiver's ``/webhooks/label-studio`` as Label Studio reaches it) and
+    ``webhook_secret``: the project webhook :meth:`ensure_project` keeps; none without a URL."""
 
     name = "label_studio"
     cursor_keys = ("updated_at", "settled")
     per_item_overlap = True
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, attempts: int = 5,
-                 from_name: str | None = None, overlap_s: float = 1.0, page_size: int = PAGE) -> None:
+                 from_name: str | None = None, overlap_s: float = 1.0, page_size: int = PAGE,
+                 webhook_url: str | None = None, webhook_secret: str | None = None) -> None:
         from label_studio_sdk import LabelStudio
 
         self.url = url.rstrip("/")
+        self.webhook_url = webhook_url or None
+        self.webhook_secret = webhook_secret or None
         self.from_name = from_name
         self.overlap_s = overlap_s
         self.page_size = page_size
@@ -117,8 +132,18 @@ class LabelStudioTool:
     # -- the protocol -------------------------------------------------------------------------
 
     def ensure_project(self, spec: TaskSpec) -> str:
-        """The id of the project titled like the task, created from its labeling config if absent."""
-        return str(self.project_id(spec.project_name, spec.label_config(), description=spec.instructions))
+        """The id of the project titled like the task, created from its labeling config if absent,
+        with ``maximum_annotations`` = the task's overlap; with a webhook URL, its one webhook."""
+        project = self.project_id(spec.project_name, spec.label_config(), description=spec.instructions,
+                                  maximum_annotations=spec.overlap)
+        if self.webhook_url:
+            try:
+                self.ensure_webhook(project, self.webhook_url, secret=self.webhook_secret)
+            except Exception as exc:  # noqa: BLE001 - the poll still brings every answer, a webhook only sooner
+                log.error("Label Studio project %s: could not register the webhook to %s (%s); answers still "
+                          "come with each poll. Label Studio refuses loopback and private addresses unless "
+                          "SSRF_PROTECTION_ENABLED=false", project, self.webhook_url, _reason(exc))
+        return str(project)
 
     def ensure_adjudication(self, spec: TaskSpec) -> str:
         """The id of the task's adjudication project (``<title> · adjudication``, the title cut to
@@ -195,15 +220,73 @@ class LabelStudioTool:
 
     # -- Label Studio's own calls (the protocol's parts; tests and the simulator use them too) ---
 
-    def project_id(self, title: str, label_config: str, *, description: str = "") -> int:
-        """The id of the project titled ``title``, created with ``label_config`` if absent."""
+    def project_id(self, title: str, label_config: str, *, description: str = "",
+                   maximum_annotations: int | None = None) -> int:
+        """The id of the project titled ``title``, created with ``label_config`` if absent.
+
+        With ``maximum_annotations`` (answers wanted per task), a new project gets it and an
+        existing one with another value is updated (:meth:`set_maximum_annotations`)."""
         for p in self._call(lambda: list(self._ls.projects.list(search=title))):
             if p.title == title:
+                if maximum_annotations is not None and p.maximum_annotations != maximum_annotations:
+                    self.set_maximum_annotations(int(p.id), maximum_annotations)
                 return int(p.id)
+        extra = {} if maximum_annotations is None else {"maximum_annotations": maximum_annotations}
         project = self._call(self._ls.projects.create, title=title, label_config=label_config,
-                             description=description)
+                             description=description, **extra)
         log.info("created Label Studio project %s (%r)", project.id, title)
         return int(project.id)
+
+    def set_maximum_annotations(self, project: int, value: int) -> None:
+        """Set the project's answers per task; no unfinished task ends with less overlap than it had.
+
+        Label Studio applies a new value to the tasks by its own rule (lowered: every task above
+        it comes down; raised: every task, or only those above 1 when some are). A task sent back
+        for another answer (its overlap raised above the project's) would lose that request and
+        count as done, and the consensus asks only once per answer count: so each unfinished task
+        Label Studio lowers gets its overlap back, and stays in the queue."""
+        waiting = {int(t.id): int(t.overlap) for t in self._iter_tasks(project, fields="task_only")
+                   if not t.is_labeled and (t.overlap or 1) > value}
+        self._call(self._ls.projects.update, id=project, maximum_annotations=value)
+        for task_id, overlap in waiting.items():
+            self.request_more_answers(task_id, overlap)
+        log.info("Label Studio project %s: maximum_annotations set to %d (%d tasks waiting for more answers kept "
+                 "their overlap)", project, value, len(waiting))
+
+    def ensure_webhook(self, project: int, url: str, *, secret: str | None = None) -> int:
+        """Exactly one active webhook of ``project`` to ``url`` (the answer actions, with the
+        payload, ``secret`` in ``X-Hitl-Secret``): created if absent, corrected if it differs,
+        duplicates deleted. Webhooks to other URLs are left alone. Returns its id."""
+        headers = {WEBHOOK_SECRET_HEADER: secret} if secret else {}
+        wanted = {"actions": list(WEBHOOK_ACTIONS), "headers": headers, "is_active": True,
+                  "send_payload": True, "send_for_all_actions": False}
+        hooks = self._webhooks(project, url)
+        if not hooks:  # a create is not idempotent: never sent blind twice (push_checked looks first)
+            def create(_: list[PushItem]) -> dict[str, str]:
+                made = self._ls.webhooks.create(url=url, project=project, **wanted, request_options={"max_retries": 0})
+                return {"webhook": str(made.id)}
+
+            def find(_: list[str]) -> dict[str, str]:
+                found = self._webhooks(project, url)
+                return {"webhook": str(found[0].id)} if found else {}
+
+            push_checked(create, find, [PushItem("webhook", {})], attempts=self.attempts)
+            hooks = self._webhooks(project, url)
+            log.info("Label Studio project %s: webhook to %s registered", project, url)
+        keep, *extra = sorted(hooks, key=lambda w: int(w.id))
+        for hook in extra:
+            self._call(self._ls.webhooks.delete, id=int(hook.id))
+        have = {"actions": sorted(keep.actions or []), "headers": keep.headers or {}, "is_active": keep.is_active,
+                "send_payload": keep.send_payload, "send_for_all_actions": keep.send_for_all_actions}
+        if have != {**wanted, "actions": sorted(WEBHOOK_ACTIONS)}:
+            self._call(self._ls.webhooks.update, id=int(keep.id), url=url, **wanted)
+            log.info("Label Studio project %s: webhook %s to %s updated", project, keep.id, url)
+        return int(keep.id)
+
+    def _webhooks(self, project: int, url: str) -> list[Any]:
+        """The project's webhooks to ``url`` (a read, retried)."""
+        hooks = self._call(self._ls.webhooks.list, project=str(project)) or []
+        return [w for w in hooks if w.project == project and w.url == url]
 
     def changed_tasks(self, project: int, since: str | None, *,
                       overlap_s: float = 1.0) -> Iterator[tuple[RemoteItem, list[RemoteAnswer]]]:
@@ -346,6 +429,12 @@ class LabelStudioTool:
         if user is None:
             return "unknown"
         return self._users(int(user))
+
+
+def _reason(exc: Exception) -> str:
+    """An SDK error in one line: the status and body Label Studio answered, else the exception."""
+    status, body = getattr(exc, "status_code", None), getattr(exc, "body", None)
+    return f"HTTP {status}: {body}"[:300] if status is not None else f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _updated_at(operator: str, at: datetime) -> dict[str, Any]:

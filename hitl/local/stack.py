@@ -5,8 +5,9 @@ files. ``up`` ingests 500 Rotten Tomatoes snippets (labels hidden from the loop)
 trains the first model with the scheduler's own retraining, starts the annotation tool (Label
 Studio on SQLite, or with ``HITL_TOOL=argilla`` a local argilla-server), the ML backend and the
 scheduler (sync, metrics, retraining) as detached processes, routes and pushes the first batch,
-and registers the backend on the Label Studio project. Running ``up`` again resumes the same state;
-``down`` stops every process it started.
+and registers the backend on the Label Studio project (the sync registers the project's webhook
+to the scheduler's receiver, so an answer is pulled at once). Running ``up`` again resumes the
+same state; ``down`` stops every process it started.
 """
 
 from __future__ import annotations
@@ -62,19 +63,22 @@ class Credentials:
     password: str
     token: str
     argilla_key: str = ""
+    webhook_secret: str = ""  # X-Hitl-Secret of the Label Studio webhook to the scheduler's receiver
 
 
 def _credentials(var: Path) -> Credentials:
-    """Generated on the first ``up`` and kept (mode 0600) so later runs log in as the same user."""
+    """Generated on the first ``up`` and kept (mode 0600) so later runs log in as the same user
+    (a file from an older ``up`` gets the keys it lacks)."""
     path = var / "credentials.json"
     if path.exists():
         creds = Credentials(**json.loads(path.read_text()))
-        if creds.argilla_key:
+        if creds.argilla_key and creds.webhook_secret:
             return creds
-        creds.argilla_key = secrets.token_urlsafe(24)
+        creds.argilla_key = creds.argilla_key or secrets.token_urlsafe(24)
+        creds.webhook_secret = creds.webhook_secret or secrets.token_urlsafe(24)
     else:
         creds = Credentials("admin@example.com", secrets.token_urlsafe(12), secrets.token_hex(20),
-                            secrets.token_urlsafe(24))
+                            secrets.token_urlsafe(24), secrets.token_urlsafe(24))
     var.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(creds.__dict__))
     path.chmod(0o600)
@@ -133,8 +137,7 @@ def _ensure_backend(s: StackSettings) -> str:
         return url
     log = s.var_dir / "log-ml-backend.txt"
     env = {**os.environ, "HITL_MODEL_ROOT": str((s.var_dir / "models").resolve()), "HITL_PORT": str(s.backend_port),
-           "HITL_HOST": "127.0.0.1", "HITL_EVENTS_PATH": str((s.var_dir / "events" / "ml_backend.jsonl").resolve()),
-           "HF_HUB_OFFLINE": "1"}
+           "HITL_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -224,6 +227,8 @@ def _scheduler_env(s: StackSettings, creds: Credentials, task: Path, db: Path, b
             "HITL_MODEL_ROOT": str(s.var_dir / "models"), "HITL_BACKEND_URL": backend_url,
             "HITL_LS_API_KEY": creds.token, "HITL_ARGILLA_API_KEY": creds.argilla_key,
             "HITL_SYNC_PORT": str(s.sync_port), "HITL_SYNC_HOST": "127.0.0.1",
+            # Label Studio's webhook to the scheduler's receiver: an answer is pulled at once, not at the next sync
+            "HITL_SYNC_PUBLIC_URL": f"http://127.0.0.1:{s.sync_port}", "HITL_WEBHOOK_SECRET": creds.webhook_secret,
             "HITL_SYNC_INTERVAL_S": str(s.sync_interval_s), "HITL_METRICS_INTERVAL_S": str(s.metrics_interval_s),
             "HITL_RETRAIN_INTERVAL_S": str(s.retrain_interval_s), "HF_HUB_OFFLINE": "1"}
 

@@ -86,3 +86,22 @@ def test_label_studio_cannot_use_an_auth_backend_without_credentials(ls_client, 
         assert exc.status_code in (400, 401, 500)
     else:
         assert ml.readable_state != "Connected"
+
+
+def test_start_training_reaches_the_backends_webhook_which_says_it_ignores_it(ls_client, backend, rt_sample):
+    import time
+
+    project, task_ids = _project_with_tasks(ls_client, rt_sample[0][40:42], "hitl train test")
+    ml = ls_client.ml.create(project=project.id, url=backend.url, title="hitl backend (train)")
+    # connecting a backend gives the project a webhook to its /webhook, for every event
+    (hook,) = [w for w in ls_client.webhooks.list(project=str(project.id)) if w.project == project.id]
+    assert hook.url == f"{backend.url}/webhook" and hook.send_for_all_actions
+    ls_client.annotations.create(id=task_ids[0], result=[{"from_name": "sentiment", "to_name": "review",
+                                                          "type": "choices", "value": {"choices": ["fresh"]}}])
+    ls_client.ml.train(id=ml.id)
+    after = ls_client.ml.get(id=ml.id)
+    assert after.readable_state != "Error" and not after.error_message  # a 4xx/5xx would have put it there
+    deadline = time.monotonic() + 5
+    while "START_TRAINING ignored" not in backend.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "START_TRAINING ignored: the ML backend does not train on webhooks" in backend.log_path.read_text()

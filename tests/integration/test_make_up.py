@@ -48,7 +48,8 @@ def _wait(what: str, check, timeout: float = 90.0):
 def test_up_annotate_pull_retrain_resume_down(tmp_path):
     var = tmp_path / "var"
     ports = {"HITL_LS_PORT": free_port(), "HITL_BACKEND_PORT": free_port(), "HITL_SYNC_PORT": free_port()}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HITL_VAR_DIR": str(var), "HITL_SYNC_INTERVAL_S": "2",
+    # the scheduler's own sync timer is 10 minutes: what is annotated comes back through Label Studio's webhook
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HITL_VAR_DIR": str(var), "HITL_SYNC_INTERVAL_S": "600",
            "HITL_RETRAIN_INTERVAL_S": "3", "HITL_MIN_NEW_LABELS": "6", "HITL_BATCH": "10",
            **{k: str(v) for k, v in ports.items()}}
     env.pop("HITL_DB_URL", None)
@@ -69,6 +70,11 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         assert len(tasks) == 10 and 0 < len(shown) < 10 and all(0 < t.predictions[0].score < 1 for t in shown)
         assert all(set(t.data) == {"text", "hitl_id"} for t in tasks)
         assert client._ls.ml.list(project=project.id)  # the backend is registered on the project
+        # Label Studio made one to the backend's /webhook when it was connected; the sync's goes to the scheduler
+        hooks = {w.url: w for w in client._ls.webhooks.list(project=str(project.id)) if w.project == project.id}
+        hook = hooks.pop(f"http://127.0.0.1:{ports['HITL_SYNC_PORT']}/webhooks/label-studio")
+        assert list(hooks) == [f"http://127.0.0.1:{ports['HITL_BACKEND_PORT']}/webhook"]
+        assert hook.headers == {"X-Hitl-Secret": creds["webhook_secret"]} and project.maximum_annotations == 1
         for t in tasks[:6]:
             label = t.predictions[0].result[0]["value"]["choices"][0] if t.predictions else "fresh"
             client.annotate(t.id, [{"from_name": "label", "to_name": "text", "type": "choices",
@@ -83,7 +89,8 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
             assert retrain.detail["n_train"] + retrain.detail["n_test"] == 66  # 60 seed labels + the 6 new ones
         finally:
             store.close()
-        jobs = _hitl(["jobs"], {**env, "HITL_DB_URL": f"sqlite:///{var / 'state.db'}"}, tmp_path, timeout=60)
+        jobs = _hitl(["jobs"], {**env, "HITL_DB_URL": f"sqlite:///{var / 'state.db'}", "HITL_TASK": str(var / "task.toml")},
+                     tmp_path, timeout=60)
         assert jobs.returncode == 0 and all(j in jobs.stdout for j in ("sync", "metrics", "retrain"))
 
         again = _hitl(["up"], env, tmp_path, timeout=300)  # resumes: the same processes and project

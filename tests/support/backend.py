@@ -26,8 +26,7 @@ def start_backend(model_root: Path, workdir: Path, *, env: dict[str, str] | None
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "HITL_MODEL_ROOT": str(model_root), "HITL_HOST": "127.0.0.1",
-                "HITL_PORT": str(port), "HITL_EVENTS_PATH": str(workdir / "events.jsonl"),
-                "HF_HUB_OFFLINE": "1", **(env or {})}
+                "HITL_PORT": str(port), "HF_HUB_OFFLINE": "1", **(env or {})}
     log_path = workdir / "backend.log"
     with open(log_path, "wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], env=full_env, cwd=workdir,

@@ -21,8 +21,7 @@ def service(tiny_model_root):
 
 def backend_client(service: ModelService, tmp_path, **overrides) -> TestClient:
     """A test client of an app built around ``service`` (settings ``overrides`` applied)."""
-    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
-                               events_path=tmp_path / "events.jsonl", **overrides)
+    settings = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0, **overrides)
     return TestClient(create_app(settings, service))
 
 

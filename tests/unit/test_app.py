@@ -106,14 +106,25 @@ def test_a_body_over_the_size_limit_gets_413(service, tmp_path):
         assert c.post("/v1/predict", json={"texts": ["fine"]}).status_code == 200
 
 
-def test_webhook_acknowledges_and_spools_without_the_token(client, tmp_path):
+def test_webhook_answers_200_that_it_ignores_the_event_and_keeps_nothing(client, tmp_path, monkeypatch):
+    # what Label Studio sends for Start Training; an error status would put the model in its error state
+    monkeypatch.chdir(tmp_path)
     payload = {"action": "START_TRAINING", "project": {"id": 5, "token": "SECRET-TOKEN"}}
     r = client.post("/webhook", json=payload)
-    assert r.status_code == 201 and r.json()["queued"] is True
-    text = (tmp_path / "events.jsonl").read_text()
-    assert '"START_TRAINING"' in text and '"project":5' in text and "SECRET" not in text
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert "does not train on webhooks" in r.json()["reason"] and "/webhooks/label-studio" in r.json()["reason"]
+    assert list(tmp_path.rglob("*")) == []  # no spool: nothing written anywhere
     assert client.post("/webhook", content=b"{not json").status_code == 400
     assert client.post("/webhook", json=[1, 2]).status_code == 400
+    assert client.post("/webhook", json={"action": 5}).status_code == 400
+
+
+def test_a_former_hitl_events_path_is_tolerated(monkeypatch, tmp_path):
+    from ml_backend.settings import BackendSettings
+
+    monkeypatch.setenv("HITL_EVENTS_PATH", str(tmp_path / "events.jsonl"))
+    settings = BackendSettings(_env_file=None, model_root=tmp_path)
+    assert "events_path" not in settings.model_dump()
 
 
 def test_versions_lists_model_versions(client):

@@ -62,8 +62,7 @@ def test_the_environment_is_checked_the_same_way(monkeypatch):
 
 def test_on_an_empty_model_root_the_backend_waits_and_serves_the_first_promoted_version(tiny_model_root, tmp_path):
     root = tmp_path / "models"
-    settings = BackendSettings(model_root=root, reload_interval_s=10, torch_threads=1, inference_workers=1,
-                               events_path=tmp_path / "events.jsonl")
+    settings = BackendSettings(model_root=root, reload_interval_s=10, torch_threads=1, inference_workers=1)
     service = ModelService(settings)  # before: FileNotFoundError, and the container restarted forever
     try:
         with TestClient(create_app(settings, service)) as c:

@@ -76,10 +76,9 @@ def _operations(app: Any) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def backend_app(service, tmp_path_factory):
+def backend_app(service):
     """Open (no credentials, as on loopback), so the fuzzer reaches past auth."""
-    settings_ = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0,
-                                events_path=tmp_path_factory.mktemp("fuzz") / "events.jsonl")
+    settings_ = BackendSettings(model_root=service.settings.model_root, reload_interval_s=0)
     return create_app(settings_, service)
 
 
@@ -180,8 +179,7 @@ def _client_for(app: str, status: int, service: ModelService, waiting: ModelServ
         return TestClient(create_webhook_app(PullRequests(), secret=LS_SECRET, argilla_secret=argilla_secret,
                                              max_body_bytes=2048))
     if status == 503:
-        settings_ = BackendSettings(model_root=waiting.settings.model_root, reload_interval_s=10,
-                                    events_path=tmp_path / "events.jsonl")
+        settings_ = BackendSettings(model_root=waiting.settings.model_root, reload_interval_s=10)
         return TestClient(create_app(settings_, waiting))
     limits = {"max_request_bytes": 4096, "max_texts_per_request": 2, "max_tasks_per_request": 2} if status == 413 else {}
     auth = {"api_token": TOKEN} if status == 401 else {}

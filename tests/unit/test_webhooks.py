@@ -163,3 +163,48 @@ def test_the_receiver_refuses_to_bind_beyond_loopback_without_its_secret():
             start_http(settings, None, PullRequests())  # before binding
         check_bind(host, "a-long-random-webhook-secret")
     check_bind("127.0.0.1", None)
+
+
+def test_the_public_url_is_an_http_url_and_empty_counts_as_unset():
+    from pydantic import ValidationError
+
+    from sync.settings import SyncSettings
+
+    assert SyncSettings(_env_file=None, sync_public_url=" ").sync_public_url is None
+    assert SyncSettings(_env_file=None, sync_public_url="http://sync:9091/").sync_public_url == "http://sync:9091"
+    with pytest.raises(ValidationError, match="HITL_SYNC_PUBLIC_URL must be an http"):
+        SyncSettings(_env_file=None, sync_public_url="sync:9091")
+
+
+def test_the_label_studio_tool_gets_the_receivers_url_and_secret_from_the_settings(monkeypatch):
+    from connector.task_spec import TaskSpec
+    from sync.runner import build_tool
+    from sync.settings import SyncSettings
+
+    monkeypatch.setenv("HITL_LS_API_KEY", "token")
+    spec = TaskSpec(name="t", labels=["a", "b"])
+    settings = SyncSettings(_env_file=None, sync_public_url="https://hitl.example.com/sync/", webhook_secret="s3cret")
+    tool = build_tool(spec, settings)
+    assert tool.webhook_url == "https://hitl.example.com/sync/webhooks/label-studio"
+    assert tool.webhook_secret == "s3cret"
+    open_receiver = build_tool(spec, SyncSettings(_env_file=None, sync_public_url="http://127.0.0.1:9091"))
+    assert open_receiver.webhook_url == "http://127.0.0.1:9091/webhooks/label-studio"
+    assert open_receiver.webhook_secret is None
+    assert build_tool(spec, SyncSettings(_env_file=None, webhook_secret="s3cret")).webhook_url is None
+    assert build_tool(spec).webhook_url is None
+
+
+def test_hitl_up_points_the_webhook_at_its_scheduler_with_a_kept_secret(tmp_path):
+    import json
+
+    from hitl.local.stack import StackSettings, _credentials, _scheduler_env
+
+    old = {"username": "u", "password": "p", "token": "t", "argilla_key": "k"}  # written by an older `hitl up`
+    (tmp_path / "credentials.json").write_text(json.dumps(old))
+    creds = _credentials(tmp_path)
+    assert len(creds.webhook_secret) >= 16 and creds.argilla_key == "k"
+    assert _credentials(tmp_path).webhook_secret == creds.webhook_secret  # kept across runs
+    env = _scheduler_env(StackSettings(_env_file=None, sync_port=9191), creds, tmp_path / "task.toml",
+                         tmp_path / "state.db", "http://127.0.0.1:9090")
+    assert env["HITL_SYNC_PUBLIC_URL"] == "http://127.0.0.1:9191" and env["HITL_SYNC_PORT"] == "9191"
+    assert env["HITL_WEBHOOK_SECRET"] == creds.webhook_secret
