@@ -26,7 +26,7 @@ from connector.labeling_config import parse_labeling_config
 from connector.routing import CHECK_REASONS, Batch, Router
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
-from connector.tools.base import AnnotationTool, PushItem, item_key
+from connector.tools.base import SUGGESTION_VERSION, AnnotationTool, PushItem, item_key
 from sync.adjudication import AdjudicationQueue
 from sync.predictor import HttpPredictor, Predictor
 from sync.pulls import annotation_rows, settle_absent
@@ -35,9 +35,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SUGGESTION_SOURCE", "HttpPredictor", "PassReport", "Predictor", "SyncService"]
 
-#: the model version a pushed suggestion names in the tool: one neutral name, so annotators never see
-#: which version (or that a new one arrived); the store keeps the real version with each prediction
-SUGGESTION_SOURCE = "hitl"
+#: the model version a pushed suggestion names in the tool (``connector.tools.base.SUGGESTION_VERSION``)
+SUGGESTION_SOURCE = SUGGESTION_VERSION
 
 
 @dataclass

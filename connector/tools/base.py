@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the model version every suggestion we push names in the tool (Label Studio's prediction
+#: ``model_version`` and the project's, Argilla's suggestion ``agent``): one neutral name, so
+#: annotators never see which version (or that a new one arrived); the store keeps the real one
+SUGGESTION_VERSION = "hitl"
+
 #: The adjudication project's read-only field: the answers in conflict, one label per line.
 ANSWERS_FIELD = "hitl_answers"
 ADJUDICATION_SUFFIX = " · adjudication"

@@ -24,6 +24,16 @@ How Label Studio 1.23 behaved, and what the pull does about it:
   its new place; the pull keeps its last reading.
 - Asking for the page after the last answers 404.
 
+What an annotator must not see, and how Label Studio 1.23 would show it anyway: opening a task with
+no prediction (the Data Manager's task view, ``GET /api/tasks/<id>``) makes Label Studio ask the
+project's ML backend for one, store it and show it pre-selected with its model version and score;
+and a project whose ``model_version`` is the backend's title (the default when the backend is
+registered before any prediction is imported) asks the backend live for every task of the
+labelling stream. Either would show the model's label on gold items, audits and spot checks. So
+every project is created with ``model_version`` :data:`PREDICTION_VERSION`, and a task without a
+suggestion is imported with an empty prediction under that name: nothing is pre-selected, and
+Label Studio never asks the backend about it.
+
 Adjudication: Label Studio Community (1.23) has no reviewer flow (the review stream, reviewer
 role and review API are Label Studio Enterprise's), so the task's adjudication project is a second
 project (``ensure_adjudication``), titled like the task with ``· adjudication``, whose config is the
@@ -48,6 +58,7 @@ import httpx
 
 from connector.tools.base import (
     ANSWERS_FIELD,
+    SUGGESTION_VERSION,
     Pull,
     PushItem,
     RemoteAnswer,
@@ -71,6 +82,9 @@ TITLE_MAX = 50  # Label Studio's PROJECT_TITLE_MAX_LEN
 WEBHOOK_SECRET_HEADER = "X-Hitl-Secret"
 # what changes an answer; the payload carries the project (the receiver needs its id)
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+#: the model version of our predictions and the project's ``model_version`` (the one Label Studio
+#: pre-selects from): the neutral name every pushed suggestion carries
+PREDICTION_VERSION = SUGGESTION_VERSION
 
 
 def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None) -> list[str]:
@@ -233,7 +247,7 @@ class LabelStudioTool:
                 return int(p.id)
         extra = {} if maximum_annotations is None else {"maximum_annotations": maximum_annotations}
         project = self._call(self._ls.projects.create, title=title, label_config=label_config,
-                             description=description, **extra)
+                             description=description, model_version=PREDICTION_VERSION, **extra)
         log.info("created Label Studio project %s (%r)", project.id, title)
         return int(project.id)
 
@@ -395,7 +409,10 @@ class LabelStudioTool:
         for it in items:
             task: dict[str, Any] = {"data": {**it.data, EXTERNAL_ID_KEY: it.external_id}}
             if it.result is not None:
-                task["predictions"] = [{"result": it.result, "score": it.score, "model_version": it.model_version}]
+                task["predictions"] = [{"result": it.result, "score": it.score,
+                                        "model_version": it.model_version or PREDICTION_VERSION}]
+            else:  # an empty one: Label Studio would otherwise ask the ML backend (see the module's notes)
+                task["predictions"] = [{"result": [], "model_version": PREDICTION_VERSION}]
             payload.append(task)
         resp = self._ls.projects.import_tasks(project, request=payload, return_task_ids=True,
                                               request_options={"max_retries": 0})

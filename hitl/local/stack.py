@@ -311,8 +311,8 @@ def up(s: StackSettings | None = None) -> None:
         f"ML backend    {backend_url}  (/predict for Label Studio, /v1/predict)\n"
         f"scheduler     http://127.0.0.1:{s.sync_port}/metrics   state {db}\n"
         + (f"first batch   {pushed} uncertain snippets pushed\n" if pushed else "resumed: the same project and state\n")
-        + "\nLabel the snippets, least certain first: each shows the model's label and its\n"
-        "calibrated score. Answers come back every sync; after "
+        + "\nLabel the snippets, least certain first: most show the model's label as a\n"
+        "suggestion (checks and a random share show none). Answers come back at once; after "
         f"{s.min_new_labels} new labels the scheduler retrains,\n"
         "promotes the new model only if it is better on held-out labels, and pushes the\n"
         "next batch. `hitl jobs`: the jobs. `hitl report`: var/report.html.\n"

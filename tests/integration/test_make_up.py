@@ -65,8 +65,9 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         project = next(p for p in client._ls.projects.list() if p.title.startswith("hitl demo"))
         tasks = list(client._ls.tasks.list(project=project.id, fields="all"))
         # what the annotator finds: the uncertain snippets, the model's label and score on those shown with
-        # one (the default hides it on checks and on a random share of the others), nothing on why they came
-        shown = [t for t in tasks if t.predictions]
+        # one (the default hides it on checks and on a random share of the others: an empty prediction),
+        # nothing on why they came
+        shown = [t for t in tasks if t.predictions[0].result]
         assert len(tasks) == 10 and 0 < len(shown) < 10 and all(0 < t.predictions[0].score < 1 for t in shown)
         assert all(set(t.data) == {"text", "hitl_id"} for t in tasks)
         assert client._ls.ml.list(project=project.id)  # the backend is registered on the project
@@ -76,7 +77,7 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         assert list(hooks) == [f"http://127.0.0.1:{ports['HITL_BACKEND_PORT']}/webhook"]
         assert hook.headers == {"X-Hitl-Secret": creds["webhook_secret"]} and project.maximum_annotations == 1
         for t in tasks[:6]:
-            label = t.predictions[0].result[0]["value"]["choices"][0] if t.predictions else "fresh"
+            label = t.predictions[0].result[0]["value"]["choices"][0] if t.predictions[0].result else "fresh"
             client.annotate(t.id, [{"from_name": "label", "to_name": "text", "type": "choices",
                                     "value": {"choices": [label]}}])
 
