@@ -93,6 +93,7 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
         jobs = _hitl(["jobs"], {**env, "HITL_DB_URL": f"sqlite:///{var / 'state.db'}", "HITL_TASK": str(var / "task.toml")},
                      tmp_path, timeout=60)
         assert jobs.returncode == 0 and all(j in jobs.stdout for j in ("sync", "metrics", "retrain"))
+        _export_reads_back(var, env, tmp_path)
 
         again = _hitl(["up"], env, tmp_path, timeout=300)  # resumes: the same processes and project
         assert again.returncode == 0 and "resumed" in again.stdout, again.stdout + again.stderr
@@ -102,6 +103,26 @@ def test_up_annotate_pull_retrain_resume_down(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(map(_alive, pids.values())) and not list((var / "run").glob("*.pid"))
     assert all(port_is_free(p) for p in ports.values())
+
+
+def _export_reads_back(var: Path, env: dict[str, str], cwd: Path) -> None:
+    """``hitl export`` of the running loop's store: every item once, in all three formats."""
+    import pandas as pd
+
+    db = {**env, "HITL_DB_URL": f"sqlite:///{var / 'state.db'}", "HITL_TASK": str(var / "task.toml")}
+    done = _hitl(["export", "--out", str(var / "labels"), "--format", "all", "--only", "all"], db, cwd, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = StateStore(db["HITL_DB_URL"])
+    try:
+        items = {it.external_id for it in store.items.list()}
+    finally:
+        store.close()
+    frames = [pd.read_json(var / "labels.jsonl", lines=True), pd.read_csv(var / "labels.csv"),
+              pd.read_parquet(var / "labels.parquet")]
+    for frame in frames:
+        assert len(frame) == len(items) and set(frame["item_id"].astype(str)) == items
+    sources = set(frames[2]["source"])
+    assert {"seed", "human_consensus"} <= sources and "auto_accepted" not in sources  # nothing certified yet
 
 
 def test_up_with_argilla_pushes_records_some_with_suggestions_resumes_and_down_stops_everything(tmp_path):
