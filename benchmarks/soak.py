@@ -294,6 +294,12 @@ class Annotator:
             self.stop.wait(self.every_s)
 
 
+def _webhook_secret(var: Path, fallback: str) -> str:
+    """The secret the scheduler's receiver checks: ``hitl up`` keeps its own in the credentials file."""
+    creds = json.loads((var / "credentials.json").read_text())
+    return creds.get("webhook_secret") or fallback
+
+
 def _webhooks(rec: Record, sync_url: str, backend_url: str, secret: str, project: int, every_s: float,
               annotator: Annotator, stop: threading.Event) -> None:
     """Label Studio-style events to the scheduler's receiver (authorized by the shared secret) and
@@ -316,8 +322,8 @@ def _webhooks(rec: Record, sync_url: str, backend_url: str, secret: str, project
                         rec.error("webhook", f"no secret: {r.status_code} (expected 401)")
                 elif r.status_code != 200 or r.json().get("pull_queued") != (action in PULL_ACTIONS):
                     rec.error("webhook", f"{action}: {r.status_code} {r.text[:200]}")
-                r = http.post(f"{backend_url}/webhook", json=payload)
-                if r.status_code != 201:
+                r = http.post(f"{backend_url}/webhook", json=payload)  # answered, and honestly ignored
+                if r.status_code != 200 or r.json().get("status") != "ignored":
                     rec.error("webhook", f"backend {action}: {r.status_code} {r.text[:200]}")
                 with rec.lock:
                     rec.counts["webhooks"] += 1
@@ -533,7 +539,7 @@ def main() -> int:
                                    args.think_ms / 1000, stop)),
             threading.Thread(target=annotator.run, name="annotator", daemon=True),
             threading.Thread(target=_webhooks, name="webhooks", daemon=True,
-                             args=(rec, sync_url, backend_url, secret, project, args.webhook_every, annotator, stop)),
+                             args=(rec, sync_url, backend_url, _webhook_secret(var, secret), project, args.webhook_every, annotator, stop)),
         ]
         for th in threads:
             th.start()
