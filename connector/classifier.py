@@ -7,6 +7,12 @@ attributes. One training recipe serves ``hitl train``, the scheduler's retrainin
 simulator: heads fitted on every training label, each temperature fitted on out-of-fold logits
 (``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``.
 
+A temperature is only as good as the labels it is fitted on: fitted on the items an active learner
+picked (the hardest ones) it flattens the model for the easy majority. ``fit(..., calibrate_on=mask)``
+fits the temperature(s) on the masked rows only (labels of items drawn at random), while the heads
+still learn from every row; with fewer than ``min_calibration_labels`` such rows the temperatures
+stay 1 (no calibration rather than a noisy one).
+
 ``classes_`` is always sorted (``np.unique`` order), whatever order the labels or the ``classes``
 hyperparameter come in; callers that want another order (a task's label order) reorder the
 columns of ``predict_proba`` by name. A model version saved with its labels in another order is
@@ -130,22 +136,26 @@ class TextClassifier:
     - ``calibration``: ``"cross_fit"`` (each temperature fitted on ``folds``-fold out-of-fold
       logits, heads on every label), ``"holdout"`` (``calibration_fraction`` of the labels held out,
       stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1).
+    - ``min_calibration_labels``: the fewest labels a temperature is fitted on (the rows
+      ``calibrate_on`` selects, or the held-out rows with ``holdout``); fewer, and it stays 1.
     - ``max_iter``: L-BFGS iterations of the embedding head; ``random_state``: seeds the folds
       and the holdout split.
 
     Fitted attributes: ``classes_`` (sorted), ``coef_`` (k, d), ``intercept_`` (k,),
     ``temperature_``; ``lexical_`` (the TF-IDF vocabulary, or ``None``), ``lex_coef_``,
     ``lex_intercept_``, ``lex_temperature_``; ``n_folds_`` (cross-fitting folds used, 0 when a
-    class has a single label: then the temperatures stay 1); ``oof_proba_`` (n, k): with
-    ``cross_fit``, calibrated out-of-fold probabilities of the training rows, columns in
-    ``classes_`` order (uniform rows when ``n_folds_`` is 0), else ``None``.
+    class has a single label: then the temperatures stay 1); ``n_calibration_`` (labels the
+    temperatures were fitted on, 0 when they stayed 1; ``None`` for a loaded version);
+    ``oof_proba_`` (n, k): with ``cross_fit``, calibrated out-of-fold probabilities of the training
+    rows, columns in ``classes_`` order (uniform rows when ``n_folds_`` is 0), else ``None``.
     """
 
     def __init__(self, encoder: TextEncoder | None = None, *,
                  features: Literal["embeddings", "embeddings+tfidf"] = "embeddings",
                  classes: Sequence[str] | None = None, C: float = 10.0, C_lexical: float = 100.0,
                  calibration: Literal["cross_fit", "holdout", "none"] = "cross_fit", folds: int = 5,
-                 calibration_fraction: float = 0.2, max_iter: int = 200, random_state: int = 0) -> None:
+                 calibration_fraction: float = 0.2, min_calibration_labels: int = 30, max_iter: int = 200,
+                 random_state: int = 0) -> None:
         self.encoder = encoder
         self.features = features
         self.classes = classes
@@ -154,6 +164,7 @@ class TextClassifier:
         self.calibration = calibration
         self.folds = folds
         self.calibration_fraction = calibration_fraction
+        self.min_calibration_labels = min_calibration_labels
         self.max_iter = max_iter
         self.random_state = random_state
 
@@ -169,15 +180,22 @@ class TextClassifier:
             self.encoder = TextEncoder()
         return self.encoder
 
-    def fit(self, texts: Sequence[str], y: Sequence[str], *, corpus: Sequence[str] | None = None) -> TextClassifier:
-        """Encode ``texts`` and fit; ``corpus``: texts for the word features' vocabulary (default ``texts``)."""
+    def fit(self, texts: Sequence[str], y: Sequence[str], *, corpus: Sequence[str] | None = None,
+            calibrate_on: Sequence[bool] | np.ndarray | None = None) -> TextClassifier:
+        """Encode ``texts`` and fit; ``corpus``: texts for the word features' vocabulary (default
+        ``texts``); ``calibrate_on``: a boolean mask over the rows, the labels the temperatures are
+        fitted on (those that represent the items the model will score: drawn at random); ``None``:
+        every row."""
         texts = list(texts)
-        return self.fit_embeddings(self._encoder().encode(texts), y, texts=texts, corpus=corpus)
+        return self.fit_embeddings(self._encoder().encode(texts), y, texts=texts, corpus=corpus,
+                                   calibrate_on=calibrate_on)
 
     def fit_embeddings(self, x: np.ndarray, y: Sequence[str], *, texts: Sequence[str] | None = None,
-                       corpus: Sequence[str] | None = None) -> TextClassifier:
+                       corpus: Sequence[str] | None = None,
+                       calibrate_on: Sequence[bool] | np.ndarray | None = None) -> TextClassifier:
         """Fit on precomputed embeddings (cache them: the encoder is frozen). ``texts`` (the rows'
-        texts) are needed with ``features="embeddings+tfidf"``; ``corpus`` as in :meth:`fit`."""
+        texts) are needed with ``features="embeddings+tfidf"``; ``corpus`` and ``calibrate_on`` as
+        in :meth:`fit`."""
         if self.features not in ("embeddings", "embeddings+tfidf"):
             raise ValueError(f"features must be 'embeddings' or 'embeddings+tfidf', got {self.features!r}")
         if self.calibration not in ("cross_fit", "holdout", "none"):
@@ -187,6 +205,9 @@ class TextClassifier:
             raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
         if len(set(labels)) < 2:
             raise ValueError(f"need at least two classes to train, got {sorted(set(labels))}")
+        mask = np.ones(len(labels), dtype=bool) if calibrate_on is None else np.asarray(calibrate_on)
+        if mask.dtype != bool or mask.shape != (len(labels),):
+            raise ValueError(f"calibrate_on must be a boolean mask of {len(labels)} rows, got {mask.dtype} {mask.shape}")
         lexical = self.features == "embeddings+tfidf"
         if lexical and (texts is None or len(texts) != len(x)):
             raise ValueError("features='embeddings+tfidf' also reads the words: pass texts= with the embeddings")
@@ -194,8 +215,10 @@ class TextClassifier:
         codes = self.label_indices(labels)
         k = len(self.classes_)
         self.n_folds_ = n_cross_fit_splits(codes, self.folds) if self.calibration == "cross_fit" else 0
+        calibrate = self._calibration_rows(codes, mask)
+        self.n_calibration_ = len(calibrate)
         self.coef_, self.intercept_, self.temperature_, oof = self._fit_head(
-            x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C)
+            x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C, calibrate)
         self.lexical_ = self.lex_coef_ = self.lex_intercept_ = None
         self.lex_temperature_ = 1.0
         if lexical:
@@ -203,27 +226,41 @@ class TextClassifier:
 
             self.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
             self.lex_coef_, self.lex_intercept_, self.lex_temperature_, oof_lex = self._fit_head(
-                self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical)
+                self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical, calibrate)
             oof = (oof + oof_lex) / 2 if oof is not None else None
         self.oof_proba_ = oof
         return self
 
+    def _calibration_rows(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows the temperatures are fitted on: with ``cross_fit`` the masked rows (out-of-fold
+        logits exist for every row), with ``holdout`` a stratified ``calibration_fraction`` of the
+        masked rows (held out of the heads); none (nothing held out) when fewer than
+        ``min_calibration_labels``."""
+        rows = np.flatnonzero(mask)
+        if self.calibration == "cross_fit":
+            rows = rows if self.n_folds_ else rows[:0]
+        elif self.calibration == "holdout" and self.calibration_fraction > 0:
+            rows = rows[stratified_split(y[rows], self.calibration_fraction, seed=self.random_state)[1]]
+        else:
+            rows = rows[:0]
+        return rows if len(rows) >= max(self.min_calibration_labels, 1) else rows[:0]
+
     def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]],
-                  C: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
-        """One head by the calibration recipe: ``(coef, intercept, temperature, oof_proba or None)``."""
+                  C: float, calibrate: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
+        """One head by the calibration recipe: ``(coef, intercept, temperature, oof_proba or None)``;
+        the temperature is fitted on the rows ``calibrate`` (1 when there are none)."""
         if self.calibration == "cross_fit":
             oof = cross_fitted_logits(x, y, k, folds=self.folds, C=C, seed=self.random_state, fit=fit)
             coef, intercept = fit(x, y, k, C=C)
-            temperature = float(TemperatureScaler().fit(oof, y).temperature_) if oof.any() else 1.0
+            temperature = float(TemperatureScaler().fit(oof[calibrate], y[calibrate]).temperature_) \
+                if len(calibrate) else 1.0
             return coef, intercept, temperature, softmax(oof, temperature)
-        rest, held = np.arange(len(y)), np.array([], dtype=np.int64)
-        if self.calibration == "holdout" and self.calibration_fraction > 0:
-            rest, held = stratified_split(y, self.calibration_fraction, seed=self.random_state)
+        rest = np.setdiff1d(np.arange(len(y)), calibrate)  # holdout: the heads never see the held-out rows
         coef, intercept = fit(x[rest], y[rest], k, C=C)
         temperature = 1.0
-        if len(held):
-            logits = np.asarray(x[held] @ coef.T) + intercept
-            temperature = float(TemperatureScaler().fit(logits, y[held]).temperature_)
+        if len(calibrate):
+            logits = np.asarray(x[calibrate] @ coef.T) + intercept
+            temperature = float(TemperatureScaler().fit(logits, y[calibrate]).temperature_)
         return coef, intercept, temperature, None
 
     # -- saving and loading -------------------------------------------------------------------
@@ -249,7 +286,7 @@ class TextClassifier:
         self.lexical_, self.lex_temperature_ = state.lexical, float(state.lex_temperature)
         self.lex_coef_ = state.lex_coef[order] if state.lex_coef is not None else None
         self.lex_intercept_ = state.lex_intercept[order] if state.lex_intercept is not None else None
-        self.n_folds_, self.oof_proba_ = 0, None
+        self.n_folds_, self.n_calibration_, self.oof_proba_ = 0, None, None
         return self
 
     # -- inference ----------------------------------------------------------------------------
