@@ -4,12 +4,14 @@ optionally a word-feature head (TF-IDF, :mod:`connector.lexical`) with its own t
 Follows scikit-learn's estimator contract: every hyperparameter is a keyword of ``__init__``,
 which does nothing else; ``fit`` returns ``self``; what fitting learns lives in trailing-underscore
 attributes. One training recipe serves ``hitl train``, the scheduler's retraining and the
-simulator: heads fitted on every training label, each temperature fitted on out-of-fold logits
-(``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``.
+simulator: heads fitted on every training label, the temperatures fitted on out-of-fold logits
+(``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``. With two
+heads the two temperatures are fitted together, on the average of the heads' probabilities (what
+the model serves): calibrated one by one, their average is underconfident where the heads disagree.
 
 A temperature is only as good as the labels it is fitted on: fitted on the items an active learner
 picked (the hardest ones) it flattens the model for the easy majority. ``fit(..., calibrate_on=mask)``
-fits the temperature(s) on the masked rows only (labels of items drawn at random), while the heads
+fits the temperatures on the masked rows only (labels of items drawn at random), while the heads
 still learn from every row; with fewer than ``min_calibration_labels`` such rows the temperatures
 stay 1 (no calibration rather than a noisy one).
 
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from connector.calibration import TemperatureScaler, softmax
+from connector.calibration import averaged_temperatures, softmax
 from connector.encoder import TextEncoder
 
 
@@ -129,13 +131,14 @@ class TextClassifier:
 
     - ``encoder``: a :class:`TextEncoder` (``None``: the bundled default, built on first use).
     - ``features``: ``"embeddings"``, or ``"embeddings+tfidf"`` to add a word-feature head whose
-      calibrated probabilities are averaged with the embedding head's (long documents, topic labels).
+      tempered probabilities are averaged with the embedding head's (long documents, topic labels).
     - ``classes``: the label set when it is known before the data (a task's labels): a class with
       no training label still gets a row (and a near-zero probability); ``None``: the labels in ``y``.
     - ``C`` / ``C_lexical``: inverse L2 strength of the embedding head / the word-feature head.
-    - ``calibration``: ``"cross_fit"`` (each temperature fitted on ``folds``-fold out-of-fold
+    - ``calibration``: ``"cross_fit"`` (the temperatures fitted on ``folds``-fold out-of-fold
       logits, heads on every label), ``"holdout"`` (``calibration_fraction`` of the labels held out,
-      stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1).
+      stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1). Either
+      way only the rows ``fit``'s ``calibrate_on`` selects serve the temperatures.
     - ``min_calibration_labels``: the fewest labels a temperature is fitted on (the rows
       ``calibrate_on`` selects, or the held-out rows with ``holdout``); fewer, and it stays 1.
     - ``max_iter``: L-BFGS iterations of the embedding head; ``random_state``: seeds the folds
@@ -217,18 +220,23 @@ class TextClassifier:
         self.n_folds_ = n_cross_fit_splits(codes, self.folds) if self.calibration == "cross_fit" else 0
         calibrate = self._calibration_rows(codes, mask)
         self.n_calibration_ = len(calibrate)
-        self.coef_, self.intercept_, self.temperature_, oof = self._fit_head(
-            x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C, calibrate)
-        self.lexical_ = self.lex_coef_ = self.lex_intercept_ = None
-        self.lex_temperature_ = 1.0
+        heads = [self._fit_head(x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C, calibrate)]
+        self.lexical_ = None
         if lexical:
             from connector.lexical import LexicalFeatures, fit_lexical_head
 
             self.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
-            self.lex_coef_, self.lex_intercept_, self.lex_temperature_, oof_lex = self._fit_head(
-                self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical, calibrate)
-            oof = (oof + oof_lex) / 2 if oof is not None else None
-        self.oof_proba_ = oof
+            heads.append(self._fit_head(self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical,
+                                        calibrate))
+        # the temperatures calibrate what is served, the heads' average, so they are fitted together
+        temperatures = averaged_temperatures([h[3] for h in heads], codes[calibrate]) if len(calibrate) \
+            else [1.0] * len(heads)
+        (self.coef_, self.intercept_, _, _), self.temperature_ = heads[0], temperatures[0]
+        self.lex_coef_, self.lex_intercept_, self.lex_temperature_ = None, None, 1.0
+        if lexical:
+            (self.lex_coef_, self.lex_intercept_, _, _), self.lex_temperature_ = heads[1], temperatures[1]
+        self.oof_proba_ = None if heads[0][2] is None else \
+            sum(softmax(h[2], t) for h, t in zip(heads, temperatures)) / len(heads)
         return self
 
     def _calibration_rows(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -245,23 +253,17 @@ class TextClassifier:
             rows = rows[:0]
         return rows if len(rows) >= max(self.min_calibration_labels, 1) else rows[:0]
 
-    def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]],
-                  C: float, calibrate: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
-        """One head by the calibration recipe: ``(coef, intercept, temperature, oof_proba or None)``;
-        the temperature is fitted on the rows ``calibrate`` (1 when there are none)."""
+    def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]], C: float,
+                  calibrate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """One head by the calibration recipe: ``(coef, intercept, out-of-fold logits or None, logits of
+        the rows ``calibrate`` from models that never saw them)``."""
         if self.calibration == "cross_fit":
             oof = cross_fitted_logits(x, y, k, folds=self.folds, C=C, seed=self.random_state, fit=fit)
             coef, intercept = fit(x, y, k, C=C)
-            temperature = float(TemperatureScaler().fit(oof[calibrate], y[calibrate]).temperature_) \
-                if len(calibrate) else 1.0
-            return coef, intercept, temperature, softmax(oof, temperature)
+            return coef, intercept, oof, oof[calibrate]
         rest = np.setdiff1d(np.arange(len(y)), calibrate)  # holdout: the heads never see the held-out rows
         coef, intercept = fit(x[rest], y[rest], k, C=C)
-        temperature = 1.0
-        if len(calibrate):
-            logits = np.asarray(x[calibrate] @ coef.T) + intercept
-            temperature = float(TemperatureScaler().fit(logits, y[calibrate]).temperature_)
-        return coef, intercept, temperature, None
+        return coef, intercept, None, np.asarray(x[calibrate] @ coef.T) + intercept
 
     # -- saving and loading -------------------------------------------------------------------
 
