@@ -12,8 +12,9 @@ the model serves): calibrated one by one, their average is underconfident where 
 A temperature is only as good as the labels it is fitted on: fitted on the items an active learner
 picked (the hardest ones) it flattens the model for the easy majority. ``fit(..., calibrate_on=mask)``
 fits the temperatures on the masked rows only (labels of items drawn at random), while the heads
-still learn from every row; with fewer than ``min_calibration_labels`` such rows the temperatures
-stay 1 (no calibration rather than a noisy one).
+still learn from every row. Few such labels say little, so the temperatures are shrunk towards 1
+(a prior on ``log T``, ``temperature_prior_sd``), and with fewer than ``min_calibration_labels``
+of them they stay 1.
 
 ``classes_`` is always sorted (``np.unique`` order), whatever order the labels or the ``classes``
 hyperparameter come in; callers that want another order (a task's label order) reorder the
@@ -139,8 +140,10 @@ class TextClassifier:
       logits, heads on every label), ``"holdout"`` (``calibration_fraction`` of the labels held out,
       stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1). Either
       way only the rows ``fit``'s ``calibrate_on`` selects serve the temperatures.
-    - ``min_calibration_labels``: the fewest labels a temperature is fitted on (the rows
-      ``calibrate_on`` selects, or the held-out rows with ``holdout``); fewer, and it stays 1.
+    - ``min_calibration_labels``: the fewest labels the temperatures are fitted on (the rows
+      ``calibrate_on`` selects, or the held-out rows with ``holdout``); fewer, and they stay 1.
+    - ``temperature_prior_sd``: the standard deviation of a Gaussian prior on each ``log T``
+      centred on 1 (:func:`~connector.calibration.averaged_temperatures`); ``None``: none.
     - ``max_iter``: L-BFGS iterations of the embedding head; ``random_state``: seeds the folds
       and the holdout split.
 
@@ -157,8 +160,8 @@ class TextClassifier:
                  features: Literal["embeddings", "embeddings+tfidf"] = "embeddings",
                  classes: Sequence[str] | None = None, C: float = 10.0, C_lexical: float = 100.0,
                  calibration: Literal["cross_fit", "holdout", "none"] = "cross_fit", folds: int = 5,
-                 calibration_fraction: float = 0.2, min_calibration_labels: int = 30, max_iter: int = 200,
-                 random_state: int = 0) -> None:
+                 calibration_fraction: float = 0.2, min_calibration_labels: int = 10,
+                 temperature_prior_sd: float | None = 1.0, max_iter: int = 200, random_state: int = 0) -> None:
         self.encoder = encoder
         self.features = features
         self.classes = classes
@@ -168,6 +171,7 @@ class TextClassifier:
         self.folds = folds
         self.calibration_fraction = calibration_fraction
         self.min_calibration_labels = min_calibration_labels
+        self.temperature_prior_sd = temperature_prior_sd
         self.max_iter = max_iter
         self.random_state = random_state
 
@@ -229,8 +233,8 @@ class TextClassifier:
             heads.append(self._fit_head(self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical,
                                         calibrate))
         # the temperatures calibrate what is served, the heads' average, so they are fitted together
-        temperatures = averaged_temperatures([h[3] for h in heads], codes[calibrate]) if len(calibrate) \
-            else [1.0] * len(heads)
+        temperatures = averaged_temperatures([h[3] for h in heads], codes[calibrate],
+                                             prior_sd=self.temperature_prior_sd) if len(calibrate) else [1.0] * len(heads)
         (self.coef_, self.intercept_, _, _), self.temperature_ = heads[0], temperatures[0]
         self.lex_coef_, self.lex_intercept_, self.lex_temperature_ = None, None, 1.0
         if lexical:

@@ -13,8 +13,9 @@ has not seen.
 Which labels the temperature is fitted on (``RetrainPolicy.calibration_labels``): by default only
 those of items drawn at random (``calibrate_on``: the seed set and the router's audits), since a
 temperature fitted on the labels an active learner picked (the hardest items, near the boundary)
-flattens the model for the items it will score. Until ``min_calibration_labels`` such labels are
-in the training part the temperature stays 1.
+flattens the model for the items it will score. The temperatures are shrunk towards 1 by a prior
+on ``log T`` (``temperature_prior_sd``): a few such labels move them little. Until
+``min_calibration_labels`` such labels are in the training part they stay 1.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class RetrainPolicy(BaseModel):
       only those of items drawn at random (the seed set and the audits), which represent the items
       the model scores; ``all``: every training label (biased towards the hardest items when a
       strategy picks). ``min_calibration_labels``: fewer such training labels and the temperature
-      stays 1.
+      stays 1. ``temperature_prior_sd``: the SD of a Gaussian prior on ``log T`` centred on 1 (the
+      fewer the labels, the closer to 1 the temperature); ``None``: maximum likelihood.
     - ``metric`` / ``min_improvement``: the candidate must beat the current model on ``metric`` by
       at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this;
       ``accuracy_drop_alpha`` (off by default): a larger drop refuses it only when a paired exact
@@ -70,7 +72,8 @@ class RetrainPolicy(BaseModel):
     min_test: int = Field(10, ge=1)
     folds: int = Field(5, ge=2)
     calibration_labels: Literal["random", "all"] = "random"
-    min_calibration_labels: int = Field(30, ge=1)
+    min_calibration_labels: int = Field(10, ge=1)
+    temperature_prior_sd: float | None = Field(1.0, gt=0.0)
     metric: Literal["log_loss", "accuracy", "macro_f1", "ece"] = "log_loss"
     min_improvement: float = Field(0.0, ge=0.0)
     max_accuracy_drop: float = Field(0.0, ge=0.0)
@@ -223,7 +226,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         raise ValueError(f"calibrate_on has {random.size} entries for {len(y)} labels")
     clf = TextClassifier(encoder, features=policy.features, classes=classes, C=policy.C, C_lexical=policy.C_lexical,
                          calibration="cross_fit", folds=policy.folds,
-                         min_calibration_labels=policy.min_calibration_labels, random_state=seed)
+                         min_calibration_labels=policy.min_calibration_labels,
+                         temperature_prior_sd=policy.temperature_prior_sd, random_state=seed)
     train_texts = [t for t, held in zip(texts, test) if not held]
     clf.fit_embeddings(x[train], [classes[c] for c in y_train], texts=train_texts,
                        corpus=list(corpus) if corpus else list(texts),
@@ -282,7 +286,8 @@ def _temperature_fit(clf: TextClassifier, policy: RetrainPolicy, n_random: int) 
     """What the candidate's temperature was fitted on, in words (kept with the version)."""
     which = "labels drawn at random" if policy.calibration_labels == "random" else "training labels"
     if clf.n_calibration_:
-        return f"cross-fitted out-of-fold logits of {clf.n_calibration_} {which}"
+        prior = f", log T shrunk by a N(0, {policy.temperature_prior_sd:g}²) prior" if policy.temperature_prior_sd else ""
+        return f"cross-fitted out-of-fold logits of {clf.n_calibration_} {which}{prior}"
     if not clf.n_folds_:
         return "none (temperature 1): a class has a single training label"
     have = n_random if policy.calibration_labels == "random" else len(clf.oof_proba_)

@@ -227,8 +227,9 @@ def test_retraining_fits_the_temperature_on_the_labels_drawn_at_random(tmp_path)
     train = np.array([not in_test_split(f"it{i}", 0.2) for i in range(300)])
     random = np.arange(300) < 100
     n_random = int((random & train).sum())
-    assert meta.metrics["calibration_labels"] == n_random > 30
-    assert meta.metrics["temperature_fit"] == f"cross-fitted out-of-fold logits of {n_random} labels drawn at random"
+    assert meta.metrics["calibration_labels"] == n_random > 10
+    assert meta.metrics["temperature_fit"] == (f"cross-fitted out-of-fold logits of {n_random} labels drawn at random, "
+                                               "log T shrunk by a N(0, 1²) prior")
     # the same temperature as the estimator's, fitted with the mask of the seed set and the audits
     x = ctx.encoder.encode([t for t, keep in zip(texts, train) if keep]).astype(np.float32)
     clf = TextClassifier(ctx.encoder, classes=LABELS, folds=3).fit_embeddings(
