@@ -1,7 +1,8 @@
-"""Confidence calibration: temperature scaling and expected calibration error.
+"""Confidence calibration: temperature scaling (one head, or several heads averaged) and expected
+calibration error.
 
-Only numpy is imported here (matplotlib lazily, for the diagram), so the predict
-path can be measured on a bare GPU machine.
+Only numpy is imported here (matplotlib lazily, for the diagram; scipy lazily, to fit several
+temperatures), so the predict path can be measured on a bare GPU machine.
 """
 
 from __future__ import annotations
