@@ -195,8 +195,8 @@ def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_
 
 def _loop_store(tmp_path, *, calibration: dict | None = None):
     """A store as the loop leaves it, on synthetic texts (stub encoder): 60 seed labels and 40
-    audited ones, clean, and 200 items active learning picked, half of their labels wrong (items no
-    model predicts well, as hard as the ones it picks)."""
+    audited ones, clean, then 20 spot checks and 180 items active learning picked, half of their
+    labels wrong (items no model predicts well, as hard as the ones it picks)."""
     from tests.support.stub_encoder import StubEncoder
     from tests.unit.test_classifier import noisy_tail, texts_for
 
@@ -208,8 +208,9 @@ def _loop_store(tmp_path, *, calibration: dict | None = None):
     store.migrate()
     store.items.ingest([{"id": f"it{i}", "text": t} for i, t in enumerate(texts)])
     ids = {it.external_id: it.id for it in store.items.list()}
-    store.decisions.record([{"item_id": ids[f"it{i}"], "action": "review", "reason": "audit" if i < 100
-                             else "active_learning", "priority": 0.5} for i in range(60, 300)])
+    store.decisions.record([{"item_id": ids[f"it{i}"], "action": "review", "priority": 0.5,
+                             "reason": "audit" if i < 100 else "spot_check" if i < 120 else "active_learning"}
+                            for i in range(60, 300)])
     store.labels.save([{"item_id": ids[f"it{i}"], "label": labels[i], "status": "settled",
                         "method": "seed" if i < 60 else "majority", "n_answers": 2, "reason": "settled"}
                        for i in range(300)])
@@ -225,7 +226,7 @@ def test_retraining_fits_the_temperature_on_the_labels_drawn_at_random(tmp_path)
     assert retrain_job(ctx, force=True)["promoted"]
     meta = ctx.models.meta("v1")
     train = np.array([not in_test_split(f"it{i}", 0.2) for i in range(300)])
-    random = np.arange(300) < 100
+    random = np.arange(300) < 100  # the seed set and the audits; not the spot checks
     n_random = int((random & train).sum())
     assert meta.metrics["calibration_labels"] == n_random > 10
     assert meta.metrics["temperature_fit"] == (f"cross-fitted out-of-fold logits of {n_random} labels drawn at random, "
