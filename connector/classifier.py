@@ -4,8 +4,17 @@ optionally a word-feature head (TF-IDF, :mod:`connector.lexical`) with its own t
 Follows scikit-learn's estimator contract: every hyperparameter is a keyword of ``__init__``,
 which does nothing else; ``fit`` returns ``self``; what fitting learns lives in trailing-underscore
 attributes. One training recipe serves ``hitl train``, the scheduler's retraining and the
-simulator: heads fitted on every training label, each temperature fitted on out-of-fold logits
-(``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``.
+simulator: heads fitted on every training label, the temperatures fitted on out-of-fold logits
+(``calibration="cross_fit"``), the out-of-fold probabilities kept in ``oof_proba_``. With two
+heads the two temperatures are fitted together, on the average of the heads' probabilities (what
+the model serves): calibrated one by one, their average is underconfident where the heads disagree.
+
+A temperature is only as good as the labels it is fitted on: fitted on the items an active learner
+picked (the hardest ones) it flattens the model for the easy majority. ``fit(..., calibrate_on=mask)``
+fits the temperatures on the masked rows only (labels of items drawn at random), while the heads
+still learn from every row. Few such labels say little, so the temperatures are shrunk towards 1
+(a prior on ``log T``, ``temperature_prior_sd``), and with fewer than ``min_calibration_labels``
+of them they stay 1.
 
 ``classes_`` is always sorted (``np.unique`` order), whatever order the labels or the ``classes``
 hyperparameter come in; callers that want another order (a task's label order) reorder the
@@ -25,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from connector.calibration import TemperatureScaler, softmax
+from connector.calibration import averaged_temperatures, softmax
 from connector.encoder import TextEncoder
 
 
@@ -123,29 +132,36 @@ class TextClassifier:
 
     - ``encoder``: a :class:`TextEncoder` (``None``: the bundled default, built on first use).
     - ``features``: ``"embeddings"``, or ``"embeddings+tfidf"`` to add a word-feature head whose
-      calibrated probabilities are averaged with the embedding head's (long documents, topic labels).
+      tempered probabilities are averaged with the embedding head's (long documents, topic labels).
     - ``classes``: the label set when it is known before the data (a task's labels): a class with
       no training label still gets a row (and a near-zero probability); ``None``: the labels in ``y``.
     - ``C`` / ``C_lexical``: inverse L2 strength of the embedding head / the word-feature head.
-    - ``calibration``: ``"cross_fit"`` (each temperature fitted on ``folds``-fold out-of-fold
+    - ``calibration``: ``"cross_fit"`` (the temperatures fitted on ``folds``-fold out-of-fold
       logits, heads on every label), ``"holdout"`` (``calibration_fraction`` of the labels held out,
-      stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1).
+      stratified, for the temperatures; heads on the rest) or ``"none"`` (temperature 1). Either
+      way only the rows ``fit``'s ``calibrate_on`` selects serve the temperatures.
+    - ``min_calibration_labels``: the fewest labels the temperatures are fitted on (the rows
+      ``calibrate_on`` selects, or the held-out rows with ``holdout``); fewer, and they stay 1.
+    - ``temperature_prior_sd``: the standard deviation of a Gaussian prior on each ``log T``
+      centred on 1 (:func:`~connector.calibration.averaged_temperatures`); ``None``: none.
     - ``max_iter``: L-BFGS iterations of the embedding head; ``random_state``: seeds the folds
       and the holdout split.
 
     Fitted attributes: ``classes_`` (sorted), ``coef_`` (k, d), ``intercept_`` (k,),
     ``temperature_``; ``lexical_`` (the TF-IDF vocabulary, or ``None``), ``lex_coef_``,
     ``lex_intercept_``, ``lex_temperature_``; ``n_folds_`` (cross-fitting folds used, 0 when a
-    class has a single label: then the temperatures stay 1); ``oof_proba_`` (n, k): with
-    ``cross_fit``, calibrated out-of-fold probabilities of the training rows, columns in
-    ``classes_`` order (uniform rows when ``n_folds_`` is 0), else ``None``.
+    class has a single label: then the temperatures stay 1); ``n_calibration_`` (labels the
+    temperatures were fitted on, 0 when they stayed 1; ``None`` for a loaded version);
+    ``oof_proba_`` (n, k): with ``cross_fit``, calibrated out-of-fold probabilities of the training
+    rows, columns in ``classes_`` order (uniform rows when ``n_folds_`` is 0), else ``None``.
     """
 
     def __init__(self, encoder: TextEncoder | None = None, *,
                  features: Literal["embeddings", "embeddings+tfidf"] = "embeddings",
                  classes: Sequence[str] | None = None, C: float = 10.0, C_lexical: float = 100.0,
                  calibration: Literal["cross_fit", "holdout", "none"] = "cross_fit", folds: int = 5,
-                 calibration_fraction: float = 0.2, max_iter: int = 200, random_state: int = 0) -> None:
+                 calibration_fraction: float = 0.2, min_calibration_labels: int = 10,
+                 temperature_prior_sd: float | None = 1.0, max_iter: int = 200, random_state: int = 0) -> None:
         self.encoder = encoder
         self.features = features
         self.classes = classes
@@ -154,6 +170,8 @@ class TextClassifier:
         self.calibration = calibration
         self.folds = folds
         self.calibration_fraction = calibration_fraction
+        self.min_calibration_labels = min_calibration_labels
+        self.temperature_prior_sd = temperature_prior_sd
         self.max_iter = max_iter
         self.random_state = random_state
 
@@ -169,15 +187,22 @@ class TextClassifier:
             self.encoder = TextEncoder()
         return self.encoder
 
-    def fit(self, texts: Sequence[str], y: Sequence[str], *, corpus: Sequence[str] | None = None) -> TextClassifier:
-        """Encode ``texts`` and fit; ``corpus``: texts for the word features' vocabulary (default ``texts``)."""
+    def fit(self, texts: Sequence[str], y: Sequence[str], *, corpus: Sequence[str] | None = None,
+            calibrate_on: Sequence[bool] | np.ndarray | None = None) -> TextClassifier:
+        """Encode ``texts`` and fit; ``corpus``: texts for the word features' vocabulary (default
+        ``texts``); ``calibrate_on``: a boolean mask over the rows, the labels the temperatures are
+        fitted on (those that represent the items the model will score: drawn at random); ``None``:
+        every row."""
         texts = list(texts)
-        return self.fit_embeddings(self._encoder().encode(texts), y, texts=texts, corpus=corpus)
+        return self.fit_embeddings(self._encoder().encode(texts), y, texts=texts, corpus=corpus,
+                                   calibrate_on=calibrate_on)
 
     def fit_embeddings(self, x: np.ndarray, y: Sequence[str], *, texts: Sequence[str] | None = None,
-                       corpus: Sequence[str] | None = None) -> TextClassifier:
+                       corpus: Sequence[str] | None = None,
+                       calibrate_on: Sequence[bool] | np.ndarray | None = None) -> TextClassifier:
         """Fit on precomputed embeddings (cache them: the encoder is frozen). ``texts`` (the rows'
-        texts) are needed with ``features="embeddings+tfidf"``; ``corpus`` as in :meth:`fit`."""
+        texts) are needed with ``features="embeddings+tfidf"``; ``corpus`` and ``calibrate_on`` as
+        in :meth:`fit`."""
         if self.features not in ("embeddings", "embeddings+tfidf"):
             raise ValueError(f"features must be 'embeddings' or 'embeddings+tfidf', got {self.features!r}")
         if self.calibration not in ("cross_fit", "holdout", "none"):
@@ -187,6 +212,9 @@ class TextClassifier:
             raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
         if len(set(labels)) < 2:
             raise ValueError(f"need at least two classes to train, got {sorted(set(labels))}")
+        mask = np.ones(len(labels), dtype=bool) if calibrate_on is None else np.asarray(calibrate_on)
+        if mask.dtype != bool or mask.shape != (len(labels),):
+            raise ValueError(f"calibrate_on must be a boolean mask of {len(labels)} rows, got {mask.dtype} {mask.shape}")
         lexical = self.features == "embeddings+tfidf"
         if lexical and (texts is None or len(texts) != len(x)):
             raise ValueError("features='embeddings+tfidf' also reads the words: pass texts= with the embeddings")
@@ -194,37 +222,52 @@ class TextClassifier:
         codes = self.label_indices(labels)
         k = len(self.classes_)
         self.n_folds_ = n_cross_fit_splits(codes, self.folds) if self.calibration == "cross_fit" else 0
-        self.coef_, self.intercept_, self.temperature_, oof = self._fit_head(
-            x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C)
-        self.lexical_ = self.lex_coef_ = self.lex_intercept_ = None
-        self.lex_temperature_ = 1.0
+        calibrate = self._calibration_rows(codes, mask)
+        self.n_calibration_ = len(calibrate)
+        heads = [self._fit_head(x, codes, k, partial(fit_softmax_head, max_iter=self.max_iter), self.C, calibrate)]
+        self.lexical_ = None
         if lexical:
             from connector.lexical import LexicalFeatures, fit_lexical_head
 
             self.lexical_ = LexicalFeatures().fit(list(corpus) if corpus else list(texts))
-            self.lex_coef_, self.lex_intercept_, self.lex_temperature_, oof_lex = self._fit_head(
-                self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical)
-            oof = (oof + oof_lex) / 2 if oof is not None else None
-        self.oof_proba_ = oof
+            heads.append(self._fit_head(self.lexical_.transform(texts), codes, k, fit_lexical_head, self.C_lexical,
+                                        calibrate))
+        # the temperatures calibrate what is served, the heads' average, so they are fitted together
+        temperatures = averaged_temperatures([h[3] for h in heads], codes[calibrate],
+                                             prior_sd=self.temperature_prior_sd) if len(calibrate) else [1.0] * len(heads)
+        (self.coef_, self.intercept_, _, _), self.temperature_ = heads[0], temperatures[0]
+        self.lex_coef_, self.lex_intercept_, self.lex_temperature_ = None, None, 1.0
+        if lexical:
+            (self.lex_coef_, self.lex_intercept_, _, _), self.lex_temperature_ = heads[1], temperatures[1]
+        self.oof_proba_ = None if heads[0][2] is None else \
+            sum(softmax(h[2], t) for h, t in zip(heads, temperatures)) / len(heads)
         return self
 
-    def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]],
-                  C: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
-        """One head by the calibration recipe: ``(coef, intercept, temperature, oof_proba or None)``."""
+    def _calibration_rows(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows the temperatures are fitted on: with ``cross_fit`` the masked rows (out-of-fold
+        logits exist for every row), with ``holdout`` a stratified ``calibration_fraction`` of the
+        masked rows (held out of the heads); none (nothing held out) when fewer than
+        ``min_calibration_labels``."""
+        rows = np.flatnonzero(mask)
+        if self.calibration == "cross_fit":
+            rows = rows if self.n_folds_ else rows[:0]
+        elif self.calibration == "holdout" and self.calibration_fraction > 0:
+            rows = rows[stratified_split(y[rows], self.calibration_fraction, seed=self.random_state)[1]]
+        else:
+            rows = rows[:0]
+        return rows if len(rows) >= max(self.min_calibration_labels, 1) else rows[:0]
+
+    def _fit_head(self, x: Any, y: np.ndarray, k: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]], C: float,
+                  calibrate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """One head by the calibration recipe: ``(coef, intercept, out-of-fold logits or None, logits of
+        the rows ``calibrate`` from models that never saw them)``."""
         if self.calibration == "cross_fit":
             oof = cross_fitted_logits(x, y, k, folds=self.folds, C=C, seed=self.random_state, fit=fit)
             coef, intercept = fit(x, y, k, C=C)
-            temperature = float(TemperatureScaler().fit(oof, y).temperature_) if oof.any() else 1.0
-            return coef, intercept, temperature, softmax(oof, temperature)
-        rest, held = np.arange(len(y)), np.array([], dtype=np.int64)
-        if self.calibration == "holdout" and self.calibration_fraction > 0:
-            rest, held = stratified_split(y, self.calibration_fraction, seed=self.random_state)
+            return coef, intercept, oof, oof[calibrate]
+        rest = np.setdiff1d(np.arange(len(y)), calibrate)  # holdout: the heads never see the held-out rows
         coef, intercept = fit(x[rest], y[rest], k, C=C)
-        temperature = 1.0
-        if len(held):
-            logits = np.asarray(x[held] @ coef.T) + intercept
-            temperature = float(TemperatureScaler().fit(logits, y[held]).temperature_)
-        return coef, intercept, temperature, None
+        return coef, intercept, None, np.asarray(x[calibrate] @ coef.T) + intercept
 
     # -- saving and loading -------------------------------------------------------------------
 
@@ -249,7 +292,7 @@ class TextClassifier:
         self.lexical_, self.lex_temperature_ = state.lexical, float(state.lex_temperature)
         self.lex_coef_ = state.lex_coef[order] if state.lex_coef is not None else None
         self.lex_intercept_ = state.lex_intercept[order] if state.lex_intercept is not None else None
-        self.n_folds_, self.oof_proba_ = 0, None
+        self.n_folds_, self.n_calibration_, self.oof_proba_ = 0, None, None
         return self
 
     # -- inference ----------------------------------------------------------------------------

@@ -6,8 +6,16 @@ them is the held-out set both the candidate and the current model are scored on,
 trained on. The candidate is a :class:`TextClassifier` fitted by its ``cross_fit`` recipe: its
 temperature is fitted on out-of-fold logits of the training labels (``folds``-fold cross-fitting:
 every training label is a held-out label once), its head on all of them; the out-of-fold
-probabilities (``oof_proba_``) also serve the promotion comparison and the threshold evidence. Embeddings are cached in the state store by content hash, so a retraining
-encodes only texts it has not seen.
+probabilities (``oof_proba_``) also serve the promotion comparison and the threshold evidence.
+Embeddings are cached in the state store by content hash, so a retraining encodes only texts it
+has not seen.
+
+Which labels the temperature is fitted on (``RetrainPolicy.calibration_labels``): by default only
+those of items drawn at random (``calibrate_on``: the seed set and the router's audits), since a
+temperature fitted on the labels an active learner picked (the hardest items, near the boundary)
+flattens the model for the items it will score. The temperatures are shrunk towards 1 by a prior
+on ``log T`` (``temperature_prior_sd``): a few such labels move them little. Until
+``min_calibration_labels`` such labels are in the training part they stay 1.
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ class RetrainPolicy(BaseModel):
       every label that arrived after the current model was trained (the candidate's out-of-fold
       predictions there); ``min_test``: fewer such labels than this and nothing is promoted.
     - ``folds``: cross-fitting folds for the temperature.
+    - ``calibration_labels``: the labels the temperature is fitted on: ``random`` (the default)
+      only those of items drawn at random (the seed set and the audits), which represent the items
+      the model scores; ``all``: every training label (biased towards the hardest items when a
+      strategy picks). ``min_calibration_labels``: fewer such training labels and the temperature
+      stays 1. ``temperature_prior_sd``: the SD of a Gaussian prior on ``log T`` centred on 1 (the
+      fewer the labels, the closer to 1 the temperature); ``None``: maximum likelihood.
     - ``metric`` / ``min_improvement``: the candidate must beat the current model on ``metric`` by
       at least this much, and ``max_accuracy_drop``: may not lose more accuracy than this;
       ``accuracy_drop_alpha`` (off by default): a larger drop refuses it only when a paired exact
@@ -57,6 +71,9 @@ class RetrainPolicy(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     min_test: int = Field(10, ge=1)
     folds: int = Field(5, ge=2)
+    calibration_labels: Literal["random", "all"] = "random"
+    min_calibration_labels: int = Field(10, ge=1)
+    temperature_prior_sd: float | None = Field(1.0, gt=0.0)
     metric: Literal["log_loss", "accuracy", "macro_f1", "ece"] = "log_loss"
     min_improvement: float = Field(0.0, ge=0.0)
     max_accuracy_drop: float = Field(0.0, ge=0.0)
@@ -166,11 +183,15 @@ class RetrainResult:
 def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[str], hashes: Sequence[str], *,
             classes: Sequence[str], models: ModelStore, cache_store: Any, policy: RetrainPolicy,
             encoder: TextEncoder | None = None, seed: int = 0, corpus: Sequence[str] | None = None,
+            calibrate_on: Sequence[bool] | None = None,
             transform_labels: Callable[[list[str]], list[str]] | None = None) -> RetrainResult:
     """Train a candidate on ``labels`` (human labels, one per item), compare it with the current
     model on the held-out split, save it as a new version and promote it only if it is better.
 
     ``corpus``: every text of the project, for the word features' vocabulary (default: ``texts``).
+    ``calibrate_on``: which labels belong to items drawn at random (a mask over ``labels``); with
+    ``policy.calibration_labels == "random"`` the temperature is fitted on those of the training
+    part only (none given: no label is drawn at random, the temperature stays 1).
     ``transform_labels`` changes the training labels only (the tests use it to shuffle them).
     """
     current_name = models.current()
@@ -200,11 +221,17 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         base.reason = f"need training labels of at least two classes, have {len(np.unique(y_train))}"
         return base
     k = len(classes)
+    random = np.zeros(len(y), dtype=bool) if calibrate_on is None else np.asarray(calibrate_on, dtype=bool)
+    if random.shape != y.shape:
+        raise ValueError(f"calibrate_on has {random.size} entries for {len(y)} labels")
     clf = TextClassifier(encoder, features=policy.features, classes=classes, C=policy.C, C_lexical=policy.C_lexical,
-                         calibration="cross_fit", folds=policy.folds, random_state=seed)
+                         calibration="cross_fit", folds=policy.folds,
+                         min_calibration_labels=policy.min_calibration_labels,
+                         temperature_prior_sd=policy.temperature_prior_sd, random_state=seed)
     train_texts = [t for t, held in zip(texts, test) if not held]
     clf.fit_embeddings(x[train], [classes[c] for c in y_train], texts=train_texts,
-                       corpus=list(corpus) if corpus else list(texts))
+                       corpus=list(corpus) if corpus else list(texts),
+                       calibrate_on=random[train] if policy.calibration_labels == "random" else None)
     oof_probs = _reordered(clf.oof_proba_, clf.classes_.tolist(), classes)  # the task's label order, as y
     test_texts = [t for t, held in zip(texts, test) if held]
 
@@ -235,7 +262,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
                        f"{compared['new']} new since {current_name}, out-of-fold)")
     metrics = {"held_out": candidate_metrics, "current_held_out": current_metrics, "current": current_name,
                "n_train": int(train.sum()), "n_test": int(test.sum()), "promoted": promote, "decision": reason,
-               "compared": compared, "temperature_fit": "cross-fitted out-of-fold logits"}
+               "compared": compared, "temperature_fit": _temperature_fit(clf, policy, int(random[train].sum())),
+               "calibration_labels": clf.n_calibration_}
     meta = models.save(clf, metrics=metrics, encoder_ref=enc_meta.get("model"), parent=current_name, promote=promote,
                        trained_on=ext[train].tolist())
     served = clf if promote else current_clf
@@ -252,6 +280,19 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
                          candidate_metrics, current_metrics, evidence, reliability)
+
+
+def _temperature_fit(clf: TextClassifier, policy: RetrainPolicy, n_random: int) -> str:
+    """What the candidate's temperature was fitted on, in words (kept with the version)."""
+    which = "labels drawn at random" if policy.calibration_labels == "random" else "training labels"
+    if clf.n_calibration_:
+        prior = f", log T shrunk by a N(0, {policy.temperature_prior_sd:g}²) prior" if policy.temperature_prior_sd else ""
+        return f"cross-fitted out-of-fold logits of {clf.n_calibration_} {which}{prior}"
+    if not clf.n_folds_:
+        return "none (temperature 1): a class has a single training label"
+    have = n_random if policy.calibration_labels == "random" else len(clf.oof_proba_)
+    return (f"none (temperature 1): {have} {which} in the training part, fewer than "
+            f"min_calibration_labels={policy.min_calibration_labels}")
 
 
 def _comparison(held_probs: np.ndarray, current: TextClassifier, x: np.ndarray, texts: Sequence[str],

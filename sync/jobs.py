@@ -286,7 +286,8 @@ def training_set(store: StateStore, spec: TaskSpec) -> tuple[list[str], list[str
 def retrain_job(ctx: JobContext, *, force: bool = False,
                 transform_labels: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
     """Retrain when ``min_new_labels`` settled labels arrived since the last retraining (or when
-    forced); then review the threshold. A promoted version is served by the ML backend's poller."""
+    forced); then review the threshold. A promoted version is served by the ML backend's poller.
+    The temperature is fitted on the labels of items drawn at random (:func:`drawn_at_random`)."""
     store, spec = ctx.store, ctx.spec
     texts, labels, ext, hashes = training_set(store, spec)
     last = read_latest(store, RetrainSnapshot)
@@ -294,9 +295,11 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
     corpus = [it.text for it in store.items.list()] if spec.retraining.features != "embeddings" else None
+    random = drawn_at_random(store)
     result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models, corpus=corpus,
                                     cache_store=ctx.cache_store or store, policy=spec.retraining,
-                                    encoder=ctx.encoder, transform_labels=transform_labels)
+                                    encoder=ctx.encoder, calibrate_on=[e in random for e in ext],
+                                    transform_labels=transform_labels)
     write_snapshot(store, RetrainSnapshot.model_validate(result.to_dict() | {"n_labels": len(labels)}))
     write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
     # a model that stayed keeps its threshold review: that review's evidence was about this model
@@ -341,7 +344,9 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
             "within_band": choice.within_band, "note": choice.note}
 
 
-#: routing reasons of items drawn uniformly at random (their labels are unbiased threshold evidence)
+#: routing reasons of items drawn uniformly at random: their labels are unbiased threshold evidence
+#: and what the temperature is fitted on. Not ``spot_check``: drawn only among the items the model
+#: accepts, the confident stratum, so they would tune the temperature to its easiest items.
 RANDOM_REASONS = frozenset({"seed", "audit"})
 
 

@@ -13,7 +13,8 @@ Reported per run (:class:`RunResult`): final label accuracy (human consensus for
 the final model's label for the rest) against the share of items reviewed and the human answers
 spent, compared with no review (the seed model labels everything) and with an oracle that reviews
 exactly the final model's errors; the realized error among auto-accepted items against the target;
-ECE of the final model before and after temperature scaling on the items no human labelled;
+ECE of the final model before and after temperature scaling on the items no human labelled, its
+temperatures and how many labels (drawn at random) they were fitted on;
 agreement; and, per round, the model's accuracy on a held-out evaluation slice (for the labels
 active learning needs against random picks).
 """
@@ -49,7 +50,8 @@ class SimulationConfig:
     """One simulated project. ``budget``: share of items humans may review; ``batch``: items sent
     to review per round; ``seed_size``: randomly picked items labelled before the first model;
     ``audit_share``: share of each round's seats given to uniform random audits (with the seed set,
-    the threshold rule's evidence)."""
+    the threshold rule's evidence and the temperature's labels); ``calibration_labels``: ``random``
+    (those labels) or ``all`` (every training label) for the temperature."""
 
     budget: float = 0.15
     batch: int = 20
@@ -68,6 +70,7 @@ class SimulationConfig:
     features: str = "embeddings"
     C_lexical: float = 1000.0
     folds: int = 3
+    calibration_labels: str = "random"
     test_fraction: float = 0.1
     accuracy_drop_alpha: float | None = None
     seed: int = 0
@@ -175,6 +178,8 @@ class RunResult:
     ece_uncalibrated: float
     ece_calibrated: float
     temperature: float
+    lex_temperature: float
+    calibration_labels: int
     versions: int
     promoted: int
     agreement: dict[str, Any]
@@ -199,6 +204,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
         consensus={"min_answers": cfg.overlap, "max_answers": cfg.max_answers},
         retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
                     "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction,
+                    "calibration_labels": cfg.calibration_labels,
                     "accuracy_drop_alpha": cfg.accuracy_drop_alpha},
         # the review capacity is the budget: a certified threshold is raised so that the budget's share
         # of the items stays below it (a subset of the certified items is accepted), and review goes on
@@ -397,7 +403,9 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         audits=sum(1 for i, d in decisions.items() if d.reason == "audit" and i in human),
         ece_uncalibrated=expected_calibration_error(raw[rest], y_codes[rest]) if rest.any() else 0.0,
         ece_calibrated=expected_calibration_error(cal[rest], y_codes[rest]) if rest.any() else 0.0,
-        temperature=float(clf.temperature_), versions=len(models.versions()),
+        temperature=float(clf.temperature_), lex_temperature=float(clf.lex_temperature_),
+        calibration_labels=int(models.meta(models.current()).metrics.get("calibration_labels") or 0),
+        versions=len(models.versions()),
         promoted=sum(1 for r in retrains if r.snapshot.promoted),
         agreement={k: v for k, v in agreement_snapshot(answer_table(answers, spec.labels)).items()
                    if k in ("n_items", "n_annotators", "percent_agreement", "fleiss_kappa", "krippendorff_alpha")},

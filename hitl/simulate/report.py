@@ -51,7 +51,8 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
         f"<td>{'-' if not r.threshold_certified else f'{r.threshold:.3f}'} ({r.threshold_evidence} random labels, "
         f"{r.audits} audits)</td>"
         f"<td>{'-' if r.auto_accept_error is None else f'{100 * r.auto_accept_error:.2f} %'} "
-        f"(target {100 * r.target_error:.1f} %)</td><td>{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f}</td>"
+        f"(target {100 * r.target_error:.1f} %)</td><td>{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f} "
+        f"(T {r.temperature:.2f} on {r.calibration_labels} random labels)</td>"
         f"<td>{r.agreement.get('krippendorff_alpha') or 0:.3f}</td><td>{r.seconds:.0f} s</td></tr>" for r in results)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in results:

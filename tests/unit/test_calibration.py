@@ -3,6 +3,7 @@ import pytest
 
 from connector.calibration import (
     TemperatureScaler,
+    averaged_temperatures,
     expected_calibration_error,
     log_loss,
     reliability_bins,
@@ -89,3 +90,47 @@ def test_reliability_diagram_writes_png(tmp_path):
     logits, y = _synthetic(1_000, 2, 2.0, seed=8)
     path = reliability_diagram({"raw": (softmax(logits), y)}, tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_averaged_temperatures_of_one_head_is_the_temperature_scaler():
+    logits, y = _synthetic(2000, 3, 2.5, seed=4)
+    assert averaged_temperatures([logits], y) == [TemperatureScaler().fit(logits, y).temperature_]
+
+
+def test_averaged_temperatures_calibrate_the_average_that_per_head_temperatures_leave_underconfident():
+    """Two heads, each calibrated at its own temperature, with independent scores: their average is
+    underconfident; fitted together on the average, the temperatures sharpen both."""
+    rng = np.random.default_rng(5)
+    n, k = 4000, 3
+    y = rng.integers(k, size=n)
+    heads = [rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y] for _ in range(2)]
+    own = [TemperatureScaler().fit(z, y).temperature_ for z in heads]
+    one_by_one = (softmax(heads[0], own[0]) + softmax(heads[1], own[1])) / 2
+    joint_t = averaged_temperatures(heads, y)
+    joint = (softmax(heads[0], joint_t[0]) + softmax(heads[1], joint_t[1])) / 2
+    assert joint_t[0] < own[0] and joint_t[1] < own[1]
+    assert log_loss(joint, y) < log_loss(one_by_one, y)
+    assert expected_calibration_error(joint, y) < 0.7 * expected_calibration_error(one_by_one, y)
+
+
+def test_a_head_no_better_than_chance_is_flattened_out():
+    rng = np.random.default_rng(6)
+    y = rng.integers(2, size=1000)
+    good = rng.normal(size=(1000, 2)) + 3.0 * np.eye(2)[y]
+    noise = 5.0 * rng.normal(size=(1000, 2))
+    t_good, t_noise = averaged_temperatures([good, noise], y)
+    assert t_noise > 20 and t_good < TemperatureScaler().fit(good, y).temperature_  # the good head alone, sharpened
+    own = (softmax(good, TemperatureScaler().fit(good, y).temperature_)
+           + softmax(noise, TemperatureScaler().fit(noise, y).temperature_)) / 2
+    assert log_loss((softmax(good, t_good) + softmax(noise, t_noise)) / 2, y) < log_loss(own, y)
+    with pytest.raises(ValueError, match="one shape"):
+        averaged_temperatures([good, noise[:10]], y)
+
+
+def test_a_prior_on_log_t_shrinks_a_temperature_fitted_on_few_labels_towards_one():
+    logits, y = _synthetic(4000, 3, 3.0, seed=7)
+    mle_few = averaged_temperatures([logits[:15]], y[:15])[0]
+    map_few = averaged_temperatures([logits[:15]], y[:15], prior_sd=1.0)[0]
+    assert 0 < np.log(map_few) < np.log(mle_few)  # towards T = 1, not past it
+    map_many = averaged_temperatures([logits], y, prior_sd=1.0)[0]
+    assert map_many == pytest.approx(TemperatureScaler().fit(logits, y).temperature_, rel=0.02)  # the data win

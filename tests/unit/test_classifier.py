@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from connector.calibration import TemperatureScaler, expected_calibration_error, softmax
+from connector.calibration import averaged_temperatures, expected_calibration_error, softmax
 from connector.classifier import (
     FittedState,
     TextClassifier,
@@ -39,7 +39,8 @@ def test_init_only_stores_the_hyperparameters():
     clf = TextClassifier(None, features="embeddings+tfidf", C=3.0, C_lexical=7.0, folds=4, random_state=2)
     assert clf.get_params() == {"encoder": None, "features": "embeddings+tfidf", "classes": None, "C": 3.0,
                                 "C_lexical": 7.0, "calibration": "cross_fit", "folds": 4,
-                                "calibration_fraction": 0.2, "max_iter": 200, "random_state": 2}
+                                "calibration_fraction": 0.2, "min_calibration_labels": 10,
+                                "temperature_prior_sd": 1.0, "max_iter": 200, "random_state": 2}
     assert not [k for k in vars(clf) if k.endswith("_")]  # nothing fitted yet
 
 
@@ -73,7 +74,7 @@ def test_cross_fit_is_the_retraining_recipe_step_by_step():
     y = np.searchsorted(np.array(["a", "b", "c"]), labels)
     oof = cross_fitted_logits(x, y, 3, folds=4, C=4.0, seed=7)
     coef, intercept = fit_softmax_head(x, y, 3, C=4.0)
-    t = TemperatureScaler().fit(oof, y).temperature_
+    t = averaged_temperatures([oof], y, prior_sd=1.0)[0]  # log T shrunk towards 0 by a N(0, 1) prior
     np.testing.assert_array_equal(clf.coef_, coef)
     np.testing.assert_array_equal(clf.intercept_, intercept)
     assert clf.temperature_ == t
@@ -144,6 +145,7 @@ def test_from_state_reorders_rows_of_a_state_saved_in_another_label_order():
     swapped = FittedState(["b", "a"], clf.coef_[::-1], clf.intercept_[::-1], 1.3)
     back = TextClassifier.from_state(swapped, C=2.0, calibration_fraction=0.0, unknown_param=1)
     assert back.classes_.tolist() == ["a", "b"] and back.C == 2.0
+    assert back.min_calibration_labels == 10 and back.n_calibration_ is None  # a version saved before either
     np.testing.assert_allclose(back.predict_proba_from_embeddings(x),
                                softmax(clf.logits_from_embeddings(x), 1.3), rtol=1e-6)
 
@@ -178,3 +180,77 @@ def test_stratified_split_keeps_class_shares():
     rest, held = stratified_split(y, 0.25, seed=0)
     assert len(np.intersect1d(rest, held)) == 0 and len(rest) + len(held) == 100
     assert (y[held] == 0).sum() == 20 and (y[held] == 1).sum() == 5
+
+
+def noisy_tail(labels: list[str], start: int, share: float, seed: int = 0) -> list[str]:
+    """``labels`` with ``share`` of the rows from ``start`` on given another label: items whose
+    labels a model cannot predict, as hard as the ones an active learner picks."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(labels))
+    out = list(labels)
+    for i in range(start, len(out)):
+        if rng.random() < share:
+            out[i] = str(rng.choice([c for c in classes if c != out[i]]))
+    return out
+
+
+def test_the_temperature_is_fitted_on_the_masked_rows_only_and_the_head_on_every_row():
+    x, labels = blobs(n=400, seed=6)
+    labels = noisy_tail(labels, 200, 0.5)
+    mask = np.arange(400) < 200  # the clean half: the labels drawn at random
+    clf = TextClassifier(folds=4, random_state=1).fit_embeddings(x, labels, calibrate_on=mask.tolist())
+    every = TextClassifier(folds=4, random_state=1).fit_embeddings(x, labels)
+    y = clf.label_indices(labels)
+    oof = cross_fitted_logits(x, y, 3, folds=4, C=10.0, seed=1)
+    assert clf.temperature_ == averaged_temperatures([oof[mask]], y[mask], prior_sd=1.0)[0]
+    assert every.temperature_ == averaged_temperatures([oof], y, prior_sd=1.0)[0]
+    assert every.temperature_ > 1.3 * clf.temperature_  # the noisy half flattens the model for the clean one
+    assert clf.n_calibration_ == 200 and every.n_calibration_ == 400
+    np.testing.assert_array_equal(clf.coef_, every.coef_)  # the heads learn from every label
+    np.testing.assert_allclose(clf.oof_proba_, softmax(oof, clf.temperature_))
+
+
+def test_too_few_masked_rows_leave_the_temperatures_at_one_and_few_move_them_little():
+    enc = StubEncoder()
+    _, labels = blobs(n=200, classes=("neg", "pos"), seed=7)
+    texts = texts_for(labels, seed=7)
+    x = enc.encode(texts)
+    few = np.arange(200) < 9
+    clf = TextClassifier(enc, features="embeddings+tfidf").fit_embeddings(x, labels, texts=texts, calibrate_on=few)
+    assert clf.temperature_ == 1.0 and clf.lex_temperature_ == 1.0 and clf.n_calibration_ == 0
+    assert clf.oof_proba_.shape == (200, 2)  # still the out-of-fold probabilities, uncalibrated
+    low = TextClassifier(enc, features="embeddings+tfidf", min_calibration_labels=9).fit_embeddings(
+        x, labels, texts=texts, calibrate_on=few)
+    assert low.n_calibration_ == 9 and low.temperature_ != 1.0 and low.lex_temperature_ != 1.0
+    np.testing.assert_array_equal(low.coef_, clf.coef_)
+    mle = TextClassifier(enc, features="embeddings+tfidf", min_calibration_labels=9, temperature_prior_sd=None)
+    mle.fit_embeddings(x, labels, texts=texts, calibrate_on=few)
+    distance = np.abs(np.log([low.temperature_, low.lex_temperature_]))  # from T = 1
+    assert distance.sum() < np.abs(np.log([mle.temperature_, mle.lex_temperature_])).sum()
+    nothing = TextClassifier(enc).fit_embeddings(x, labels, calibrate_on=np.zeros(200, dtype=bool))
+    assert nothing.temperature_ == 1.0 and nothing.n_calibration_ == 0
+
+
+def test_the_mask_must_be_booleans_one_per_row():
+    x, labels = blobs(n=60)
+    with pytest.raises(ValueError, match="boolean mask of 60 rows"):
+        TextClassifier().fit_embeddings(x, labels, calibrate_on=np.ones(59, dtype=bool))
+    with pytest.raises(ValueError, match="boolean mask of 60 rows"):
+        TextClassifier().fit_embeddings(x, labels, calibrate_on=np.arange(60))
+
+
+def test_holdout_holds_out_masked_rows_only():
+    x, labels = blobs(n=400, seed=8)
+    mask = np.arange(400) % 2 == 0
+    clf = TextClassifier(calibration="holdout", calibration_fraction=0.25).fit_embeddings(x, labels, calibrate_on=mask)
+    y = clf.label_indices(labels)
+    rows = np.flatnonzero(mask)
+    held = rows[stratified_split(y[rows], 0.25, seed=0)[1]]
+    rest = np.setdiff1d(np.arange(400), held)
+    coef, intercept = fit_softmax_head(x[rest], y[rest], 3, C=10.0)
+    np.testing.assert_array_equal(clf.coef_, coef)  # every row but the held-out masked ones
+    assert clf.n_calibration_ == len(held) and abs(len(held) - 50) <= 1  # a quarter of the 200 masked rows
+    assert clf.temperature_ == averaged_temperatures([x[held] @ coef.T + intercept], y[held], prior_sd=1.0)[0]
+    few = TextClassifier(calibration="holdout", calibration_fraction=0.04).fit_embeddings(x, labels, calibrate_on=mask)
+    assert few.temperature_ == 1.0 and few.n_calibration_ == 0  # 8 held out would be too few: none is
+    np.testing.assert_array_equal(few.coef_, fit_softmax_head(x, y, 3, C=10.0)[0])

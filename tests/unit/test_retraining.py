@@ -191,3 +191,65 @@ def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_
     assert compared["n"] == len(new) + len(held) and "neither model trained on" in second["reason"]
     assert set(compared["candidate"]) >= {"accuracy", "log_loss"} and set(compared["current"]) >= {"accuracy"}
     store.close()
+
+
+def _loop_store(tmp_path, *, calibration: dict | None = None):
+    """A store as the loop leaves it, on synthetic texts (stub encoder): 60 seed labels and 40
+    audited ones, clean, then 20 spot checks and 180 items active learning picked, half of their
+    labels wrong (items no model predicts well, as hard as the ones it picks)."""
+    from tests.support.stub_encoder import StubEncoder
+    from tests.unit.test_classifier import noisy_tail, texts_for
+
+    rng = np.random.default_rng(0)
+    truth = [LABELS[int(i)] for i in rng.integers(2, size=300)]
+    texts = [f"{t} n{i}" for i, t in enumerate(texts_for(truth, seed=1))]  # distinct texts
+    labels = noisy_tail(truth, 100, 0.5, seed=2)
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    store.migrate()
+    store.items.ingest([{"id": f"it{i}", "text": t} for i, t in enumerate(texts)])
+    ids = {it.external_id: it.id for it in store.items.list()}
+    store.decisions.record([{"item_id": ids[f"it{i}"], "action": "review", "priority": 0.5,
+                             "reason": "audit" if i < 100 else "spot_check" if i < 120 else "active_learning"}
+                            for i in range(60, 300)])
+    store.labels.save([{"item_id": ids[f"it{i}"], "label": labels[i], "status": "settled",
+                        "method": "seed" if i < 60 else "majority", "n_answers": 2, "reason": "settled"}
+                       for i in range(300)])
+    spec = TaskSpec(name="loop", labels=LABELS, retraining={"min_test": 5, "folds": 3, **(calibration or {})})
+    ctx = JobContext(store, spec, ModelStore(tmp_path / "models"), encoder=StubEncoder())
+    return ctx, texts, labels
+
+
+def test_retraining_fits_the_temperature_on_the_labels_drawn_at_random(tmp_path):
+    from connector.classifier import TextClassifier
+
+    ctx, texts, labels = _loop_store(tmp_path / "random")
+    assert retrain_job(ctx, force=True)["promoted"]
+    meta = ctx.models.meta("v1")
+    train = np.array([not in_test_split(f"it{i}", 0.2) for i in range(300)])
+    random = np.arange(300) < 100  # the seed set and the audits; not the spot checks
+    n_random = int((random & train).sum())
+    assert meta.metrics["calibration_labels"] == n_random > 10
+    assert meta.metrics["temperature_fit"] == (f"cross-fitted out-of-fold logits of {n_random} labels drawn at random, "
+                                               "log T shrunk by a N(0, 1²) prior")
+    # the same temperature as the estimator's, fitted with the mask of the seed set and the audits
+    x = ctx.encoder.encode([t for t, keep in zip(texts, train) if keep]).astype(np.float32)
+    clf = TextClassifier(ctx.encoder, classes=LABELS, folds=3).fit_embeddings(
+        x, [lb for lb, keep in zip(labels, train) if keep], calibrate_on=random[train])
+    assert meta.temperature == pytest.approx(clf.temperature_, rel=1e-9)
+    ctx.store.close()
+
+    every, _, _ = _loop_store(tmp_path / "all", calibration={"calibration_labels": "all"})
+    retrain_job(every, force=True)
+    flat = every.models.meta("v1")
+    assert flat.metrics["calibration_labels"] == int(train.sum())
+    assert flat.temperature > 1.3 * meta.temperature  # the picked items' labels flatten the model
+    every.store.close()
+
+
+def test_with_too_few_random_labels_the_temperature_stays_one(tmp_path):
+    ctx, _, _ = _loop_store(tmp_path, calibration={"min_calibration_labels": 100})
+    retrain_job(ctx, force=True)
+    meta = ctx.models.meta("v1")
+    assert meta.temperature == 1.0 and meta.metrics["calibration_labels"] == 0
+    assert "fewer than min_calibration_labels=100" in meta.metrics["temperature_fit"]
+    ctx.store.close()
