@@ -34,6 +34,42 @@ def test_the_session_database_url_is_psycopg_on_loopback(postgres_url):
         assert store.items.ingest([{"id": 1, "text": "x"}]).added == 1
 
 
+def _race(store: StateStore, item_id: int, *, waiter: str) -> dict:
+    """Two pulls of one answer at once, ``older`` (minute 1, ``neg``) and ``newer`` (minute 5, ``mixed``):
+    both read the stored answer, then ``waiter`` writes only after the other one committed. Each pull's
+    upsert result, by name."""
+    both_read = threading.Barrier(2, timeout=20)
+    committed = threading.Event()
+    role = threading.local()
+
+    @event.listens_for(store.engine, "after_cursor_execute")
+    def pause_after_the_read(conn, cursor, statement, parameters, context, executemany):
+        if getattr(role, "name", None) and statement.lstrip().startswith("SELECT") and "FROM annotations" in statement:
+            name_, role.name = role.name, None  # once per thread
+            both_read.wait()
+            if name_ == waiter:
+                assert committed.wait(20)
+
+    results = {}
+
+    def pull(name_: str, minutes: int, value: str) -> None:
+        role.name = name_
+        try:
+            results[name_] = store.annotations.upsert(
+                [annotation(item_id, value=[value], updated_at=T0 + timedelta(minutes=minutes))])
+        finally:
+            if name_ != waiter:
+                committed.set()
+
+    threads = [threading.Thread(target=pull, args=args) for args in (("older", 1, "neg"), ("newer", 5, "mixed"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    event.remove(store.engine, "after_cursor_execute", pause_after_the_read)
+    return results
+
+
 @pytest.mark.parametrize("stored_before", [True, False], ids=["update race", "insert race"])
 def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last(postgres_cluster, stored_before):
     """Both pulls read the stored answer (or its absence), then the newer one commits, then the older
@@ -46,34 +82,7 @@ def test_two_concurrent_upserts_keep_the_newer_answer_when_the_older_writes_last
         a = ingest_three(store)["a"]
         if stored_before:
             store.annotations.upsert([annotation(a, value=["pos"])])
-        both_read = threading.Barrier(2, timeout=20)
-        newer_committed = threading.Event()
-        role = threading.local()
-
-        @event.listens_for(store.engine, "after_cursor_execute")
-        def pause_after_the_read(conn, cursor, statement, parameters, context, executemany):
-            if getattr(role, "name", None) and statement.lstrip().startswith("SELECT") and "FROM annotations" in statement:
-                name_, role.name = role.name, None  # once per thread
-                both_read.wait()
-                if name_ == "older":
-                    assert newer_committed.wait(20)
-
-        results = {}
-
-        def pull(name_: str, minutes: int, value: str) -> None:
-            role.name = name_
-            try:
-                results[name_] = store.annotations.upsert(
-                    [annotation(a, value=[value], updated_at=T0 + timedelta(minutes=minutes))])
-            finally:
-                if name_ == "newer":
-                    newer_committed.set()
-
-        threads = [threading.Thread(target=pull, args=args) for args in (("older", 1, "neg"), ("newer", 5, "mixed"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = _race(store, a, waiter="older")
         assert set(results) == {"older", "newer"}
         (stored,) = store.annotations.list([a])
         assert (stored.value, stored.remote_updated_at) == (["mixed"], T0 + timedelta(minutes=5))
@@ -116,31 +125,7 @@ def test_concurrent_edits_each_record_the_answer_they_replaced(postgres_cluster)
         store.migrate()
         a = ingest_three(store)["a"]
         store.annotations.upsert([annotation(a, value=["pos"])])
-        both_read = threading.Barrier(2, timeout=20)
-        older_committed = threading.Event()
-        role = threading.local()
-
-        @event.listens_for(store.engine, "after_cursor_execute")
-        def pause_after_the_read(conn, cursor, statement, parameters, context, executemany):
-            if getattr(role, "name", None) and statement.lstrip().startswith("SELECT") and "FROM annotations" in statement:
-                name_, role.name = role.name, None  # once per thread
-                both_read.wait()
-                if name_ == "newer":
-                    assert older_committed.wait(20)
-
-        def pull(name_: str, minutes: int, value: str) -> None:
-            role.name = name_
-            try:
-                store.annotations.upsert([annotation(a, value=[value], updated_at=T0 + timedelta(minutes=minutes))])
-            finally:
-                if name_ == "older":
-                    older_committed.set()
-
-        threads = [threading.Thread(target=pull, args=args) for args in (("older", 1, "neg"), ("newer", 5, "mixed"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        _race(store, a, waiter="newer")
         edits = [(e.detail["old_value"], e.detail["value"]) for e in store.history.list(kind="answer_edited")]
         assert edits == [(["pos"], ["neg"]), (["neg"], ["mixed"])]
         assert store.annotations.list([a])[0].value == ["mixed"]
