@@ -401,6 +401,9 @@ def simulate(
     accuracy_drop_alpha: float | None = typer.Option(
         None, help="promote a better candidate despite an accuracy drop unless a paired test finds it at this level"),
     eval_fraction: float = typer.Option(0.0, help="held out of the loop to measure the model (0.2 with random)"),
+    anchoring: float = typer.Option(0.0, min=0.0, max=1.0,
+                                    help="chance that an annotator shown the model's label copies it"),
+    show_suggestion: str = typer.Option("except_checks", help="'except_checks' (checks blind), 'always' or 'never'"),
     seeds: int = typer.Option(1, help="runs with seeds first_seed .. first_seed+N-1"),
     first_seed: int = typer.Option(0, help="the first seed (to split a long sweep across processes)"),
     compare_random: bool = typer.Option(True, help="also run random picks instead of active learning"),
@@ -423,6 +426,8 @@ def simulate(
     from connector.store import StateStore
     from hitl.simulate import SimulationConfig, labels_to_reach, run, write_html
 
+    if show_suggestion not in ("except_checks", "always", "never"):
+        raise typer.BadParameter("show_suggestion: 'except_checks', 'always' or 'never'")
     ds = BUILTIN[data]() if data in BUILTIN else load_labeled_file(data, text_field=text_field, label_field=label_field)
     if limit and limit < len(ds.texts):
         _, keep = stratified_split(np.array(ds.labels), limit / len(ds.texts), seed=0)
@@ -450,7 +455,8 @@ def simulate(
                                            overlap=overlap, strategy=strategy, target_error=target_error,
                                            audit_share=audit_share, accuracy_drop_alpha=accuracy_drop_alpha,
                                            eval_fraction=eval_fraction if not compare_random else max(eval_fraction, 0.2),
-                                           seed=seed, features=features)
+                                           seed=seed, features=features, anchoring=anchoring,
+                                           show_suggestion=show_suggestion)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))
@@ -497,6 +503,13 @@ def simulate(
         console.print(f"over {len(main)} seeds: label accuracy {acc.mean():.2%} (min {acc.min():.2%}) with "
                       f"{share.mean():.1%} reviewed; auto-accept error at or under the target in {within} of "
                       f"{len(certified)} runs that auto-accepted ({len(main) - len(certified)} accepted nothing)")
+        if certified:
+            realized = np.array([r.auto_accept_error for r in certified])
+            estimated = np.array([r.estimated_error or 0.0 for r in certified])
+            console.print(f"auto-accepted items' error: realized {realized.mean():.2%} (max {realized.max():.2%}), "
+                          f"estimated from the evidence {estimated.mean():.2%}; mean threshold "
+                          f"{np.mean([r.threshold for r in certified]):.3f}, {np.mean([r.auto_accepted for r in certified]):.0f} "
+                          f"items accepted")
     write_html(results, out, title=f"hitl simulate: {ds.name}")
     out.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     console.print(f"report: {out} (figures: {out.with_suffix('.json')})")

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,7 +51,9 @@ class SimulationConfig:
     to review per round; ``seed_size``: randomly picked items labelled before the first model;
     ``audit_share``: share of each round's seats given to uniform random audits (with the seed set,
     the threshold rule's evidence and the temperature's labels); ``calibration_labels``: ``random``
-    (those labels) or ``all`` (every training label) for the temperature."""
+    (those labels) or ``all`` (every training label) for the temperature; ``anchoring``: the chance
+    that an annotator who is shown the model's suggestion copies it instead of judging the item;
+    ``show_suggestion``: the task file's setting (``except_checks``: checks are shown blind)."""
 
     budget: float = 0.15
     batch: int = 20
@@ -73,23 +75,30 @@ class SimulationConfig:
     calibration_labels: str = "random"
     test_fraction: float = 0.1
     accuracy_drop_alpha: float | None = None
+    anchoring: float = 0.0
+    show_suggestion: str = "except_checks"
     seed: int = 0
 
 
 class SimulatedAnnotators:
     """``n`` annotators, each right with probability ``accuracy``; a wrong answer is uniform over
-    the other labels. Draws follow ``seed``."""
+    the other labels. With ``anchoring`` > 0, an annotator shown the model's suggestion copies it
+    with that probability (right or wrong) and judges the item otherwise. Draws follow ``seed``."""
 
-    def __init__(self, labels: Sequence[str], *, n: int, accuracy: float, seed: int) -> None:
+    def __init__(self, labels: Sequence[str], *, n: int, accuracy: float, seed: int, anchoring: float = 0.0) -> None:
         self.labels = list(labels)
         self.names = [f"annotator-{k + 1}" for k in range(n)]
         self.accuracy = accuracy
+        self.anchoring = anchoring
         self.rng = np.random.default_rng(seed)
 
-    def answer(self, truth: str, exclude: set[str]) -> tuple[str, str]:
-        """``(annotator, label)`` from an annotator who has not answered this item yet."""
+    def answer(self, truth: str, exclude: set[str], shown: str | None = None) -> tuple[str, str]:
+        """``(annotator, label)`` from an annotator who has not answered this item yet; ``shown``: the
+        suggestion the annotator sees, if any."""
         free = [a for a in self.names if a not in exclude]
         who = free[int(self.rng.integers(len(free)))]
+        if shown is not None and self.anchoring > 0 and self.rng.random() < self.anchoring:
+            return who, shown
         if self.rng.random() < self.accuracy:
             return who, truth
         others = [lb for lb in self.labels if lb != truth]
@@ -127,11 +136,25 @@ class InProcessPredictor:
                  "probabilities": dict(zip(labels, map(float, probs[i])))} for i in range(len(texts))]
 
 
+class Annotating(Protocol):
+    """Where simulated annotators read an item's suggestion and write their answer."""
+
+    def shown(self, item_id: int, external_id: str) -> str | None: ...
+
+    def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None: ...
+
+
 class OfflineAnnotating:
     """Simulated annotators writing their answers into the offline tool."""
 
     def __init__(self, sync: SyncService) -> None:
         self.sync = sync
+
+    def shown(self, item_id: int, external_id: str) -> str | None:
+        """The label the item's task suggests to the annotator (``None`` when shown blind)."""
+        project = self.sync.tool.projects[self.sync.project]
+        pushed = project.items[project.tasks[external_id]]
+        return _suggested(pushed.result)
 
     def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
         self.sync.tool.annotate(self.sync.project, external_id, annotator, [label])
@@ -148,6 +171,21 @@ class LabelStudioAnnotating:
         stamp = time.time_ns()
         self.users = {name: ls.users.create(username=f"{name}-{stamp}", email=f"{name}-{stamp}@example.com",
                                             password=f"pw-{stamp}").id for name in names}
+
+    def shown(self, item_id: int, external_id: str) -> str | None:
+        """The label the task's prediction suggests in Label Studio (``None`` when it has none)."""
+        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool.name, self.sync.project)[item_id]
+        predictions = self.sync.tool._ls.tasks.get(id=int(task)).predictions or []
+        return _suggested(predictions[-1].get("result") if predictions else None)
+
+
+def _suggested(result: Sequence[dict[str, Any]] | None) -> str | None:
+    """The first choice a Label Studio ``result`` selects (``None`` for no result)."""
+    for r in result or []:
+        choices = (r.get("value") or {}).get("choices") or []
+        if choices:
+            return str(choices[0])
+    return None
 
     def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
         task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool.name, self.sync.project)[item_id]
@@ -174,7 +212,9 @@ class RunResult:
     target_error: float
     threshold_evidence: int
     threshold_certified: bool
+    estimated_error: float | None
     audits: int
+    audit_label_error: float | None
     ece_uncalibrated: float
     ece_calibrated: float
     temperature: float
@@ -198,6 +238,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
     """The task file of a simulated project."""
     return TaskSpec(
         name=f"simulation {data.name}", labels=sorted(set(data.labels)), overlap=cfg.overlap,
+        show_suggestion=cfg.show_suggestion,
         routing={"accept_threshold": 1.0, "spot_check_rate": cfg.spot_check_rate, "audit_share": cfg.audit_share,
                  "review_budget": cfg.batch, "strategy": "random" if cfg.strategy == "random" else cfg.strategy,
                  "seed": cfg.seed},
@@ -242,9 +283,9 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         else:
             sync = SyncService(store, spec, OfflineTool(project="offline simulation"), predictor)
         ctx = JobContext(store, spec, models, make_sync=lambda: sync, encoder=encoder, cache_store=cache_store)
-        annotators = SimulatedAnnotators(spec.labels, n=cfg.annotators, accuracy=cfg.annotator_accuracy, seed=cfg.seed + 1)
-        annotate = (OfflineAnnotating(sync) if label_studio is None
-                    else LabelStudioAnnotating(sync, annotators.names)).annotate
+        annotators = SimulatedAnnotators(spec.labels, n=cfg.annotators, accuracy=cfg.annotator_accuracy, seed=cfg.seed + 1,
+                                         anchoring=cfg.anchoring)
+        annotate = OfflineAnnotating(sync) if label_studio is None else LabelStudioAnnotating(sync, annotators.names)
         store.items.ingest([{"id": f"item-{i}", "text": data.texts[i]} for i in pool_idx])
         ids = {it.external_id: it.id for it in store.items.list()}
         budget = int(cfg.budget * len(pool_idx))
@@ -292,14 +333,15 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
 
 
 def _answer(store: StateStore, item: Any, truth: dict[str, str], annotators: SimulatedAnnotators,
-            annotate: Callable[..., None]) -> None:
+            annotate: Annotating) -> None:
     done = {a.annotator for a in store.annotations.list([item.id])}
-    who, label = annotators.answer(truth[item.external_id], done)
-    annotate(item.id, item.external_id, who, label)
+    shown = annotate.shown(item.id, item.external_id) if annotators.anchoring > 0 else None
+    who, label = annotators.answer(truth[item.external_id], done, shown)
+    annotate.annotate(item.id, item.external_id, who, label)
 
 
 def _settle(ctx: JobContext, sync: SyncService, store: StateStore, truth: dict[str, str],
-            annotators: SimulatedAnnotators, annotate: Callable[..., None], spec: TaskSpec) -> None:
+            annotators: SimulatedAnnotators, annotate: Annotating, spec: TaskSpec) -> None:
     """Pull, consolidate, and answer once more each item sent back, until none is."""
     max_answers = consensus_policy(spec).max_answers
     while True:
@@ -314,7 +356,7 @@ def _settle(ctx: JobContext, sync: SyncService, store: StateStore, truth: dict[s
 
 
 def _label_directly(ctx: JobContext, sync: SyncService, external_ids: list[str], ids: dict[str, int],
-                    truth: dict[str, str], annotators: SimulatedAnnotators, annotate: Callable[..., None]) -> None:
+                    truth: dict[str, str], annotators: SimulatedAnnotators, annotate: Annotating) -> None:
     """Push the seed items without a model's suggestion and have them answered."""
     store, spec = ctx.store, ctx.spec
     store.decisions.record([{"item_id": ids[e], "action": "review", "reason": "seed", "priority": 1.0}
@@ -390,6 +432,8 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     y_codes = np.searchsorted(clf.classes_, y)
     rest = ~reviewed
     threshold = read_latest(store, ThresholdsSnapshot)
+    audited = [i for i, d in decisions.items() if d.reason == "audit" and i in human]
+    final_of = dict(zip(ids.values(), final))
     retrains = read_history(store, RetrainSnapshot)
     return RunResult(
         dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
@@ -400,7 +444,9 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         threshold=None if threshold is None else threshold.snapshot.threshold, target_error=cfg.target_error,
         threshold_evidence=0 if threshold is None else threshold.snapshot.n_evidence or 0,
         threshold_certified=bool(threshold is not None and threshold.snapshot.meets_target),
-        audits=sum(1 for i, d in decisions.items() if d.reason == "audit" and i in human),
+        estimated_error=None if threshold is None else threshold.snapshot.error_rate,
+        audits=len(audited),
+        audit_label_error=float(np.mean([final_of[i] != truth[items[i].external_id] for i in audited])) if audited else None,
         ece_uncalibrated=expected_calibration_error(raw[rest], y_codes[rest]) if rest.any() else 0.0,
         ece_calibrated=expected_calibration_error(cal[rest], y_codes[rest]) if rest.any() else 0.0,
         temperature=float(clf.temperature_), lex_temperature=float(clf.lex_temperature_),

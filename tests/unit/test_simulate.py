@@ -7,7 +7,10 @@ import pytest
 
 from connector.datasets import LabeledTexts
 from connector.store import StateStore
+from connector.tools.base import PushItem
+from connector.tools.offline import OfflineProject, OfflineTool
 from hitl.simulate import SimulatedAnnotators, SimulationConfig, labels_to_reach, run, write_html
+from hitl.simulate.loop import OfflineAnnotating
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,32 @@ def test_simulated_annotators_hit_their_accuracy_and_never_answer_twice():
     wrong = [label for _, label in answers if label != "a"]
     assert abs(wrong.count("b") / len(wrong) - 0.5) < 0.06
     assert {ann.answer("a", {"annotator-1", "annotator-2"})[0] for _ in range(20)} == {"annotator-3"}
+
+
+def test_anchored_annotators_copy_a_shown_suggestion_at_their_rate_and_judge_otherwise():
+    ann = SimulatedAnnotators(["a", "b", "c"], n=3, accuracy=0.9, seed=0, anchoring=0.3)
+    shown = [label for _, label in (ann.answer("a", set(), "b") for _ in range(6000))]
+    # copied: 0.3; judged: right 0.9 of 0.7, "b" by mistake half of the 0.1 of 0.7
+    assert abs(shown.count("b") / len(shown) - (0.3 + 0.7 * 0.05)) < 0.02
+    assert abs(shown.count("a") / len(shown) - 0.7 * 0.9) < 0.02
+    blind = [label for _, label in (ann.answer("a", set(), None) for _ in range(4000))]
+    assert abs(blind.count("a") / len(blind) - 0.9) < 0.02  # nothing shown, nothing to copy
+    plain, anchored = (SimulatedAnnotators(["a", "b"], n=3, accuracy=0.8, seed=5, anchoring=x) for x in (0.0, 0.9))
+    assert [plain.answer("a", set()) for _ in range(50)] == [anchored.answer("a", set()) for _ in range(50)]
+
+
+def test_the_offline_annotators_see_the_suggestion_their_task_was_pushed_with():
+    tool = OfflineTool(project="p")
+
+    class Sync:  # what OfflineAnnotating reads: the tool and the project
+        project = "p"
+
+    Sync.tool = tool
+    tool.projects["p"] = OfflineProject()
+    shown = {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["sport"]}}
+    tool.push("p", [PushItem("with", {"text": "x"}, [shown], 0.9, "hitl"), PushItem("blind", {"text": "y"})])
+    annotating = OfflineAnnotating(Sync())  # type: ignore[arg-type]
+    assert annotating.shown(1, "with") == "sport" and annotating.shown(2, "blind") is None
 
 
 @pytest.mark.slow
@@ -73,3 +102,17 @@ def test_the_html_report_has_the_table_and_both_plots(small, cache_store, encode
     page = write_html(results, tmp_path / "sim.html", title="sim <test>").read_text()
     assert page.count("data:image/png;base64,") == 2 and "sim &lt;test&gt;" in page
     assert page.count("<tr><td>") == 2 and page.count("random labels,") == 2
+
+
+@pytest.mark.slow
+def test_anchoring_changes_nothing_when_no_suggestion_is_shown_and_biases_audits_when_they_are(small, cache_store, encoder):
+    cfg = SimulationConfig(budget=0.15, batch=20, seed_size=30, seed=2, show_suggestion="never")
+    blind = run(small, cfg, cache_store=cache_store, encoder=encoder)
+    anchored = run(small, SimulationConfig(**{**cfg.__dict__, "anchoring": 1.0}), cache_store=cache_store, encoder=encoder)
+    assert anchored.to_dict() | {"seconds": 0} == blind.to_dict() | {"seconds": 0}
+    shown = run(small, SimulationConfig(**{**cfg.__dict__, "anchoring": 1.0, "show_suggestion": "always"}),
+                cache_store=cache_store, encoder=encoder)
+    # every answer to a shown item copies the model: two agreeing answers, never a third (only the seed
+    # items, shown nothing, still disagree now and then)
+    assert shown.audits > 0 and blind.audits > 0
+    assert shown.answers < blind.answers
