@@ -26,11 +26,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from connector.consolidation import ConsensusPolicy
+from connector.decisions import DecisionPolicy
 from connector.labeling_config import build_choices_config
+from connector.redaction import RedactionPolicy
 from connector.retraining import RetrainPolicy
+from connector.review_kinds import OUTCOMES, ExtractionSpec, Kind
 
 
 class _Target(BaseModel):
@@ -89,9 +92,12 @@ class TaskSpec(BaseModel):
     """What is being labelled, by whom, and where."""
 
     name: str
+    kind: Kind = Field("label", description="'label' (classification), 'extraction' (structured outputs against a "
+                                            "JSON Schema) or 'answer' (generated answers): the two review kinds' "
+                                            "labels are the outcomes approve / correct / reject")
     tool: Literal["label_studio", "argilla"] = "label_studio"
     text_field: str = "text"
-    labels: list[str]
+    labels: list[str] = Field(default_factory=list)
     multi_label: bool = False
     instructions: str = ""
     overlap: int = Field(1, ge=1)
@@ -107,13 +113,29 @@ class TaskSpec(BaseModel):
     consensus: ConsensusPolicy = ConsensusPolicy()
     retraining: RetrainPolicy = RetrainPolicy()
     thresholds: ThresholdPolicy = ThresholdPolicy()
+    decisions: DecisionPolicy = DecisionPolicy()
+    extraction: ExtractionSpec | None = None
+    redaction: RedactionPolicy = RedactionPolicy()
 
     @field_validator("labels")
     @classmethod
     def _labels_unique(cls, v: list[str]) -> list[str]:
-        if len(v) < 2 or len(set(v)) != len(v):
+        if v and (len(v) < 2 or len(set(v)) != len(v)):
             raise ValueError("labels must be at least two distinct strings")
         return v
+
+    @model_validator(mode="after")
+    def _labels_of_kind(self) -> TaskSpec:
+        if self.kind == "label":
+            if not self.labels:
+                raise ValueError("labels: a 'label' task needs at least two distinct labels")
+        elif self.labels and tuple(self.labels) != OUTCOMES:
+            raise ValueError(f"labels: a '{self.kind}' task's labels are the outcomes {list(OUTCOMES)}; leave them out")
+        else:
+            self.labels = list(OUTCOMES)
+        if self.kind == "extraction" and self.extraction is None:
+            raise ValueError("an 'extraction' task needs an [extraction] table with its JSON Schema")
+        return self
 
     @property
     def project_name(self) -> str:

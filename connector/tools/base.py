@@ -82,6 +82,9 @@ class RemoteAnswer:
     updated_at: str  # ISO-8601 UTC
     lead_time: float | None = None  # seconds, where the tool measures it
     annotator_id: str | None = None  # the tool's user id
+    #: what a review kind's answer gives besides its outcome (``value``): the corrected output, a
+    #: rating, whether the context supported the answer, a comment (``connector.review_kinds``)
+    extra: dict[str, Any] | None = None
 
 
 @dataclass
