@@ -45,7 +45,8 @@ from connector.store.models import LabelEvent
 from connector.store.repository import Repository, as_datetime, check_items_exist, chunks
 
 EVENT_KINDS = ("answer_added", "answer_edited", "answer_deleted", "answer_revived", "consensus_changed",
-               "auto_accepted", "auto_rejected", "threshold_changed", "sent_back", "adjudicated")
+               "auto_accepted", "auto_rejected", "threshold_changed", "sent_back", "adjudicated",
+               "redacted", "decision_taken", "decision_reviewed", "decision_fallback", "correction_refused")
 
 
 def append(s: Session, events: Iterable[Mapping[str, Any]]) -> int:
