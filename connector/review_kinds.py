@@ -35,3 +35,27 @@ class ExtractionSpec(BaseModel):
     schema_path: str | None = None
     model: str | None = None
     min_field_confidence: float = Field(0.8, ge=0.0, le=1.0)
+
+
+def load_schema(extraction: ExtractionSpec) -> dict[str, Any]:
+    """The JSON Schema an extraction's outputs must meet (inline, from its file, or from the
+    pydantic model), checked to be a valid schema."""
+    raise NotImplementedError
+
+
+def validate_output(spec: Any, output: Any) -> list[str]:
+    """Why ``output`` fails the task's schema (one message per error, with its JSON path); ``[]``
+    when it meets it. Only for ``extraction`` tasks."""
+    raise NotImplementedError
+
+
+def item_fields(spec: Any, inputs: dict[str, Any], output: Any) -> tuple[str, dict[str, Any]]:
+    """What one review item stores and shows: its text (the input the output was made from) and
+    its data (the output, and for ``answer`` the question and the retrieved context)."""
+    raise NotImplementedError
+
+
+def suggestion_result(spec: Any, output: Any) -> list[dict[str, Any]]:
+    """The output as the reviewer's editable starting point: Label Studio ``result`` items (the
+    Argilla tool turns them into suggestions). No outcome is suggested: the reviewer chooses it."""
+    raise NotImplementedError
