@@ -36,9 +36,10 @@ def annotation_rows(store: StateStore, tool: str, project: str, pulled: Pull) ->
         return pushes[remote_id]
 
     def row(item_id: int, remote_id: str, annotator: str, value: list[str], status: str, updated_at: str,
-            lead_time: float | None) -> dict[str, Any]:
+            lead_time: float | None, extra: dict[str, Any] | None) -> dict[str, Any]:
         return {"item_id": item_id, "tool": tool, "project": project, "remote_id": remote_id, "annotator": annotator,
-                "value": value, "status": status, "remote_updated_at": updated_at, "lead_time": lead_time}
+                "value": value, "status": status, "remote_updated_at": updated_at, "lead_time": lead_time,
+                "extra": extra}
 
     whole_project = pulled.items is None
     rows: list[dict[str, Any]] = []
@@ -47,7 +48,8 @@ def annotation_rows(store: StateStore, tool: str, project: str, pulled: Pull) ->
         item_id = item_of(a.item_remote_id, a.external_id)
         if item_id is not None:
             seen.add(a.remote_id)
-            rows.append(row(item_id, a.remote_id, a.annotator, a.value, a.status, a.updated_at, a.lead_time))
+            rows.append(row(item_id, a.remote_id, a.annotator, a.value, a.status, a.updated_at, a.lead_time,
+                            a.extra))
             if whole_project:
                 rows[-1]["revive"] = True
     if pulled.items is None:  # the answers absent from it are settled by ``settle_absent``
@@ -60,7 +62,7 @@ def annotation_rows(store: StateStore, tool: str, project: str, pulled: Pull) ->
     for old in stored:
         if old.remote_id not in seen and old.status != "deleted":
             rows.append(row(old.item_id, old.remote_id, old.annotator, old.value, "deleted", stamps[old.item_id],
-                            old.lead_time))
+                            old.lead_time, old.extra))
     return rows
 
 

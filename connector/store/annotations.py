@@ -52,6 +52,7 @@ class _Stored:
     status: str
     value: Any
     annotator: str
+    extra: Any = None
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _Before:
     value: Any
     status: str
     annotator: str
+    extra: Any = None
 
 
 class AnnotationRepository(Repository):
@@ -102,10 +104,10 @@ class AnnotationRepository(Repository):
             keys = sorted({(r["tool"], r["project"], r["remote_id"]) for r, _ in prepared})
             for (tool, project), group in itertools.groupby(keys, key=lambda k: k[:2]):
                 for chunk in chunks([k[2] for k in group]):
-                    stored.update(((tool, project, remote_id), _Stored(id_, at, status, value, annotator))
-                                  for id_, remote_id, at, status, value, annotator in s.execute(
+                    stored.update(((tool, project, remote_id), _Stored(id_, at, status, value, annotator, extra))
+                                  for id_, remote_id, at, status, value, annotator, extra in s.execute(
                         select(Annotation.id, Annotation.remote_id, Annotation.remote_updated_at, Annotation.status,
-                               Annotation.value, Annotation.annotator)
+                               Annotation.value, Annotation.annotator, Annotation.extra)
                         .where(Annotation.tool == tool, Annotation.project == project,
                                Annotation.remote_id.in_(chunk))))
             added: dict[tuple[str, str, str], Annotation] = {}  # inserted by this call
@@ -123,7 +125,7 @@ class AnnotationRepository(Repository):
                     if not (r["remote_updated_at"] > new.remote_updated_at or (revives and new.status == "deleted")):
                         result.unchanged += 1
                         continue
-                    before = _Before(new.value, new.status, new.annotator)
+                    before = _Before(new.value, new.status, new.annotator, new.extra)
                     for name in _REPLACED:
                         setattr(new, name, r[name])
                     result.updated += 1
@@ -154,11 +156,11 @@ class AnnotationRepository(Repository):
         now: Any = old
         if s.get_bind().dialect.name != "sqlite":
             now = s.execute(select(Annotation.value, Annotation.status, Annotation.annotator,
-                                   Annotation.remote_updated_at)
+                                   Annotation.remote_updated_at, Annotation.extra)
                             .where(Annotation.id == old.id).with_for_update()).one()
             if not (r["remote_updated_at"] > now.remote_updated_at or (revives and now.status == "deleted")):
                 return None
-        before = _Before(now.value, now.status, now.annotator)
+        before = _Before(now.value, now.status, now.annotator, now.extra)
         condition = Annotation.remote_updated_at < r["remote_updated_at"]
         if revives:
             condition = or_(condition, Annotation.status == "deleted")
@@ -167,8 +169,8 @@ class AnnotationRepository(Repository):
                             .execution_options(synchronize_session=False))
         if written.rowcount != 1:
             return None
-        old.remote_updated_at, old.status, old.value, old.annotator = (r["remote_updated_at"], r["status"], r["value"],
-                                                                       r["annotator"])
+        old.remote_updated_at, old.status, old.value, old.annotator, old.extra = (
+            r["remote_updated_at"], r["status"], r["value"], r["annotator"], r["extra"])
         return before
 
     def settle_absent(self, tool: str, project: str, returned: Iterable[str]) -> AbsenceResult:
@@ -228,10 +230,11 @@ def _prepare(r: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         "remote_id": str(r["remote_id"]), "annotator": str(r["annotator"]), "value": r["value"],
         "status": str(r["status"]), "remote_updated_at": as_datetime(r["remote_updated_at"]),
         "lead_time": None if lead_time is None else float(lead_time),
+        "extra": None if r.get("extra") is None else dict(r["extra"]),
     }, bool(r.get("revive", False))
 
 
-_REPLACED = ("annotator", "value", "status", "remote_updated_at", "lead_time")
+_REPLACED = ("annotator", "value", "status", "remote_updated_at", "lead_time", "extra")
 
 
 def _event(kind: str, item_id: int | None, actor: str, source_at: datetime | None,
@@ -244,6 +247,8 @@ def _answer_event(before: _Before | None, r: dict[str, Any]) -> dict[str, Any] |
     replacement changed neither the value, the status nor the annotator."""
     detail = {"tool": r["tool"], "project": r["project"], "remote_id": r["remote_id"], "value": r["value"],
               "status": r["status"]}
+    if r["extra"] is not None:
+        detail["extra"] = r["extra"]
     if before is None:
         if r["status"] == "deleted":  # a deletion seen before the answer itself
             return _event("answer_deleted", r["item_id"], r["annotator"], r["remote_updated_at"],
@@ -256,11 +261,14 @@ def _answer_event(before: _Before | None, r: dict[str, Any]) -> dict[str, Any] |
         kind = "answer_revived"
     elif is_deleted:
         kind = "answer_deleted"
-    elif (before.value, before.status, before.annotator) == (r["value"], r["status"], r["annotator"]):
+    elif (before.value, before.status, before.annotator, before.extra) == (r["value"], r["status"], r["annotator"],
+                                                                          r["extra"]):
         return None
     else:
         kind = "answer_edited"
     detail |= {"old_value": before.value, "old_status": before.status}
+    if before.extra is not None:
+        detail["old_extra"] = before.extra
     if before.annotator != r["annotator"]:
         detail["old_annotator"] = before.annotator
     return _event(kind, r["item_id"], r["annotator"], r["remote_updated_at"], detail)

@@ -36,6 +36,10 @@ PUSH_STATUSES = ("pending", "confirmed")
 ANNOTATION_STATUSES = ("submitted", "skipped", "deleted")
 LABEL_STATUSES = ("settled", "unsettled")
 JOB_STATUSES = ("running", "ok", "failed")
+#: an on-line decision: taken by a rule (``auto_*``), waiting for a person, or the person's (or the
+#: deadline's) outcome
+DECISION_STATUSES = ("auto_approved", "auto_rejected", "pending_review", "approved", "rejected", "corrected")
+CALLBACK_STATUSES = ("pending", "delivered", "failed")
 
 # Constraint names are fixed so the migrations can name (and later drop) them on both databases.
 NAMING_CONVENTION = {
@@ -188,6 +192,7 @@ class Annotation(Base):
     status: Mapped[str] = mapped_column(String(16))
     remote_updated_at: Mapped[datetime]
     lead_time: Mapped[float | None] = mapped_column(Float)
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a review's correction, rating, comment
     # whole-project pulls in a row that did not return it: 1 marks it, 2 deletes it (sync/pulls.py)
     missed_pulls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -291,3 +296,67 @@ class Snapshot(Base):
     kind: Mapped[str] = mapped_column(String(64), index=True)
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OnlineDecision(Base):
+    """One decision a running application asked for (``POST /v1/decisions``), keyed by the
+    caller's idempotency key: the request, how it was decided, and the outcome.
+
+    A decision held for a person has an item (pushed to the tool like any routed item) and a
+    ``deadline_at``; ``reviewer`` is who decided (``timeout`` for a deadline's fallback)."""
+
+    __tablename__ = "online_decisions"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key"),
+        Index("ix_online_decisions_status_deadline_at", "status", "deadline_at"),
+        CheckConstraint(_one_of("status", DECISION_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(255))  # whose output is judged: "model:<ours>" or the caller's model
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
+    request: Mapped[dict[str, Any]]
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    raw_score: Mapped[float | None] = mapped_column(Float)
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    deadline_at: Mapped[datetime | None]
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    corrected: Mapped[Any] = mapped_column(JSON, nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(255))
+    comment: Mapped[str | None] = mapped_column(Text)
+    review: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # rating, supported, validation errors
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+
+class CallbackDelivery(Base):
+    """The outbox of human (and fallback) outcomes: one row per decision with a callback URL,
+    written in the transaction that records the outcome, delivered by the scheduler."""
+
+    __tablename__ = "callback_deliveries"
+    __table_args__ = (
+        UniqueConstraint("decision_id"),
+        Index("ix_callback_deliveries_status_next_at", "status", "next_at"),
+        CheckConstraint(_one_of("status", CALLBACK_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("online_decisions.id"))
+    webhook_id: Mapped[str] = mapped_column(String(64))  # Standard Webhooks' webhook-id: the receiver's dedup key
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

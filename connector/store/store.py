@@ -9,6 +9,7 @@ A thin facade over one repository per area, all sharing one engine and one sessi
 - ``embeddings`` (embeddings.py): the encoder cache, also usable alone (``EmbeddingRepository.open``);
 - ``job_runs``, ``snapshots`` (runs.py): the scheduler's runs and dated measurements;
 - ``history`` (history.py): every change to an item's label, appended and never changed;
+- ``online`` (online.py): on-line decisions, their review items and outcomes, the callback outbox;
 - ``retention`` (retention.py): deleting the old rows of those that only grow.
 
 Every public method that writes is one transaction: it commits whole or not at all, so a crash
@@ -25,6 +26,7 @@ from connector.store.database import DEFAULT_URL, make_engine, make_sessions
 from connector.store.embeddings import EmbeddingRepository
 from connector.store.history import HistoryRepository
 from connector.store.items import ItemRepository
+from connector.store.online import OnlineDecisionRepository
 from connector.store.predictions import DecisionRepository, PredictionRepository
 from connector.store.pushes import PushRepository
 from connector.store.retention import RetentionRepository
@@ -35,7 +37,7 @@ class StateStore:
     """The connector's state, one repository per area: ``store.items``, ``store.predictions``,
     ``store.decisions``, ``store.pushes``, ``store.annotations``, ``store.cursors``,
     ``store.labels``, ``store.embeddings``, ``store.job_runs``, ``store.snapshots``, ``store.history``,
-    ``store.retention``.
+    ``store.retention``, ``store.online``.
 
     ``StateStore()`` opens ``var/state.db`` (SQLite, created with its folder on first use);
     ``StateStore("postgresql+psycopg://user:pw@host/db")`` opens PostgreSQL. Call ``migrate()``
@@ -58,6 +60,7 @@ class StateStore:
         self.job_runs = JobRunRepository(self.engine, sessions)
         self.snapshots = SnapshotRepository(self.engine, sessions)
         self.history = HistoryRepository(self.engine, sessions)
+        self.online = OnlineDecisionRepository(self.engine, sessions)
         self.retention = RetentionRepository(self.engine, sessions)
 
     def migrate(self, revision: str = "head") -> None:

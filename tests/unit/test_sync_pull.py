@@ -170,7 +170,7 @@ def test_answers_to_items_we_did_not_push_are_ignored_with_a_warning(store, capl
         rows = annotation_rows(store, "offline", sync.project, pulled)
     assert rows == [{"item_id": item.id, "tool": "offline", "project": sync.project, "remote_id": "task-1/ann-1",
                      "annotator": "ann-1", "value": ["a"], "status": "submitted",
-                     "remote_updated_at": "2026-12-01T00:00:00+00:00", "lead_time": 4.5}]
+                     "remote_updated_at": "2026-12-01T00:00:00+00:00", "lead_time": 4.5, "extra": None}]
     assert len(caplog.records) == 1 and "stranger" in caplog.text  # one warning per unknown item
 
 
