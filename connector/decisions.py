@@ -61,3 +61,158 @@ class DecisionPolicy(BaseModel):
     min_caller_outcomes: int = Field(50, ge=2)
     callback_attempts: int = Field(8, ge=1)
     callback_timeout_s: float = Field(5.0, gt=0)
+
+
+# -- what a caller sends and gets -----------------------------------------------------------------
+
+class LabelOutput(BaseModel):
+    """A label another model gave, with its own confidence (calibrated on our human outcomes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    confidence: float | None = Field(None, ge=0.0, le=1.0)
+    model: str = Field("caller", min_length=1, max_length=120)
+
+
+class StructuredOutput(BaseModel):
+    """An LLM's structured output, checked against the task's JSON Schema; ``field_confidence``:
+    the caller's confidence per top-level field, where it has one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Any
+    field_confidence: dict[str, float] = Field(default_factory=dict)
+    model: str = Field("caller", min_length=1, max_length=120)
+
+
+class AnswerOutput(BaseModel):
+    """A generated answer with its question and the context it was retrieved from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    answer: str
+    context: list[str] = Field(default_factory=list)
+    confidence: float | None = Field(None, ge=0.0, le=1.0)
+    model: str = Field("caller", min_length=1, max_length=120)
+
+
+KEY_PATTERN = r"^[A-Za-z0-9._:\-]{1,200}$"
+
+
+class DecisionRequest(BaseModel):
+    """``POST /v1/decisions``. ``output``: what to judge (its shape follows the task's kind; none:
+    our model predicts, for a ``label`` task); ``input``: the item's fields, the task's text field
+    among them, and the risk fields its rules read; ``deadline_s``: overrides the task's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str = Field(pattern=KEY_PATTERN)
+    input: dict[str, Any]
+    output: LabelOutput | StructuredOutput | AnswerOutput | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    callback_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a user's thumbs up or down on an answer the application already gave."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str = Field(pattern=KEY_PATTERN)
+    question: str = Field(min_length=1)
+    answer: str
+    context: list[str] = Field(default_factory=list)
+    thumbs: Literal["up", "down"]
+    comment: str | None = None
+    model: str = Field("caller", min_length=1, max_length=120)
+    callback_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
+Status = Literal["auto_approved", "auto_rejected", "pending_review", "approved", "rejected", "corrected"]
+
+
+class DecisionView(BaseModel):
+    """What ``POST`` and ``GET /v1/decisions`` answer: the decision, its score and the rule that
+    took it; while it waits, its place in the queue and the wait expected from the measured
+    review rate; once a person decided, the outcome."""
+
+    id: int
+    idempotency_key: str
+    kind: str
+    status: Status
+    decision: Any = Field(None, description="the output as decided: the approved label/output, the correction")
+    score: float | None = None
+    rule: str
+    reason: str
+    queue_position: int | None = None
+    estimated_wait_s: float | None = None
+    deadline_at: str | None = None
+    outcome: Literal["approve", "reject", "correct"] | None = None
+    corrected: Any = None
+    reviewer: str | None = None
+    comment: str | None = None
+    review: dict[str, Any] | None = None
+    created_at: str
+    decided_at: str | None = None
+
+
+# -- the pieces of a decision ----------------------------------------------------------------------
+
+def first_match(rules: list[FieldRule], fields: Mapping[str, Any]) -> FieldRule | None:
+    """The first rule whose condition holds on ``fields``."""
+    return next((r for r in rules if r.matches(fields)), None)
+
+
+def risk(policy: DecisionPolicy, fields: Mapping[str, Any]) -> float:
+    """The risk fields' share of a review priority: numbers times their weight, true flags the weight."""
+    total = 0.0
+    for name, weight in policy.risk_weights.items():
+        value = fields.get(name)
+        if isinstance(value, bool):
+            total += weight if value else 0.0
+        elif isinstance(value, int | float):
+            total += weight * float(value)
+    return total
+
+
+def drawn(key: str, share: float, *, salt: str = "audit") -> bool:
+    """A reproducible draw of ``share`` of the keys (a hash, not a random generator)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < share
+
+
+class ScoreCalibration:
+    """Platt scaling of one source's confidences on its human outcomes (approved or not): the
+    chance that an output with that confidence is approved. Identity until ``min_outcomes``
+    outcomes of both kinds exist."""
+
+    def __init__(self, raw: Any, approved: Any, *, min_outcomes: int) -> None:
+        import numpy as np
+
+        raw, approved = np.asarray(raw, dtype=float), np.asarray(approved, dtype=bool)
+        self.n = len(raw)
+        self.coef: tuple[float, float] | None = None
+        if self.n >= min_outcomes and 0 < approved.sum() < self.n:
+            from sklearn.linear_model import LogisticRegression
+
+            lr = LogisticRegression(C=1.0).fit(_logit(raw).reshape(-1, 1), approved)
+            self.coef = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+    def __call__(self, raw: float) -> float:
+        if self.coef is None:
+            return float(raw)
+        import math
+
+        z = self.coef[0] * float(_logit(raw)) + self.coef[1]
+        return 1.0 / (1.0 + math.exp(-z))
+
+
+def _logit(p: Any) -> Any:
+    import numpy as np
+
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))

@@ -62,6 +62,7 @@ class JobContext:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # what the metrics job prunes
     encoder: Any = None  # a loaded TextEncoder to reuse across retrainings (else loaded per run)
     cache_store: Any = None  # where embeddings are cached (default: the state store)
+    callback_secret: str | None = None  # signs decision callbacks (HITL_CALLBACK_SECRET)
     _sync: Any = field(default=None, repr=False)
 
     @property
@@ -103,7 +104,8 @@ def sync_job(ctx: JobContext) -> dict[str, Any]:
     failed: dict[str, str] = {}
     for name, run in (("predict", sync.predict_pass), ("check", sync.check_remote), ("route", sync.route_pass),
                       ("push", lambda: sync.push_pass(batch=sync.push_batch)), ("pull", sync.pull_pass),
-                      ("consolidate", lambda: consolidate_job(ctx))):
+                      ("consolidate", lambda: consolidate_job(ctx)),
+                      ("decisions", lambda: decisions_job(ctx, callbacks=False))):
         try:
             result = run()
         except Exception as exc:
@@ -114,6 +116,40 @@ def sync_job(ctx: JobContext) -> dict[str, Any]:
         out[name] = result if isinstance(result, dict) else dict(result.counts)
     if failed:
         raise PassesFailed(failed, out)
+    return out
+
+
+def decisions_job(ctx: JobContext, *, callbacks: bool = True) -> dict[str, Any]:
+    """On-line decisions (``sync/decisions.py``): outcomes of the settled reviews (a refused
+    correction sent back for another answer), deadline fallbacks (the task taken out of the tool),
+    then, with ``callbacks`` and a ``callback_secret``, the due callbacks."""
+    from sync.callbacks import deliver_due
+    from sync.decisions import DecisionService
+
+    store = ctx.store
+    if ctx.make_sync is None and not store.online.awaiting_review() and not callbacks:
+        return {}
+    service = DecisionService(store, ctx.spec)
+    sync = ctx.sync if ctx.make_sync is not None else None
+
+    def remote(item_id: int) -> str | None:
+        return store.pushes.remote_ids([item_id], sync.tool.name, sync.project).get(item_id)
+
+    def send_back(item_id: int, reason: str) -> None:
+        if (task := remote(item_id)) is not None:
+            answers = len(store.annotations.list([item_id], status="submitted"))
+            sync.tool.send_back(sync.project, [(task, answers + 1, "correction_invalid")])
+
+    def remove(item_id: int) -> None:
+        if (task := remote(item_id)) is not None:
+            sync.tool.delete(sync.project, [task])
+
+    out: dict[str, Any] = {"outcomes": service.settle_reviews(send_back if sync else None),
+                           "deadlines": service.apply_deadlines(remove if sync else None)}
+    if callbacks and ctx.callback_secret:
+        policy = ctx.spec.decisions
+        out["callbacks"] = deliver_due(store, ctx.callback_secret, attempts=policy.callback_attempts,
+                                       timeout_s=policy.callback_timeout_s)
     return out
 
 
@@ -289,6 +325,8 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     forced); then review the threshold. A promoted version is served by the ML backend's poller.
     The temperature is fitted on the labels of items drawn at random (:func:`drawn_at_random`)."""
     store, spec = ctx.store, ctx.spec
+    if spec.kind != "label":
+        return {"skipped": f"a {spec.kind!r} task reviews outputs; it has no classifier to retrain"}
     texts, labels, ext, hashes = training_set(store, spec)
     last = read_latest(store, RetrainSnapshot)
     seen = last.snapshot.n_labels if last else 0

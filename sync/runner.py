@@ -108,15 +108,35 @@ def start_http(settings: SyncSettings, store: StateStore, requests: PullRequests
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     check_bind(settings.sync_host, secret)
     argilla_secret = settings.argilla_webhook_secret.get_secret_value() if settings.argilla_webhook_secret else None
+    spec = TaskSpec.load(settings.task)
     app = create_webhook_app(requests, secret=secret, argilla_secret=argilla_secret,
-                             metrics=SyncMetricsCollector(store, TaskSpec.load(settings.task)),
-                             max_body_bytes=settings.webhook_max_bytes)
+                             metrics=SyncMetricsCollector(store, spec), max_body_bytes=settings.webhook_max_bytes)
+    mount_decisions(app, settings, store, spec)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sync_host, port=settings.sync_port,
                                            log_level="warning", access_log=False))
     server.install_signal_handlers = lambda: None  # the caller owns SIGINT/SIGTERM
     web = threading.Thread(target=server.run, name="webhooks", daemon=True)
     web.start()
     return server, web
+
+
+def mount_decisions(app: Any, settings: SyncSettings, store: StateStore, spec: TaskSpec) -> bool:
+    """Add ``/v1/decisions`` and ``/v1/feedback`` to the receiver's app; whether they were. Beyond
+    loopback they need ``HITL_DECISIONS_TOKEN`` (without it they stay off, and the log says so)."""
+    from connector.hardening import is_loopback
+    from sync.decisions import DecisionService
+    from sync.decisions_api import decisions_router
+
+    token = settings.decisions_token.get_secret_value() if settings.decisions_token else None
+    if token is None and not is_loopback(settings.sync_host):
+        log.warning("the decision API is off: set HITL_DECISIONS_TOKEN to serve it on %s", settings.sync_host)
+        return False
+    backend_token = settings.backend_token.get_secret_value() if settings.backend_token else None
+    predictor = HttpPredictor(settings.backend_url, token=backend_token) if spec.kind == "label" else None
+    service = DecisionService(store, spec, predictor,
+                              callbacks=settings.callback_secret is not None)
+    app.include_router(decisions_router(service, token=token))
+    return True
 
 
 def run_forever(settings: SyncSettings, sync: SyncService, *, stop: threading.Event | None = None,
@@ -184,7 +204,8 @@ def build_context(settings: SyncSettings, store: StateStore) -> JobContext:
     retention = RetentionPolicy(job_runs=settings.retention_job_runs, snapshots=settings.retention_snapshots,
                                 history_days=settings.retention_days, batch=settings.retention_batch)
     return JobContext(store, TaskSpec.load(settings.task), ModelStore(settings.model_root),
-                      make_sync=lambda: build_sync(settings, store), retention=retention)
+                      make_sync=lambda: build_sync(settings, store), retention=retention,
+                      callback_secret=settings.callback_secret.get_secret_value() if settings.callback_secret else None)
 
 
 def triggers(settings: SyncSettings) -> dict[str, Any]:
@@ -196,7 +217,7 @@ def triggers(settings: SyncSettings) -> dict[str, Any]:
     retrain = (CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC") if settings.retrain_cron
                else interval(settings.retrain_interval_s))
     return {"sync": interval(settings.sync_interval_s), "metrics": interval(settings.metrics_interval_s),
-            "retrain": retrain}
+            "retrain": retrain, "decisions": interval(settings.decisions_interval_s)}
 
 
 def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext | None = None) -> Scheduler:
@@ -205,5 +226,6 @@ def build_scheduler(settings: SyncSettings, store: StateStore, ctx: JobContext |
 
     ctx = ctx or build_context(settings, store)
     return Scheduler(store, {"sync": lambda: jobs.sync_job(ctx), "metrics": lambda: jobs.metrics_job(ctx),
-                             "retrain": lambda: jobs.retrain_job(ctx), "thresholds": lambda: jobs.threshold_job(ctx)},
+                             "retrain": lambda: jobs.retrain_job(ctx), "thresholds": lambda: jobs.threshold_job(ctx),
+                             "decisions": lambda: jobs.decisions_job(ctx)},
                      triggers(settings), retries=settings.job_retries)

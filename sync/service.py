@@ -23,6 +23,7 @@ import numpy as np
 
 from connector.auto_accept import in_force
 from connector.labeling_config import parse_labeling_config
+from connector.review_kinds import suggestion_result
 from connector.routing import CHECK_REASONS, Batch, Router
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
@@ -67,6 +68,7 @@ class SyncService:
         self.remote_check_interval_s = 600.0  # ... at most this often (a tool's find may read the whole project)
         self._progress = progress or (lambda name, n: None)
         self._project: str | None = None
+        self._outputs: dict[int, Any] = {}  # review kinds: item id -> the output under review
 
     @property
     def project(self) -> str:
@@ -84,9 +86,11 @@ class SyncService:
     def predict_pass(self, *, batch: int = 512) -> PassReport:
         """Score every ingested item with the ML backend, and score again the items not yet pushed
         that an older model version scored (after a promotion they are routed afresh)."""
+        report = PassReport("predict")
+        if self.spec.kind != "label":  # a review task's items come with the output under review
+            return report
         if self.predictor is None:
             raise RuntimeError("no predictor configured (set the ML backend URL)")
-        report = PassReport("predict")
         serving = getattr(self.predictor, "serving_version", None)
         version = serving() if serving is not None else None
         stale = self.store.items.stale(version) if version is not None else []
@@ -232,6 +236,8 @@ class SyncService:
                 todo = [(it, d) for it, d in chunk if it.id in begun]
                 if not todo:
                     continue
+                if self.spec.kind != "label":  # the outputs under review, read once per chunk
+                    self._outputs = {i: m.output for i, m in self.store.online.by_items([it.id for it, _ in todo]).items()}
                 push_items = [self._push_item(it, d, preds.get(it.id)) for it, d in todo]
                 fut = pool.submit(self.tool.push, project, push_items)
                 if inflight is not None:
@@ -249,6 +255,13 @@ class SyncService:
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
         data[self.control.data_key] = item.text
         key = item_key(item.external_id, item.version)
+        if self.spec.kind != "label":  # a review: the output under review is what the reviewer edits
+            if item.id not in self._outputs:
+                made = self.store.online.by_items([item.id]).get(item.id)
+                self._outputs[item.id] = made.output if made is not None else None
+            output = self._outputs[item.id]
+            return PushItem(key, data, suggestion_result(self.spec, output) if output is not None else None, None,
+                            SUGGESTION_SOURCE)
         if pred is None or not self.shows_suggestion(item, decision):
             return PushItem(key, data)
         return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), SUGGESTION_SOURCE)

@@ -34,8 +34,14 @@ class SyncSettings(BaseSettings):
     retention_snapshots: int = Field(2000, ge=1, description="newest snapshots kept per kind")
     retention_days: float = Field(30.0, gt=0, description="superseded predictions and decisions kept this long")
     retention_batch: int = Field(10_000, ge=1, description="most rows pruned per table in one metrics run")
+    decisions_token: SecretStr | None = Field(None, description="bearer token of /v1/decisions and /v1/feedback; "
+                                                                "beyond loopback the API is off without one")
+    callback_secret: SecretStr | None = Field(None, description="Standard Webhooks secret (whsec_…) that signs "
+                                                                "decision callbacks; callbacks are refused without one")
+    decisions_interval_s: float = Field(10.0, gt=0, description="seconds between outcome, deadline and callback runs")
 
-    @field_validator("webhook_secret", "argilla_webhook_secret", "backend_token", "sync_public_url", mode="before")
+    @field_validator("webhook_secret", "argilla_webhook_secret", "backend_token", "sync_public_url",
+                     "decisions_token", "callback_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value

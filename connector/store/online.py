@@ -65,7 +65,10 @@ class OnlineDecisionRepository(Repository):
                         s.add(Prediction(item_id=it.id, model_version=source, label=str(suggestion["label"]),
                                          confidence=float(suggestion.get("confidence") or 0.0),
                                          probabilities=dict(suggestion.get("probabilities") or {}), created_at=now))
-                    s.add(RoutingDecision(item_id=it.id, model_version=source, action="review", reason=row["reason"],
+                    # decisions reviewed whatever their score are the evidence a threshold is certified on:
+                    # shown like the loop's audits (blind, for a label), whatever the decision's own reason
+                    reason = "audit" if row["reason"] in UNBIASED_REASONS else row["reason"]
+                    s.add(RoutingDecision(item_id=it.id, model_version=source, action="review", reason=reason,
                                           priority=float(row.get("priority") or 0.0), score=row.get("score"),
                                           created_at=now))
                 s.add(decision)
@@ -120,7 +123,8 @@ class OnlineDecisionRepository(Repository):
             d = s.get(OnlineDecision, int(decision_id))
             if d is None:
                 raise ValueError(f"no decision {decision_id}")
-            if d.status == "pending_review":
+            was_pending = d.status == "pending_review"  # read before the update refreshes ``d``
+            if was_pending:
                 done = s.execute(update(OnlineDecision).where(OnlineDecision.id == d.id,
                                                               OnlineDecision.status == "pending_review")
                                  .values(status=status, decided_at=now, **values)).rowcount
@@ -132,14 +136,14 @@ class OnlineDecisionRepository(Repository):
                 return False
             if not done:
                 return False
-            if d.status == "pending_review" and d.callback_url and callback is not None:
+            if was_pending and d.callback_url and callback is not None:
                 s.add(CallbackDelivery(decision_id=d.id, webhook_id=f"msg_{uuid.uuid4().hex}", url=d.callback_url,
                                        payload=dict(callback), status="pending", attempts=0, next_at=now,
                                        created_at=now))
             if d.item_id is not None:
                 append(s, [{"item_id": d.item_id, "kind": "decision_fallback" if fallback else "decision_reviewed",
                             "actor": reviewer, "detail": {"decision_id": d.id, "outcome": outcome,
-                                                          "audit": d.audit and d.status != "pending_review",
+                                                          "audit": d.audit and not was_pending,
                                                           "corrected": corrected, "comment": comment}}])
             return True
 

@@ -1,0 +1,221 @@
+"""On-line decisions over the store and the offline tool: taken or held, reviewed, fallen back,
+called back once and signed, idempotent; and the API's answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from standardwebhooks.webhooks import Webhook
+
+from connector.decisions import DecisionRequest, LabelOutput
+from connector.model_store import ModelStore
+from connector.store.models import CallbackDelivery
+from connector.task_spec import TaskSpec
+from connector.tools.offline import OfflineTool
+from sync import jobs
+from sync.callbacks import deliver_due
+from sync.decisions import DecisionError, DecisionService, KeyReused
+from sync.decisions_api import decisions_router
+from sync.service import SyncService
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _spec(**decisions) -> TaskSpec:
+    return TaskSpec(name="claims", labels=["fraud", "ok"], overlap=1,
+                    thresholds={"target_error": 0.05, "min_n": 20},
+                    decisions={"audit_share": 0.0, **decisions})
+
+
+@pytest.fixture
+def loop(empty_store, tmp_path):
+    store = empty_store
+    store.migrate()
+    spec = _spec(force_review=[{"name": "big_amount", "field": "amount", "op": ">", "value": 10_000}],
+                 auto_reject=[{"name": "banned", "field": "country", "op": "in", "value": ["XX"]}],
+                 risk_weights={"amount": 0.0001})
+    tool = OfflineTool()
+    sync = SyncService(store, spec, tool)
+    ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync,
+                          callback_secret=SECRET)
+    return store, spec, tool, sync, ctx, DecisionService(store, spec)
+
+
+def _ask(service: DecisionService, key: str, label: str = "ok", confidence: float = 0.97, **inputs):
+    return service.decide(DecisionRequest(idempotency_key=key, input={"text": f"claim {key}", **inputs},
+                                          output=LabelOutput(label=label, confidence=confidence, model="m1"),
+                                          callback_url="http://127.0.0.1:1/cb"))
+
+
+def _review(store, sync, tool, ctx, answers: dict[str, str]) -> None:
+    """The reviewers answer (external id -> label), then one sync job's pull, consolidate, outcomes."""
+    sync.push_pass()
+    for ext, label in answers.items():
+        tool.annotate(sync.project, ext, "rev-1", [label])
+    sync.pull_pass()
+    jobs.consolidate_job(ctx)
+    jobs.decisions_job(ctx, callbacks=False)
+
+
+def test_nothing_is_decided_automatically_before_a_threshold_is_certified_then_it_is(loop):
+    store, spec, tool, sync, ctx, service = loop
+    first = [_ask(service, f"k{i}")[0] for i in range(25)]
+    assert {d.status for d in first} == {"pending_review"} and {d.reason for d in first} == {"uncertified"}
+    sync.push_pass()
+    pushed = tool.projects[sync.project].items.values()
+    assert len(pushed) == 25 and all(p.result is None for p in pushed)  # the evidence is labelled blind
+    assert all(set(p.data) == {"text"} for p in pushed)  # nothing says why it is there
+    _review(store, sync, tool, ctx, {f"decision:k{i}": "ok" for i in range(25)})
+    assert {store.online.get(d.id).status for d in first} == {"approved"}
+    service = DecisionService(store, spec)  # a fresh read of the evidence
+    # 25 approvals at 0.97: the bound is not under 5 % yet (59 error-free are needed)
+    assert _ask(service, "more-0")[0].status == "pending_review"
+    more = [_ask(service, f"m{i}")[0] for i in range(1, 40)]
+    _review(store, sync, tool, ctx, {f"decision:m{i}": "ok" for i in range(1, 40)} | {"decision:more-0": "ok"})
+    service = DecisionService(store, spec)
+    taken = _ask(service, "now")[0]
+    assert taken.status == "auto_approved" and taken.rule == "threshold:certified" and taken.item_id is None
+    assert _ask(service, "unsure", confidence=0.6)[0].reason == "uncertain"
+    assert all(store.online.get(d.id).status == "approved" for d in more)
+
+
+def test_rules_come_first_and_a_correction_is_the_outcome(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    rejected = _ask(service, "r", country="XX")[0]
+    assert rejected.status == "auto_rejected" and rejected.rule == "rule:banned" and rejected.item_id is None
+    forced = _ask(service, "f", amount=50_000)[0]
+    plain = _ask(service, "p", amount=10)[0]
+    assert forced.rule == "rule:big_amount" and forced.priority > plain.priority
+    _review(store, sync, tool, ctx, {"decision:f": "fraud", "decision:p": "ok"})
+    forced, plain = store.online.get(forced.id), store.online.get(plain.id)
+    assert (forced.status, forced.outcome, forced.corrected, forced.reviewer) == ("corrected", "correct",
+                                                                                  {"label": "fraud"}, "rev-1")
+    assert (plain.status, plain.outcome) == ("approved", "approve")
+    assert [e.kind for e in store.history.for_item(forced.item_id)] == ["decision_taken", "answer_added",
+                                                                        "consensus_changed", "decision_reviewed"]
+    view = service.view(forced)
+    assert view.decision == {"label": "fraud"} and view.queue_position is None
+
+
+def test_an_idempotency_key_gets_its_first_decision_and_refuses_another_request(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    first, created = _ask(service, "same")
+    again, created_again = _ask(service, "same")
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(KeyReused):
+        _ask(service, "same", label="fraud")
+    with pytest.raises(DecisionError, match="not one of the task's labels"):
+        _ask(service, "bad", label="maybe")
+    with pytest.raises(DecisionError, match="no output to judge"):
+        service.decide(DecisionRequest(idempotency_key="ours", input={"text": "x"}))
+    assert len(store.items.list()) == 1  # nothing written for the refused ones
+
+
+def test_a_deadline_falls_back_once_and_takes_the_task_out_of_the_tool(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    late = service.decide(DecisionRequest(idempotency_key="late", input={"text": "t"}, deadline_s=0.001,
+                                          output=LabelOutput(label="ok", confidence=0.9),
+                                          callback_url="http://127.0.0.1:1/cb"))[0]
+    sync.push_pass()
+    assert len(tool.projects[sync.project].items) == 1
+    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {"reject": 1}
+    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {}
+    late = store.online.get(late.id)
+    assert (late.status, late.reviewer, late.outcome) == ("rejected", "timeout", "reject")
+    assert tool.projects[sync.project].items == {}
+    row = store.online.callback(late.id)
+    assert row.payload["data"]["outcome"] == "reject" and row.payload["data"]["reviewer"] == "timeout"
+    # an answer arriving after the fallback changes nothing
+    assert not store.online.settle(late.id, outcome="approve", reviewer="rev-1")
+
+
+def test_escalation_moves_a_decision_up_once_then_the_conservative_fallback(empty_store, tmp_path):
+    store = empty_store
+    store.migrate()
+    spec = _spec(fallback="escalate", escalate_boost=5.0, deadline_s=0.001)
+    service = DecisionService(store, spec)
+    d = _ask(service, "e")[0]
+    ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "m"))
+    assert service.apply_deadlines() == {"escalated": 1}
+    assert store.online.get(d.id).escalated and store.online.get(d.id).priority == pytest.approx(d.priority + 5)
+    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {"reject": 1}
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[dict, dict]]] = []
+    fail_first: ClassVar[set[str]] = set()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        payload = Webhook(SECRET).verify(body, headers)  # raises on a bad signature
+        wid = headers["webhook-id"]
+        if wid in self.fail_first:
+            self.fail_first.discard(wid)
+            self.send_response(503)
+        else:
+            self.seen.append((headers, payload))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_callbacks_arrive_signed_once_each_retried_after_a_failure(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        made = [service.decide(DecisionRequest(idempotency_key=f"c{i}", input={"text": f"t{i}"},
+                                               output=LabelOutput(label="ok", confidence=0.9),
+                                               callback_url=url))[0] for i in range(3)]
+        _review(store, sync, tool, ctx, {"decision:c0": "ok", "decision:c1": "fraud", "decision:c2": "ok"})
+        _Receiver.fail_first = {store.online.callback(made[2].id).webhook_id}
+        assert deliver_due(store, SECRET, attempts=3) == {"delivered": 2, "retry": 1, "failed": 0}
+        assert deliver_due(store, SECRET, attempts=3)["delivered"] == 0  # the retry waits for its backoff
+        row = store.online.callback(made[2].id)
+        with store.online._sessions.begin() as s:  # its backoff over now
+            s.execute(update(CallbackDelivery).where(CallbackDelivery.id == row.id).values(next_at=row.created_at))
+        assert deliver_due(store, SECRET, attempts=3)["delivered"] == 1
+        assert deliver_due(store, SECRET, attempts=3) == {"delivered": 0, "retry": 0, "failed": 0}
+        outcomes = sorted((p["data"]["idempotency_key"], p["data"]["outcome"]) for _, p in _Receiver.seen)
+        assert outcomes == [("c0", "approve"), ("c1", "correct"), ("c2", "approve")]
+        assert len({h["webhook-id"] for h, _ in _Receiver.seen}) == 3
+        assert store.online.callback(made[2].id).attempts == 2
+    finally:
+        server.shutdown()
+        _Receiver.seen = []
+
+
+def test_the_api_answers_201_200_409_422_and_needs_its_token(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    app = FastAPI()
+    app.include_router(decisions_router(service, token="t0ken"))
+    client = TestClient(app)
+    auth = {"Authorization": "Bearer t0ken"}
+    body = {"idempotency_key": "api-1", "input": {"text": "a claim", "amount": 3},
+            "output": {"label": "ok", "confidence": 0.8, "model": "m1"}}
+    assert client.post("/v1/decisions", json=body).status_code == 401
+    first = client.post("/v1/decisions", json=body, headers=auth)
+    assert first.status_code == 201 and first.json()["status"] == "pending_review"
+    assert first.json()["queue_position"] == 1 and first.json()["estimated_wait_s"] is None  # no review yet
+    again = client.post("/v1/decisions", json=body, headers=auth)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert client.post("/v1/decisions", json=body | {"input": {"text": "other"}}, headers=auth).status_code == 409
+    bad = client.post("/v1/decisions", json=body | {"idempotency_key": "api-2", "output": {"label": "??"}},
+                      headers=auth)
+    assert bad.status_code == 422 and "not one of the task's labels" in bad.text
+    assert client.post("/v1/decisions", json=body | {"idempotency_key": "has space"}, headers=auth).status_code == 422
+    got = client.get(f"/v1/decisions/{first.json()['id']}", headers=auth)
+    assert got.status_code == 200 and got.json()["status"] == "pending_review"
+    assert client.get("/v1/decisions/999", headers=auth).status_code == 404
+    assert json.loads(client.get("/openapi.json").text)["paths"]["/v1/decisions"]["post"]
