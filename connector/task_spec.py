@@ -33,7 +33,7 @@ from connector.decisions import DecisionPolicy
 from connector.labeling_config import build_choices_config
 from connector.redaction import RedactionPolicy
 from connector.retraining import RetrainPolicy
-from connector.review_kinds import OUTCOMES, ExtractionSpec, Kind
+from connector.review_kinds import OUTCOMES, ExtractionSpec, Kind, build_review_config
 
 
 class _Target(BaseModel):
@@ -144,7 +144,13 @@ class TaskSpec(BaseModel):
         return self.label_studio.project_title or self.name
 
     def label_config(self) -> str:
-        return self.label_studio.label_config or build_choices_config(
+        """The Label Studio labeling config: the task file's own, else the kind's (``build_review_config``
+        for the review kinds, a ``<Choices>`` over the labels for ``label``)."""
+        if self.label_studio.label_config:
+            return self.label_studio.label_config
+        if self.kind != "label":
+            return build_review_config(self)
+        return build_choices_config(
             text_field=self.text_field, labels=self.labels, multiple=self.multi_label, instructions=self.instructions)
 
     @classmethod

@@ -18,6 +18,10 @@ The SDK's response objects carry neither the response id nor its ``updated_at``,
 posts the SDK-built query through the SDK's own HTTP client and reads the server's JSON.
 Webhook deliveries are signed the Standard Webhooks way: ``verify_webhook`` checks them.
 
+Review kinds (``extraction``, ``answer``): the dataset's settings are ``review_kinds.argilla_settings``
+(an ``outcome`` question instead of ``label``), the pushed result's text areas become suggestions of
+the text questions of the same names, and responses are read by ``review_kinds.parse_argilla``.
+
 Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record overlap, so
 an item cannot be sent back for one more answer (``per_item_overlap`` is false): the sync sends
 disagreements to the task's adjudication dataset (``ensure_adjudication``: ``<dataset> ·
@@ -29,9 +33,10 @@ from __future__ import annotations
 import binascii
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from connector.review_kinds import OUTCOME, argilla_settings, parse_argilla, suggested_texts
 from connector.tools.base import (
     ANSWERS_FIELD,
     Pull,
@@ -91,13 +96,17 @@ class ArgillaTool:
         self._rg = self._call(rg.Argilla, api_url=self.url, api_key=api_key, timeout=int(timeout))
         self._users = UserNames(self._username)
         self._datasets: dict[str, Any] = {}
+        self._review: dict[str, TaskSpec] = {}  # dataset name -> the task of a review kind, whose answers it reads
 
     # -- the protocol -------------------------------------------------------------------------
 
     def ensure_project(self, spec: TaskSpec) -> str:
-        """The task's dataset (see ``ensure_dataset``), min_submitted = the task's overlap; its name."""
+        """The task's dataset (see ``ensure_dataset``; a review kind's: ``review_kinds.argilla_settings``),
+        min_submitted = the task's overlap; its name."""
         from connector.labeling_config import parse_labeling_config
 
+        if spec.kind != "label":
+            return self._ensure_review(spec, spec.project_name, min_submitted=spec.overlap)
         control = parse_labeling_config(spec.label_config())[0]
         self.ensure_dataset(spec.project_name, text_field=control.data_key, labels=list(spec.labels),
                             multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap)
@@ -108,13 +117,24 @@ class ArgillaTool:
         conflict (``ANSWERS_FIELD``), the task's question, complete at one answer; its name."""
         from connector.labeling_config import parse_labeling_config
 
-        control = parse_labeling_config(spec.label_config())[0]
         name = adjudication_name(spec.project_name)
+        if spec.kind != "label":
+            return self._ensure_review(spec, name, min_submitted=1, extra_fields={ANSWERS_FIELD: "Answers so far"})
+        control = parse_labeling_config(spec.label_config())[0]
         instructions = "The answers so far disagree: give the final label." + (
             f" {spec.instructions}" if spec.instructions else "")
         self.ensure_dataset(name, text_field=control.data_key, labels=list(spec.labels),
                             multi_label=spec.multi_label, instructions=instructions, min_submitted=1,
                             extra_fields={ANSWERS_FIELD: "Answers so far"})
+        return name
+
+    def _ensure_review(self, spec: TaskSpec, name: str, *, min_submitted: int,
+                       extra_fields: Mapping[str, str] | None = None) -> str:
+        """A review kind's dataset, noted so that its responses are read by the kind's form."""
+        self._ensure(name, lambda: argilla_settings(spec, min_submitted=min_submitted, extra_fields=extra_fields,
+                                                       client=self._rg),
+                     OUTCOME)
+        self._review[name] = spec
         return name
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
@@ -123,7 +143,8 @@ class ArgillaTool:
         ``data`` holds the dataset's fields (the text field; the adjudication dataset's answers too)
         and keys named like the dataset's metadata properties, which go to metadata; ``result`` is
         the suggested label or labels (a string, a list, or Label Studio choices), with ``score``
-        its confidence; an item may carry a ``metadata`` dict too. Nothing else is added:
+        its confidence (a review kind's dataset: Label Studio text areas, each the suggestion of
+        the text question of its name); an item may carry a ``metadata`` dict too. Nothing else is added:
         annotators see the record's fields and, when there is one, the suggestion. At most 500
         records go in one request; logging an item again updates its record.
         """
@@ -132,7 +153,8 @@ class ArgillaTool:
         dataset = self.dataset(project)
         field_names = [f.name for f in dataset.settings.fields]
         metadata_names = {m.name for m in dataset.settings.metadata}
-        multi = isinstance(dataset.settings.questions[QUESTION], rg.MultiLabelQuestion)
+        questions = {q.name: q for q in dataset.settings.questions}
+        multi = isinstance(questions.get(QUESTION), rg.MultiLabelQuestion)
         items = list(items)
         mapping: dict[str, str] = {}
         for start in range(0, len(items), MAX_PER_REQUEST):
@@ -143,8 +165,10 @@ class ArgillaTool:
                 metadata.update(getattr(it, "metadata", None) or {})
                 metadata = {k: v for k, v in metadata.items() if v is not None}
                 suggestions = []
-                labels = suggested_labels(it.result)
-                if labels:
+                if QUESTION not in questions:  # a review kind: the editable texts, pre-filled
+                    suggestions = [rg.Suggestion(name, text, score=it.score, agent=it.model_version)
+                                   for name, text in suggested_texts(it.result).items() if name in questions]
+                elif labels := suggested_labels(it.result):
                     suggestions.append(rg.Suggestion(QUESTION, labels if multi else labels[0], score=it.score,
                                                      agent=it.model_version))
                 fields = {name: data[name] for name in field_names if name in data}
@@ -233,6 +257,20 @@ class ArgillaTool:
         """
         import argilla as rg
 
+        question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
+        return self._ensure(name, lambda: rg.Settings(
+            guidelines=instructions or None,
+            fields=[rg.TextField(name=text_field),
+                    *(rg.TextField(name=n, title=title) for n, title in (extra_fields or {}).items())],
+            questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
+                                    required=True)],
+            distribution=rg.TaskDistribution(min_submitted=min_submitted),
+        ), QUESTION)
+
+    def _ensure(self, name: str, settings: Callable[[], Any], question: str) -> Any:
+        """The dataset ``name``, created with ``settings()`` if absent; an existing one must have ``question``."""
+        import argilla as rg
+
         with warnings.catch_warnings():  # the SDK warns when the dataset is not found
             warnings.simplefilter("ignore")
             existing = self._call(self._rg.datasets, name=name, workspace=self._ensure_workspace())
@@ -243,20 +281,11 @@ class ArgillaTool:
             self._call(existing.delete)
             existing = None
         if existing is not None:
-            if QUESTION not in [q.name for q in existing.settings.questions]:
-                raise ValueError(f"Argilla dataset {name!r} exists without a {QUESTION!r} question")
+            if question not in [q.name for q in existing.settings.questions]:
+                raise ValueError(f"Argilla dataset {name!r} exists without a {question!r} question")
             self._datasets[name] = existing
             return existing
-        question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
-        settings = rg.Settings(
-            guidelines=instructions or None,
-            fields=[rg.TextField(name=text_field),
-                    *(rg.TextField(name=n, title=title) for n, title in (extra_fields or {}).items())],
-            questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
-                                    required=True)],
-            distribution=rg.TaskDistribution(min_submitted=min_submitted),
-        )
-        dataset = rg.Dataset(name=name, workspace=self.workspace, settings=settings, client=self._rg)
+        dataset = rg.Dataset(name=name, workspace=self.workspace, settings=settings(), client=self._rg)
         self._call(dataset.create)
         log.info("created Argilla dataset %r in workspace %r", name, self.workspace)
         self._datasets[name] = dataset
@@ -272,10 +301,15 @@ class ArgillaTool:
         """
         import argilla as rg
 
+        dataset = self.dataset(project)
+        review = self._review.get(project)
+        if review is None and QUESTION not in [q.name for q in dataset.settings.questions]:
+            raise RuntimeError(f"Argilla dataset {project!r} is a review dataset: ensure_project(spec) first, so "
+                               "that its responses are read by the task's form")
         query = rg.Query(filter=rg.Filter([("response.status", "in", list(PULLED_STATUSES))]))
         known_at = {k: as_utc(v) for k, v in (known or {}).items()}
         answers: list[RemoteAnswer] = []
-        for raw in self._search(self.dataset(project), query, include=("responses",)):
+        for raw in self._search(dataset, query, include=("responses",)):
             external_id = raw.get("external_id")
             for resp in raw.get("responses") or []:
                 if resp.get("status") not in PULLED_STATUSES:
@@ -285,11 +319,14 @@ class ArgillaTool:
                 seen = known_at.get((str(external_id), user_id))
                 if seen is not None and updated <= seen:
                     continue
-                value = ((resp.get("values") or {}).get(QUESTION) or {}).get("value")
+                if review is None:
+                    value, extra = suggested_labels(((resp.get("values") or {}).get(QUESTION) or {}).get("value")), None
+                else:
+                    value, extra = parse_argilla(review, resp.get("values"), raw.get("fields"))
                 answers.append(RemoteAnswer(
                     remote_id=str(resp["id"]), item_remote_id=str(raw["id"]),
                     external_id=str(external_id) if external_id is not None else None,
-                    annotator=self._users(user_id), value=suggested_labels(value),
+                    annotator=self._users(user_id), value=value, extra=extra,
                     status="skipped" if resp["status"] == "discarded" else "submitted",
                     updated_at=updated.isoformat(), annotator_id=user_id))
         return answers

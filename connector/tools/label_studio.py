@@ -39,6 +39,11 @@ role and review API are Label Studio Enterprise's), so the task's adjudication p
 project (``ensure_adjudication``), titled like the task with ``· adjudication``, whose config is the
 task's with the answers in conflict shown above the question (``adjudication_config``).
 
+Review kinds (``extraction``, ``answer``): the project's config is ``review_kinds.build_review_config``,
+the prediction pre-fills its text areas with the model output, and the answers of a project known
+as a review kind's (``ensure_project``/``ensure_adjudication`` note it) are read by
+``review_kinds.parse_label_studio``: the outcome as ``value``, the rest as ``extra``.
+
 Projects are created with ``maximum_annotations`` = the task's ``overlap``. With a webhook URL,
 ``ensure_project`` also keeps exactly one project webhook to it (the sync receiver), with the
 shared secret in ``X-Hitl-Secret``, so an annotation wakes a pull at once instead of at the next
@@ -56,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from connector.review_kinds import parse_label_studio
 from connector.tools.base import (
     ANSWERS_FIELD,
     SUGGESTION_VERSION,
@@ -142,6 +148,7 @@ class LabelStudioTool:
         self.attempts = attempts
         self._call = retrying(attempts)
         self._users = UserNames(lambda uid: self._call(self._ls.users.get, int(uid)).email, tolerate=(Exception,))
+        self._review: dict[str, TaskSpec] = {}  # project id -> the task of a review kind, whose answers it reads
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -157,14 +164,15 @@ class LabelStudioTool:
                 log.error("Label Studio project %s: could not register the webhook to %s (%s); answers still "
                           "come with each poll. Label Studio refuses loopback and private addresses unless "
                           "SSRF_PROTECTION_ENABLED=false", project, self.webhook_url, _reason(exc))
-        return str(project)
+        return self._known(project, spec)
 
     def ensure_adjudication(self, spec: TaskSpec) -> str:
         """The id of the task's adjudication project (``<title> · adjudication``, the title cut to
         Label Studio's 50 characters), created with the task's config and the answers in conflict."""
         title = adjudication_name(spec.project_name, TITLE_MAX)
         description = f"Adjudication of {spec.project_name!r}: the answers so far disagree; give the final label."
-        return str(self.project_id(title, adjudication_config(spec.label_config()), description=description))
+        return self._known(self.project_id(title, adjudication_config(spec.label_config()), description=description),
+                           spec)
 
     def push(self, project: str, items: Sequence[PushItem]) -> dict[str, str]:
         """Create one task per item (with its prediction) in one bulk import; external id -> task id.
@@ -209,6 +217,21 @@ class LabelStudioTool:
             return Pull(answers, items)
         lag = (server_now - datetime.fromisoformat(newest)).total_seconds()
         return Pull(answers, items, {"updated_at": newest, "settled": "1" if lag > self.overlap_s + 2.0 else "0"})
+
+    def _known(self, project: int, spec: TaskSpec) -> str:
+        """The project key, noting the task's kind: a review kind's answers are read by its form."""
+        if spec.kind != "label":
+            self._review[str(project)] = spec
+        return str(project)
+
+    def answer_of(self, project: int | str, result: list[dict[str, Any]] | None,
+                  data: Mapping[str, Any] | None) -> tuple[list[str], dict[str, Any] | None]:
+        """An annotation's ``(value, extra)``: the labels chosen (``from_name``'s, or every
+        ``<Choices>``'s), or for a review kind the outcome and the rest of the answer."""
+        spec = self._review.get(str(project))
+        if spec is None:
+            return choices_of(result, self.from_name), None
+        return parse_label_studio(spec, result, data)
 
     def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
         """Raise each task's overlap to the answers wanted and return it to the queue."""
@@ -314,31 +337,32 @@ class LabelStudioTool:
             batch = self._task_page(project, [] if after is None else [_updated_at("greater", after)],
                                     "tasks:updated_at")
             if len(batch) < self.page_size:
-                yield from (self._remote_task(t) for t in batch)
+                yield from (self._remote_task(project, t) for t in batch)
                 return
             last = as_utc(batch[-1].updated_at)
-            yield from (self._remote_task(t) for t in batch if as_utc(t.updated_at) < last)
+            yield from (self._remote_task(project, t) for t in batch if as_utc(t.updated_at) < last)
             after_id = 0
             while True:  # every task at the instant ``last``, by id
                 tied = self._task_page(project, [_updated_at("equal", last), {
                     "filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}],
                     "tasks:id")
-                yield from (self._remote_task(t) for t in tied)
+                yield from (self._remote_task(project, t) for t in tied)
                 if len(tied) < self.page_size:
                     break
                 after_id = max(int(t.id) for t in tied)
             after = last
 
-    def _remote_task(self, task: Any) -> tuple[RemoteItem, list[RemoteAnswer]]:
+    def _remote_task(self, project: int, task: Any) -> tuple[RemoteItem, list[RemoteAnswer]]:
         ext = (task.data or {}).get(EXTERNAL_ID_KEY)
         ext = str(ext) if ext is not None else None
         answers = []
         for a in task.annotations or []:
             a = a if isinstance(a, dict) else a.model_dump()
             user = a.get("completed_by")
+            value, extra = self.answer_of(project, a.get("result"), task.data)
             answers.append(RemoteAnswer(
                 remote_id=str(a["id"]), item_remote_id=str(task.id), external_id=ext, annotator=self._user(user),
-                value=choices_of(a.get("result"), self.from_name),
+                value=value, extra=extra,
                 status="skipped" if a.get("was_cancelled") else "submitted",
                 updated_at=utc_iso(a.get("updated_at") or a.get("created_at")), lead_time=a.get("lead_time"),
                 annotator_id=None if user is None or isinstance(user, dict) else str(user)))
