@@ -32,6 +32,9 @@ DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE",
 #: numbers written with a country code (``+34 912 345 678``) are found whatever the region
 DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR")
 
+#: what may separate a card number's groups (Presidio's own: "-" and " "; no-break spaces come
+#: with text pasted from web pages)
+_CARD_SEPARATORS = [(c, "") for c in ("-", " ", ".", "\t", "\u00a0", "\u2007", "\u202f")]
 _RULE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -201,7 +204,11 @@ def _engines(policy: RedactionPolicy) -> _Engines:
     from presidio_anonymizer import AnonymizerEngine
     from presidio_anonymizer.entities import ConflictResolutionStrategy, OperatorConfig
 
-    builtin = {"EMAIL_ADDRESS": lambda: _offline_email_recognizer()(), "CREDIT_CARD": CreditCardRecognizer,
+    card_pattern = CreditCardRecognizer.PATTERNS[0]  # its separators "-" and " ", widened
+    separators = "[" + "".join(re.escape(c) for c, _ in _CARD_SEPARATORS) + "]"
+    cards = Pattern(card_pattern.name, card_pattern.regex.replace("[- ]", separators), card_pattern.score)
+    builtin = {"EMAIL_ADDRESS": lambda: _offline_email_recognizer()(),
+               "CREDIT_CARD": lambda: CreditCardRecognizer(patterns=[cards], replacement_pairs=_CARD_SEPARATORS),
                "IBAN_CODE": IbanRecognizer, "IP_ADDRESS": IpRecognizer,
                "PHONE_NUMBER": lambda: PhoneRecognizer(supported_regions=tuple(policy.phone_regions))}
     entities = list(dict.fromkeys(policy.entities))

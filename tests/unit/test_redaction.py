@@ -32,6 +32,7 @@ IBAN, IP = "DE89 3704 0044 0532 0130 00", "192.168.1.20"
     ("PHONE_NUMBER", PHONE), ("PHONE_NUMBER", "+44 20 7946 0958"), ("PHONE_NUMBER", "030 12345678"),
     ("PHONE_NUMBER", "+34 912 345 678"),
     ("CREDIT_CARD", CARD), ("CREDIT_CARD", "5555-5555-5555-4444"), ("CREDIT_CARD", "378282246310005"),
+    ("CREDIT_CARD", "4111.1111.1111.1111"), ("CREDIT_CARD", "4111\u00a01111\u00a01111\u00a01111"),  # pasted from a page
     ("IBAN_CODE", IBAN), ("IBAN_CODE", "NL91ABNA0417164300"),
     ("IP_ADDRESS", IP), ("IP_ADDRESS", "2001:db8::1"),
 ])
@@ -58,6 +59,10 @@ def test_only_configured_fields_change_and_the_input_is_never_mutated():
                    "other": f"keep {EMAIL}", "score": 0.5, "flag": True}
     assert [(f.field, f.entity) for f in findings] == [
         ("text", "PHONE_NUMBER"), ("note[0]", "EMAIL_ADDRESS"), ("note[1].card", "CREDIT_CARD")]
+
+
+def test_a_card_number_failing_its_checksum_is_not_a_card():
+    assert redactor(POLICY).redact({"text": "ref 4111 1111 1111 1112"}) == ({"text": "ref 4111 1111 1111 1112"}, [])
 
 
 def test_a_text_without_pii_comes_back_as_it_was():
@@ -187,3 +192,17 @@ def test_a_task_without_redaction_pushes_its_fields_as_they_are(tmp_path):
         sync.push_pass()
         (task,) = tool.projects[sync.project].items.values()
         assert task.data["text"] == f"mail me at {EMAIL}" and store.history.list(kind="redacted") == []
+
+
+def test_items_pushed_for_adjudication_are_redacted_too(tmp_path):
+    from connector.store import StateStore
+    from sync.adjudication import AdjudicationQueue
+
+    spec = TaskSpec(name="adjudicate", labels=["a", "b"], redaction={"fields": ["text"]})
+    with StateStore(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        store.migrate()
+        store.items.ingest([{"id": "c0", "text": f"call {PHONE}", "note": PHONE}])
+        (it,) = store.items.list()
+        pushed = AdjudicationQueue(store, spec, OfflineTool(), "adjudicate", "text")._push_item(it, "a: 1, b: 1")
+        assert pushed.data["text"] == "call <PHONE_NUMBER>" and pushed.data["note"] == PHONE  # note: not configured
+        assert store.items.get(it.id).text == f"call {PHONE}"
