@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from connector.consolidation import AnswerTable
+from connector.redaction import redact_pushed
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import ANSWERS_FIELD, AnnotationTool, PushItem, item_key
@@ -187,4 +188,5 @@ class AdjudicationQueue:
         no suggestion (why it came stays in the store, with its label row)."""
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
         data.update({self.text_key: item.text, ANSWERS_FIELD: answers})
+        data = redact_pushed(self.spec.redaction, data, text_field=self.spec.text_field, text_key=self.text_key)[0]
         return PushItem(item_key(item.external_id, item.version), data)

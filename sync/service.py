@@ -23,6 +23,7 @@ import numpy as np
 
 from connector.auto_accept import in_force
 from connector.labeling_config import parse_labeling_config
+from connector.redaction import history_detail, redact_pushed
 from connector.review_kinds import suggestion_result
 from connector.routing import CHECK_REASONS, Batch, Router
 from connector.store import StateStore
@@ -254,6 +255,7 @@ class SyncService:
         priority travels only as the import order (highest first)."""
         data = {k: v for k, v in (item.data or {}).items() if isinstance(k, str)}
         data[self.control.data_key] = item.text
+        data = self._redacted(item, data)
         key = item_key(item.external_id, item.version)
         if self.spec.kind != "label":  # a review: the output under review is what the reviewer edits
             if item.id not in self._outputs:
@@ -339,3 +341,13 @@ class SyncService:
         """Ask the tool for more answers: ``(item_id, answers wanted, reason)``; returns how many were sent."""
         remote = self.store.pushes.remote_ids([i for i, _, _ in wanted], self.tool.name, self.project)
         return self.tool.send_back(self.project, [(remote[i], n, why) for i, n, why in wanted if i in remote])
+
+    def _redacted(self, item: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with the task's ``[redaction]`` fields redacted (``connector.redaction``); what
+        was found goes on the item's history once per item version (a ``redacted`` event, no PII)."""
+        data, findings = redact_pushed(self.spec.redaction, data, text_field=self.spec.text_field,
+                                       text_key=self.control.data_key)
+        if findings and not self.store.history.list(kind="redacted", item_id=item.id, limit=1):
+            self.store.history.record([{"item_id": item.id, "kind": "redacted", "actor": "sync",
+                                        "detail": history_detail(findings)}])
+        return data

@@ -29,6 +29,10 @@ JSON ``detail``. The kinds, who writes them, and their detail:
   "adjudicated", "actor": <the adjudicator>, "detail": {"old_label": ..., "label": ..., "note":
   ...}}])``, in the same transaction as the label it sets where it can (:func:`append` with the
   session that writes it).
+- ``redacted`` (the sync, building a pushed item from a task with ``[redaction]`` fields, when
+  something was found; once per item version): actor ``sync``; detail ``fields`` (those with a
+  finding), ``entities`` (counts by entity type or rule name) and ``findings`` (``[field, entity,
+  start, end]``, offsets in the stored value), never the text found.
 """
 
 from __future__ import annotations
