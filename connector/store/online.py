@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.store.history import append
 from connector.store.models import CallbackDelivery, Item, OnlineDecision, Prediction, RoutingDecision, utcnow
-from connector.store.repository import Repository, content_hash
+from connector.store.repository import BEFORE_PUSHED, Repository, content_hash
 
 REVIEWED = ("approved", "rejected", "corrected")
 #: reasons under which a decision was reviewed whatever its score: an unbiased sample of the
@@ -136,6 +136,11 @@ class OnlineDecisionRepository(Repository):
                 return False
             if not done:
                 return False
+            if d.item_id is not None and was_pending:  # decided before its push: it goes to nobody now
+                item = s.get(Item, d.item_id)
+                if item is not None and item.state in BEFORE_PUSHED:
+                    s.add(RoutingDecision(item_id=d.item_id, model_version=d.source[:64], action="withdrawn",
+                                          reason="decided", priority=0.0, score=d.score, created_at=now))
             if was_pending and d.callback_url and callback is not None:
                 s.add(CallbackDelivery(decision_id=d.id, webhook_id=f"msg_{uuid.uuid4().hex}", url=d.callback_url,
                                        payload=dict(callback), status="pending", attempts=0, next_at=now,

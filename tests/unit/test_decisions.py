@@ -136,6 +136,17 @@ def test_a_deadline_falls_back_once_and_takes_the_task_out_of_the_tool(loop):
     assert not store.online.settle(late.id, outcome="approve", reviewer="rev-1")
 
 
+def test_a_decision_taken_before_its_push_is_never_pushed(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    early = service.decide(DecisionRequest(idempotency_key="early", input={"text": "t"}, deadline_s=0.001,
+                                           output=LabelOutput(label="ok", confidence=0.9)))[0]
+    kept = _ask(service, "kept")[0]
+    assert service.apply_deadlines() == {"reject": 1}
+    sync.push_pass()
+    assert [p.external_id for p in tool.projects[sync.project].items.values()] == ["decision:kept"]
+    assert store.online.get(early.id).status == "rejected" and store.online.get(kept.id).status == "pending_review"
+
+
 def test_escalation_moves_a_decision_up_once_then_the_conservative_fallback(empty_store, tmp_path):
     store = empty_store
     store.migrate()
