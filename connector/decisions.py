@@ -195,6 +195,8 @@ class ScoreCalibration:
 
         raw, approved = np.asarray(raw, dtype=float), np.asarray(approved, dtype=bool)
         self.n = len(raw)
+        #: the share of this source's reviewed outputs a person did not approve (None before any)
+        self.error_rate = float(1.0 - approved.mean()) if self.n else None
         self.coef: tuple[float, float] | None = None
         if self.n >= min_outcomes and 0 < approved.sum() < self.n:
             from sklearn.linear_model import LogisticRegression

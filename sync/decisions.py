@@ -212,7 +212,9 @@ class DecisionService:
         pending = j.status == "pending_review"
         priority = 0.0
         if pending:
-            priority = (1.0 - (j.score if j.score is not None else 0.0)) + risk(self.policy, inputs)
+            # uncertainty, the caller's risk fields, and how often this source's outputs were wrong
+            error_rate = self._evidence[j.source][1].error_rate if j.source in self._evidence else None
+            priority = (1.0 - (j.score if j.score is not None else 0.0)) + risk(self.policy, inputs) + (error_rate or 0.0)
             priority += 1.0 if j.rule.startswith("rule:") else 0.0
         review = pending or j.audit
         item = None

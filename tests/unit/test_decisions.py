@@ -230,3 +230,17 @@ def test_the_api_answers_201_200_409_422_and_needs_its_token(loop):
     assert got.status_code == 200 and got.json()["status"] == "pending_review"
     assert client.get("/v1/decisions/999", headers=auth).status_code == 404
     assert json.loads(client.get("/openapi.json").text)["paths"]["/v1/decisions"]["post"]
+
+
+def test_a_models_confidences_are_calibrated_on_its_outcomes_once_there_are_enough():
+    import numpy as np
+
+    from connector.decisions import ScoreCalibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.5, 1.0, 400)
+    approved = rng.random(400) < (raw - 0.3)  # overconfident: approved less often than it claims
+    assert ScoreCalibration(raw[:10], approved[:10], min_outcomes=50)(0.9) == 0.9  # too few: as given
+    cal = ScoreCalibration(raw, approved, min_outcomes=50)
+    assert cal(0.9) == pytest.approx(0.6, abs=0.08) and cal(0.6) < cal(0.9)
+    assert cal.error_rate == pytest.approx(1 - approved.mean())
