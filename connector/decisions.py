@@ -186,9 +186,9 @@ def drawn(key: str, share: float, *, salt: str = "audit") -> bool:
 
 
 class ScoreCalibration:
-    """Platt scaling of one source's confidences on its human outcomes (approved or not): the
-    chance that an output with that confidence is approved. Identity until ``min_outcomes``
-    outcomes of both kinds exist."""
+    """Isotonic calibration of one source's confidences on its human outcomes (approved or not):
+    the chance that an output with that confidence is approved, monotone in the confidence.
+    Identity until ``min_outcomes`` outcomes of both kinds exist."""
 
     def __init__(self, raw: Any, approved: Any, *, min_outcomes: int) -> None:
         import numpy as np
@@ -197,24 +197,13 @@ class ScoreCalibration:
         self.n = len(raw)
         #: the share of this source's reviewed outputs a person did not approve (None before any)
         self.error_rate = float(1.0 - approved.mean()) if self.n else None
-        self.coef: tuple[float, float] | None = None
+        self._iso: Any = None
         if self.n >= min_outcomes and 0 < approved.sum() < self.n:
-            from sklearn.linear_model import LogisticRegression
+            from sklearn.isotonic import IsotonicRegression
 
-            lr = LogisticRegression(C=1.0).fit(_logit(raw).reshape(-1, 1), approved)
-            self.coef = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+            self._iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, approved)
 
     def __call__(self, raw: float) -> float:
-        if self.coef is None:
+        if self._iso is None:
             return float(raw)
-        import math
-
-        z = self.coef[0] * float(_logit(raw)) + self.coef[1]
-        return 1.0 / (1.0 + math.exp(-z))
-
-
-def _logit(p: Any) -> Any:
-    import numpy as np
-
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+        return float(self._iso.predict([float(raw)])[0])

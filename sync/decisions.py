@@ -8,7 +8,7 @@ store):
    (``connector.auto_accept.in_force``); another model's is certified on the human outcomes of its
    past decisions that were reviewed whatever their score (audits, and every decision sent while
    nothing was certified), with the same bound (``connector.thresholds``), and its confidences are
-   calibrated on those outcomes (Platt). An extraction that fails the task's schema, or scores a
+   calibrated on those outcomes (isotonic). An extraction that fails the task's schema, or scores a
    field under ``min_field_confidence``, goes to review. A share of automatic decisions is
    reviewed anyway (``audit_share``, blind), so the bound keeps being measured.
 2. A held decision becomes an item routed to review at its priority (uncertainty, the caller's
