@@ -107,7 +107,7 @@ class DecisionService:
             return _same(existing, request), False
         self._check_callback(req.callback_url)
         output = AnswerOutput(question=req.question, answer=req.answer, context=req.context, model=req.model)
-        judged = _Judged(source=f"caller:{req.model}", output=output.model_dump(), suggestion=None, raw=None,
+        judged = _Judged(source=f"caller:{req.model}", output=_reviewed(output), suggestion=None, raw=None,
                          score=None, status="pending_review", rule="feedback:thumbs_down", reason="thumbs_down")
         if req.thumbs == "up":
             judged.status, judged.rule, judged.reason = "auto_approved", "feedback:thumbs_up", "thumbs_up"
@@ -131,7 +131,7 @@ class DecisionService:
             return self._judge_label(req, out)  # type: ignore[arg-type]
         assert out is not None
         source = f"caller:{out.model}"
-        output = out.model_dump()
+        output = _reviewed(out)
         if isinstance(out, StructuredOutput):
             errors = validate_output(self.spec, out.data)
             if errors:
@@ -364,6 +364,14 @@ class _Judged:
     def set(self, status: str, rule: str, reason: str) -> _Judged:
         self.status, self.rule, self.reason = status, rule, reason
         return self
+
+
+def _reviewed(out: StructuredOutput | AnswerOutput) -> Any:
+    """The output a person reviews (and a decision returns): an extraction's data; an answer with
+    its question and context. Whose model and its confidences stay in the request."""
+    if isinstance(out, StructuredOutput):
+        return out.data
+    return {"question": out.question, "answer": out.answer, "context": list(out.context)}
 
 
 def _shown(value: Any) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -126,14 +126,16 @@ class OfflineTool:
     # -- the annotators' side -----------------------------------------------------------------
 
     def annotate(self, project: str, external_id: str, annotator: str, value: list[str], *,
-                 status: str = "submitted", lead_time: float | None = None) -> str:
-        """Write (or overwrite) ``annotator``'s answer to the item; the answer's id."""
+                 status: str = "submitted", lead_time: float | None = None,
+                 extra: dict[str, Any] | None = None) -> str:
+        """Write (or overwrite) ``annotator``'s answer to the item (``extra``: a review's correction,
+        rating, comment); the answer's id."""
         p = self.projects[project]
         task = p.tasks[external_id]
         now = self._touch(p, task)
         answer = RemoteAnswer(remote_id=f"{task}/{annotator}", item_remote_id=task, external_id=external_id,
                               annotator=annotator, value=list(value), status=status, updated_at=now,
-                              lead_time=lead_time, annotator_id=annotator)
+                              lead_time=lead_time, annotator_id=annotator, extra=extra)
         p.answers.pop(answer.remote_id, None)  # an edited answer moves to the end, as its time does
         p.answers[answer.remote_id] = answer
         return answer.remote_id

@@ -244,3 +244,51 @@ def test_a_models_confidences_are_calibrated_on_its_outcomes_once_there_are_enou
     cal = ScoreCalibration(raw, approved, min_outcomes=50)
     assert cal(0.9) == pytest.approx(0.6, abs=0.08) and cal(0.6) < cal(0.9)
     assert cal.error_rate == pytest.approx(1 - approved.mean())
+
+
+SCHEMA = {"type": "object", "required": ["vendor", "total"], "additionalProperties": False,
+          "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}}}
+
+
+def test_an_extraction_is_checked_by_its_schema_and_a_bad_correction_goes_back(empty_store, tmp_path):
+    from connector.decisions import StructuredOutput
+
+    store = empty_store
+    store.migrate()
+    spec = TaskSpec(name="invoices", kind="extraction", extraction={"json_schema": SCHEMA, "min_field_confidence": 0.8},
+                    decisions={"audit_share": 0.0})
+    tool = OfflineTool()
+    sync = SyncService(store, spec, tool)
+    ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
+    service = DecisionService(store, spec)
+
+    def ask(key: str, data: dict, conf: dict | None = None):
+        return service.decide(DecisionRequest(idempotency_key=key, input={"text": f"invoice {key}"},
+                                              output=StructuredOutput(data=data, field_confidence=conf or {})))[0]
+
+    broken = ask("broken", {"vendor": "ACME"})
+    unsure = ask("unsure", {"vendor": "ACME", "total": 3.0}, {"vendor": 0.99, "total": 0.5})
+    assert (broken.reason, broken.review["errors"]) == ("schema_invalid", ["at $: 'total' is a required property"])
+    assert (unsure.reason, unsure.review) == ("low_field_confidence", {"fields": ["total"]})
+    sync.push_pass()
+    pushed = {p.external_id: p for p in tool.projects[sync.project].items.values()}
+    assert pushed["decision:broken"].result  # the output under review, editable, whatever the task shows
+    tool.annotate(sync.project, "decision:broken", "rev-1", ["correct"], extra={"corrected": {"vendor": "ACME"}})
+    tool.annotate(sync.project, "decision:unsure", "rev-1", ["approve"], extra={"corrected": None, "rating": None})
+    sync.pull_pass()
+    jobs.consolidate_job(ctx)
+    assert jobs.decisions_job(ctx, callbacks=False)["outcomes"] == {"refused": 1, "approve": 1}
+    assert store.online.get(broken.id).status == "pending_review"
+    refused = [e for e in store.history.for_item(broken.item_id) if e.kind == "correction_refused"]
+    assert len(refused) == 1 and "'total' is a required property" in refused[0].detail["errors"][0]
+    assert tool.projects[sync.project].sent_back[-1][2] == "correction_invalid"
+    assert jobs.decisions_job(ctx, callbacks=False)["outcomes"] == {}  # refused once per answer
+    tool.annotate(sync.project, "decision:broken", "rev-1", ["correct"],
+                  extra={"corrected": {"vendor": "ACME", "total": 310.0}, "comment": "total was missing"})
+    sync.pull_pass()
+    jobs.consolidate_job(ctx)
+    jobs.decisions_job(ctx, callbacks=False)
+    done = store.online.get(broken.id)
+    assert (done.status, done.corrected, done.comment) == ("corrected", {"vendor": "ACME", "total": 310.0},
+                                                           "total was missing")
+    assert store.online.get(unsure.id).status == "approved"
