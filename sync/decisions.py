@@ -111,6 +111,7 @@ class DecisionService:
                          score=None, status="pending_review", rule="feedback:thumbs_down", reason="thumbs_down")
         if req.thumbs == "up":
             judged.status, judged.rule, judged.reason = "auto_approved", "feedback:thumbs_up", "thumbs_up"
+            judged.audit = drawn(req.idempotency_key, self.policy.feedback_audit_share, salt="feedback")
         inputs = {"question": req.question, "comment": req.comment}
         made, created = self._record(req.idempotency_key, request, judged, inputs, deadline_s=None,
                                      callback_url=req.callback_url)

@@ -292,3 +292,27 @@ def test_an_extraction_is_checked_by_its_schema_and_a_bad_correction_goes_back(e
     assert (done.status, done.corrected, done.comment) == ("corrected", {"vendor": "ACME", "total": 310.0},
                                                            "total was missing")
     assert store.online.get(unsure.id).status == "approved"
+
+
+def test_thumbs_down_answers_go_to_review_and_a_share_of_thumbs_up_ones_as_audits(empty_store, tmp_path):
+    from connector.decisions import FeedbackRequest
+
+    store = empty_store
+    store.migrate()
+    spec = TaskSpec(name="rag", kind="answer", decisions={"feedback_audit_share": 0.25})
+    service = DecisionService(store, spec)
+
+    def fb(key: str, thumbs: str):
+        return service.feedback(FeedbackRequest(idempotency_key=key, question="Can I return it?", answer="No.",
+                                                context=["Returns within 14 days."], thumbs=thumbs))[0]
+
+    down = fb("d", "down")
+    ups = [fb(f"u{i}", "up") for i in range(200)]
+    assert (down.status, down.reason, down.output["answer"]) == ("pending_review", "thumbs_down", "No.")
+    assert {u.status for u in ups} == {"auto_approved"} and {u.rule for u in ups} == {"feedback:thumbs_up"}
+    audited = [u for u in ups if u.audit]
+    assert 30 <= len(audited) <= 70 and all(u.item_id is not None for u in audited)
+    assert all(u.item_id is None for u in ups if not u.audit)
+    with pytest.raises(DecisionError, match="feedback is for 'answer' tasks"):
+        DecisionService(store, _spec()).feedback(FeedbackRequest(idempotency_key="x", question="q", answer="a",
+                                                                 thumbs="up"))
