@@ -7,34 +7,23 @@ otherwise, else held for a person, who approves, rejects or corrects it.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
-        "!=": operator.ne, "in": lambda a, b: a in b, "not_in": lambda a, b: a not in b}
+from connector.routing import Rule
 
 
-class FieldRule(BaseModel):
-    """``field op value`` on the caller's input fields (e.g. ``amount > 1000``, ``category in
-    ["medical", "legal"]``); a field the input lacks never matches."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class FieldRule(Rule):
+    """A named routing rule (``connector.routing.Rule``: ``field op value``) on the caller's input
+    fields, e.g. ``amount > 1000`` or ``category in ["medical", "legal"]``; a field the input lacks
+    never matches."""
 
     name: str
-    field: str
-    op: Literal[">", ">=", "<", "<=", "==", "!=", "in", "not_in"]
-    value: Any
 
     def matches(self, fields: Mapping[str, Any]) -> bool:
-        if self.field not in fields:
-            return False
-        try:
-            return bool(_OPS[self.op](fields[self.field], self.value))
-        except TypeError:
-            return False
+        return self.fires(fields)
 
 
 class DecisionPolicy(BaseModel):

@@ -9,10 +9,12 @@ another request, 422 when the task cannot decide the request (its kind, labels, 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from connector.decisions import DecisionRequest, DecisionView, FeedbackRequest
+from connector.store.models import OnlineDecision
 from sync.decisions import DecisionError, DecisionService, KeyReused
 
 
@@ -31,11 +33,9 @@ def decisions_router(service: DecisionService, *, token: str | None) -> APIRoute
               409: {"description": "the idempotency key was used for another request"},
               422: {"description": "the task cannot decide this request"}}
 
-    @router.post("/decisions", response_model=DecisionView, status_code=201, responses=errors)
-    def post_decision(body: DecisionRequest, response: Response) -> DecisionView:
-        """Decide now (``auto_approved`` / ``auto_rejected``) or hold for review (``pending_review``)."""
+    def answer(take: Callable[[], tuple[OnlineDecision, bool]], response: Response) -> DecisionView:
         try:
-            decision, created = service.decide(body)
+            decision, created = take()
         except KeyReused as exc:
             raise HTTPException(409, str(exc)) from None
         except DecisionError as exc:
@@ -43,6 +43,11 @@ def decisions_router(service: DecisionService, *, token: str | None) -> APIRoute
         if not created:
             response.status_code = 200
         return service.view(decision)
+
+    @router.post("/decisions", response_model=DecisionView, status_code=201, responses=errors)
+    def post_decision(body: DecisionRequest, response: Response) -> DecisionView:
+        """Decide now (``auto_approved`` / ``auto_rejected``) or hold for review (``pending_review``)."""
+        return answer(lambda: service.decide(body), response)
 
     @router.get("/decisions/{decision_id}", response_model=DecisionView, responses={404: {"description": "none"}})
     def get_decision(decision_id: int) -> DecisionView:
@@ -55,14 +60,6 @@ def decisions_router(service: DecisionService, *, token: str | None) -> APIRoute
     @router.post("/feedback", response_model=DecisionView, status_code=201, responses=errors)
     def post_feedback(body: FeedbackRequest, response: Response) -> DecisionView:
         """A user's thumbs up or down on a generated answer: thumbs-down answers go to review."""
-        try:
-            decision, created = service.feedback(body)
-        except KeyReused as exc:
-            raise HTTPException(409, str(exc)) from None
-        except DecisionError as exc:
-            raise HTTPException(422, str(exc)) from None
-        if not created:
-            response.status_code = 200
-        return service.view(decision)
+        return answer(lambda: service.feedback(body), response)
 
     return router
