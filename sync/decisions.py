@@ -324,9 +324,11 @@ class DecisionService:
             send_back(d.item_id, "; ".join(errors))
         return True
 
-    def apply_deadlines(self, remove: Any = None) -> dict[str, int]:
+    def apply_deadlines(self, remove: Any = None, escalate: Any = None) -> dict[str, int]:
         """The fallback for every pending decision past its deadline; ``remove(item_id)`` takes its
-        task out of the tool (nobody should spend time on a decided item)."""
+        task out of the tool (nobody should spend time on a decided item); ``escalate(item_id)``
+        puts it in the higher-priority queue (the task's adjudication project), once, with a new
+        deadline; past that one, the conservative ``reject``."""
         counts: dict[str, int] = {}
         for d in self.store.online.overdue():
             fallback = self.policy.fallback
@@ -334,6 +336,8 @@ class DecisionService:
                 if self.store.online.escalate(d.id, deadline_at=utcnow() + timedelta(seconds=self.policy.deadline_s),
                                               boost=self.policy.escalate_boost):
                     counts["escalated"] = counts.get("escalated", 0) + 1
+                    if escalate is not None and d.item_id is not None:
+                        escalate(d.item_id)
                 continue
             outcome = "approve" if fallback == "approve" else "reject"
             payload = self._callback_payload(d, outcome, None, "timeout", "deadline passed")

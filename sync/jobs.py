@@ -144,8 +144,13 @@ def decisions_job(ctx: JobContext, *, callbacks: bool = True) -> dict[str, Any]:
         if (task := remote(item_id)) is not None:
             sync.tool.delete(sync.project, [task])
 
+    def escalate(item_id: int) -> None:
+        if (item := store.items.get(item_id)) is not None:
+            sync.adjudication.push([(item, "Escalated: no decision was given before the deadline.", "escalated")])
+
     out: dict[str, Any] = {"outcomes": service.settle_reviews(send_back if sync else None),
-                           "deadlines": service.apply_deadlines(remove if sync else None)}
+                           "deadlines": service.apply_deadlines(remove if sync else None,
+                                                                escalate if sync else None)}
     if callbacks and ctx.callback_secret:
         policy = ctx.spec.decisions
         out["callbacks"] = deliver_due(store, ctx.callback_secret, attempts=policy.callback_attempts,
@@ -199,7 +204,15 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
         table.item_ids, table.R = table.item_ids[current], table.R[current]
     table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
     result = consolidate(table, policy, gold=gold, per_item_overlap=sync is None or sync.tool.per_item_overlap)
-    rows, invalid_verdicts = apply_verdicts(result.rows, latest_verdicts(verdicts), table.labels)
+    latest = latest_verdicts(verdicts)
+    # an item sent to adjudication before any annotator answered it (an escalated decision) is
+    # settled by its verdict alone
+    unanswered = set(latest) - {int(r["item_id"]) for r in result.rows}
+    current_unanswered = [i for i, it in store.items.get_many(unanswered).items() if it.is_current] if unanswered else []
+    base = [*result.rows, *({"item_id": i, "label": None, "status": "unsettled", "method": policy.method,
+                             "n_answers": 0, "agreement": None, "confidence": None, "reason": "no answers"}
+                            for i in sorted(current_unanswered))]
+    rows, invalid_verdicts = apply_verdicts(base, latest, table.labels)
     adjudicated = {r["item_id"]: r for r in rows if r["method"] == ADJUDICATED}
     before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in rows])}
     # asked already: at this answer count, or (an item only skipped) since its first skip; the

@@ -147,16 +147,30 @@ def test_a_decision_taken_before_its_push_is_never_pushed(loop):
     assert store.online.get(early.id).status == "rejected" and store.online.get(kept.id).status == "pending_review"
 
 
-def test_escalation_moves_a_decision_up_once_then_the_conservative_fallback(empty_store, tmp_path):
+def test_escalation_moves_a_decision_to_the_adjudication_queue_once_then_the_conservative_fallback(
+        empty_store, tmp_path):
     store = empty_store
     store.migrate()
     spec = _spec(fallback="escalate", escalate_boost=5.0, deadline_s=0.001)
+    tool = OfflineTool()
+    sync = SyncService(store, spec, tool)
+    ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "m"), make_sync=lambda: sync)
     service = DecisionService(store, spec)
     d = _ask(service, "e")[0]
-    ctx = jobs.JobContext(store, spec, ModelStore(tmp_path / "m"))
-    assert service.apply_deadlines() == {"escalated": 1}
+    sync.push_pass()
+    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {"escalated": 1}
     assert store.online.get(d.id).escalated and store.online.get(d.id).priority == pytest.approx(d.priority + 5)
-    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {"reject": 1}
+    queue = tool.projects[sync.adjudication.key]
+    assert [p.external_id for p in queue.items.values()] == ["decision:e"]
+    tool.annotate(sync.adjudication.key, "decision:e", "senior", ["fraud"])  # the senior reviewer decides
+    jobs.consolidate_job(ctx)
+    jobs.decisions_job(ctx, callbacks=False)
+    done = store.online.get(d.id)
+    assert (done.status, done.reviewer, done.corrected) == ("corrected", "senior", {"label": "fraud"})
+    late = _ask(service, "late")[0]
+    assert service.apply_deadlines() == {"escalated": 1}
+    assert service.apply_deadlines() == {"reject": 1}  # its second deadline passed too
+    assert store.online.get(late.id).reviewer == "timeout"
 
 
 class _Receiver(BaseHTTPRequestHandler):
