@@ -160,6 +160,14 @@ class DecisionView(BaseModel):
 
 # -- the pieces of a decision ----------------------------------------------------------------------
 
+def under_review(kind: str, output: Any) -> Any:
+    """What a reviewer sees and edits of a decision's ``output`` (as stored, the caller's output
+    object): an extraction's ``data`` (not its field confidences and model name), else the output."""
+    if kind == "extraction" and isinstance(output, Mapping) and "data" in output:
+        return output["data"]
+    return output
+
+
 def first_match(rules: list[FieldRule], fields: Mapping[str, Any]) -> FieldRule | None:
     """The first rule whose condition holds on ``fields``."""
     return next((r for r in rules if r.matches(fields)), None)

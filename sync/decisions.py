@@ -41,6 +41,7 @@ from connector.decisions import (
     drawn,
     first_match,
     risk,
+    under_review,
 )
 from connector.review_kinds import item_fields, validate_output
 from connector.store import StateStore
@@ -111,6 +112,7 @@ class DecisionService:
                          score=None, status="pending_review", rule="feedback:thumbs_down", reason="thumbs_down")
         if req.thumbs == "up":
             judged.status, judged.rule, judged.reason = "auto_approved", "feedback:thumbs_up", "thumbs_up"
+            judged.audit = drawn(req.idempotency_key, self.policy.feedback_audit_share, salt="feedback")
         inputs = {"question": req.question, "comment": req.comment}
         made, created = self._record(req.idempotency_key, request, judged, inputs, deadline_s=None,
                                      callback_url=req.callback_url)
@@ -217,7 +219,7 @@ class DecisionService:
         review = pending or j.audit
         item = None
         if review:
-            text, data = self._item(inputs, j.output)
+            text, data = self._item(inputs, under_review(self.spec.kind, j.output))
             item = {"text": text, "data": data}
         row = {"idempotency_key": key, "kind": self.spec.kind, "source": j.source, "request": request,
                "output": j.output, "status": j.status, "rule": j.rule,

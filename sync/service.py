@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from connector.auto_accept import in_force
+from connector.decisions import under_review
 from connector.labeling_config import parse_labeling_config
 from connector.redaction import history_detail, redact_pushed
 from connector.review_kinds import suggestion_result
@@ -261,7 +262,7 @@ class SyncService:
             if item.id not in self._outputs:
                 made = self.store.online.by_items([item.id]).get(item.id)
                 self._outputs[item.id] = made.output if made is not None else None
-            output = self._outputs[item.id]
+            output = under_review(self.spec.kind, self._outputs[item.id])
             return PushItem(key, data, suggestion_result(self.spec, output) if output is not None else None, None,
                             SUGGESTION_SOURCE)
         if pred is None or not self.shows_suggestion(item, decision):
