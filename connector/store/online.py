@@ -114,7 +114,8 @@ class OnlineDecisionRepository(Repository):
         recorded it. A pending decision becomes ``approved`` / ``rejected`` / ``corrected`` and, when
         it has a callback URL, gets its outbox row (``callback``: the payload); an audit of an
         automatic decision keeps its status and only records the outcome (no callback: the caller
-        already had its answer)."""
+        already had its answer). A fallback also takes the item out of the review queue (state
+        ``consolidated``), whether or not it was pushed yet."""
         status = {"approve": "approved", "reject": "rejected", "correct": "corrected"}[outcome]
         now = utcnow()
         values = {"outcome": outcome, "reviewer": reviewer, "corrected": corrected, "comment": comment,
@@ -136,11 +137,15 @@ class OnlineDecisionRepository(Repository):
                 return False
             if not done:
                 return False
-            if d.item_id is not None and was_pending:  # decided before its push: it goes to nobody now
+            if d.item_id is not None and was_pending and not fallback:  # a person decided before its push
                 item = s.get(Item, d.item_id)
                 if item is not None and item.state in BEFORE_PUSHED:
                     s.add(RoutingDecision(item_id=d.item_id, model_version=d.source[:64], action="withdrawn",
                                           reason="decided", priority=0.0, score=d.score, created_at=now))
+            if fallback and d.item_id is not None:  # decided without a person: out of the review queue for
+                # good, neither pushed later (still ``routed``) nor pushed again once its task is removed
+                s.execute(update(Item).where(Item.id == d.item_id, Item.state.in_(("routed", "pushed")))
+                          .values(state="consolidated", updated_at=now))
             if was_pending and d.callback_url and callback is not None:
                 s.add(CallbackDelivery(decision_id=d.id, webhook_id=f"msg_{uuid.uuid4().hex}", url=d.callback_url,
                                        payload=dict(callback), status="pending", attempts=0, next_at=now,

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook
 
-from connector.decisions import DecisionRequest, LabelOutput
+from connector.decisions import DecisionRequest, FeedbackRequest, LabelOutput, StructuredOutput, drawn
 from connector.model_store import ModelStore
+from connector.review_kinds import parse_label_studio, validate_output
 from connector.store.models import CallbackDelivery
 from connector.task_spec import TaskSpec
 from connector.tools.offline import OfflineTool
@@ -134,6 +135,20 @@ def test_a_deadline_falls_back_once_and_takes_the_task_out_of_the_tool(loop):
     assert row.payload["data"]["outcome"] == "reject" and row.payload["data"]["reviewer"] == "timeout"
     # an answer arriving after the fallback changes nothing
     assert not store.online.settle(late.id, outcome="approve", reviewer="rev-1")
+    # the task stays out of the tool: the check for deleted tasks does not route it again
+    sync.remote_check_interval_s = 0.0
+    assert sync.check_remote().counts.get("missing", 0) == 0
+    sync.route_pass()
+    assert sync.push_pass().counts["pushed"] == 0 and tool.projects[sync.project].items == {}
+
+
+def test_a_deadline_passed_before_the_first_push_keeps_the_item_out_of_the_tool(loop):
+    store, spec, tool, sync, ctx, service = loop  # noqa: RUF059
+    late = service.decide(DecisionRequest(idempotency_key="early", input={"text": "t"}, deadline_s=0.001,
+                                          output=LabelOutput(label="ok", confidence=0.9)))[0]
+    assert jobs.decisions_job(ctx, callbacks=False)["deadlines"] == {"reject": 1}
+    assert store.items.get_many([late.item_id])[late.item_id].state == "consolidated"
+    assert sync.push_pass().counts["pushed"] == 0 and tool.projects[sync.project].items == {}
 
 
 def test_a_decision_taken_before_its_push_is_never_pushed(loop):
@@ -171,6 +186,50 @@ def test_escalation_moves_a_decision_to_the_adjudication_queue_once_then_the_con
     assert service.apply_deadlines() == {"escalated": 1}
     assert service.apply_deadlines() == {"reject": 1}  # its second deadline passed too
     assert store.online.get(late.id).reviewer == "timeout"
+
+
+def test_a_share_of_thumbs_up_answers_is_audited_and_its_outcome_calls_nobody_back(empty_store):
+    store = empty_store
+    store.migrate()
+    service = DecisionService(store, TaskSpec(name="rag", kind="answer", decisions={"feedback_audit_share": 0.3}))
+    made = [service.feedback(FeedbackRequest(idempotency_key=f"u{i}", question="When?", answer="In 1912.",
+                                             thumbs="up", callback_url="http://127.0.0.1:1/cb"))[0]
+            for i in range(40)]
+    audits = [d for d in made if d.audit]
+    assert [d.audit for d in made] == [drawn(f"u{i}", 0.3, salt="feedback") for i in range(40)]
+    assert 0 < len(audits) < 40
+    assert {(d.status, d.reason) for d in audits} == {("auto_approved", "audit")}
+    assert all(d.item_id is not None for d in audits) and all(d.item_id is None for d in made if not d.audit)
+    assert store.online.settle(audits[0].id, outcome="reject", reviewer="rev-1")
+    audited = store.online.get(audits[0].id)
+    assert (audited.status, audited.outcome) == ("auto_approved", "reject")
+    assert store.online.callback(audited.id) is None  # the caller had its answer already
+
+
+def test_an_extraction_is_reviewed_as_its_data_not_as_the_request_around_it(empty_store):
+    store = empty_store
+    store.migrate()
+    schema = {"type": "object", "required": ["vendor", "total"],
+              "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}}}
+    spec = TaskSpec(name="invoices", kind="extraction", extraction={"json_schema": schema})
+    tool = OfflineTool()
+    sync = SyncService(store, spec, tool)
+    made = DecisionService(store, spec).decide(DecisionRequest(
+        idempotency_key="inv-1", input={"text": "Invoice from ACME, 3 EUR"},
+        output=StructuredOutput(data={"vendor": "ACME", "total": "3 EUR"}, field_confidence={"vendor": 0.9},
+                                model="llm")))[0]
+    assert made.reason == "schema_invalid"
+    sync.push_pass()
+    (pushed,) = tool.projects[sync.project].items.values()
+    assert json.loads(pushed.data["output"]) == {"vendor": "ACME", "total": "3 EUR"}
+    assert {r["from_name"]: r["value"]["text"][0] for r in pushed.result} == {"field_vendor": "ACME",
+                                                                             "field_total": "3 EUR"}
+    # the reviewer fixes the total alone: the rest of the object is the model's, and it meets the schema
+    value, extra = parse_label_studio(spec, [
+        {"from_name": "outcome", "type": "choices", "value": {"choices": ["correct"]}},
+        {"from_name": "field_total", "type": "textarea", "value": {"text": ["3"]}}], pushed.data)
+    assert value == ["correct"] and extra["corrected"] == {"vendor": "ACME", "total": 3}
+    assert validate_output(spec, extra["corrected"]) == []
 
 
 class _Receiver(BaseHTTPRequestHandler):
