@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -362,28 +363,68 @@ def report(out: Path = typer.Option(Path("var/report.html"), help="where to writ
 @app.command()
 def export(
     out: Path = typer.Option(Path("var/export.parquet"), help="the file; its suffix (.jsonl, .csv, .parquet) is the format"),
-    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv, parquet, or all (three files beside --out)"),
-    only: str = typer.Option("settled", help="settled: final labels (humans, adjudication, auto-accept, gold); "
-                                             "all: every item, model suggestions too"),
-    since: str | None = typer.Option(None, help="ISO date or time: only items whose final label changed since"),
+    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv, parquet, or all (the files beside --out); "
+                                                           "corrections and preferences: jsonl or parquet"),
+    only: str = typer.Option("settled", help="labels: settled: final labels (humans, adjudication, auto-accept, "
+                                             "gold); all: every item, model suggestions too"),
+    since: str | None = typer.Option(None, help="ISO date or time: only items whose final label changed since "
+                                                "(corrections, preferences: decided by a person since)"),
+    kind: str = typer.Option("labels", help="labels: the labelled set, one row per item; corrections: one row per "
+                                            "on-line decision a person decided (input, model output, corrected "
+                                            "output, outcome, reviewer, comment); preferences: a pair (prompt, "
+                                            "chosen = the correction, rejected = the model output) per 'correct' "
+                                            "outcome. Deadline fallbacks (reviewer 'timeout') are no human outcome "
+                                            "and automatic decisions nobody audited have none: both are left out."),
 ) -> None:
-    """Write the labelled set, one row per item: label, where it came from, answers, model score."""
+    """Write the labelled set (one row per item: label, where it came from, answers, model score),
+    or people's outcomes on on-line decisions for training (--kind corrections / preferences)."""
     from connector.export import counts, export_rows, format_of, parse_since, write
+    from connector.export_corrections import KINDS
     from sync.runner import open_store
     from sync.settings import SyncSettings
 
+    if kind not in KINDS:
+        raise typer.BadParameter(f"{kind!r}: {', '.join(KINDS)}", param_hint="--kind")
     if only not in ("settled", "all"):
         raise typer.BadParameter(f"{only!r}: settled or all", param_hint="--only")
     try:
-        format_of(out, fmt)
+        if kind == "labels":
+            format_of(out, fmt)
+        else:
+            from connector.export_corrections import formats
+
+            formats(out, fmt)
         after = parse_since(since)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if kind != "labels":
+        _export_outcomes(kind, out, fmt, after)
+        return
     with open_store(SyncSettings()) as store:
         rows = export_rows(store, only=only, since=after)  # type: ignore[arg-type]
     for path in write(rows, out, fmt):
         typer.echo(str(path))
     console.print(f"{len(rows)} items: " + (", ".join(f"{k} {v}" for k, v in counts(rows).items()) or "none"))
+
+
+def _export_outcomes(kind: str, out: Path, fmt: str | None, since: datetime | None) -> None:
+    from connector import export_corrections as ec
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+
+    with open_store(SyncSettings()) as store:
+        rows = ec.correction_rows(store, since=since)
+    if kind == "corrections":
+        paths = ec.write(rows, out, fmt)
+        told = f"{len(rows)} reviewed decisions: " + (", ".join(f"{k} {v}" for k, v in ec.counts(rows).items())
+                                                      or "none")
+    else:
+        pairs = ec.preference_rows(rows)
+        paths = ec.write(pairs, out, fmt, pairs=True)
+        told = f"{len(pairs)} preference pairs from {ec.counts(rows).get('correct', 0)} corrections"
+    for path in paths:
+        typer.echo(str(path))
+    console.print(told)
 
 
 @app.command()

@@ -21,6 +21,19 @@ several sync processes or a restart report the same numbers) and yields:
   checks: the realized accuracy of auto-accepted items; audits; gold), ``label="*"`` over all labels
 - ``hitl_job_runs_total{job}``, ``hitl_job_failures_total{job}`` and
   ``hitl_job_last_success_timestamp_seconds{job}`` (when a run of the job succeeded)
+- ``hitl_decision_queue``: on-line decisions waiting for a person (``pending_review``);
+  ``hitl_decision_queue_oldest_age_seconds``: how long the oldest of them has waited (0 when none)
+- ``hitl_decision_wait_seconds{quantile="0.5"|"0.9"|"0.99"}``: created to decided by a person, over
+  the decisions a person decided in the last hour (deadline fallbacks left out; left out when
+  none). A gauge of quantiles, not a histogram: the store is read at each scrape and nothing is
+  kept in memory, so a histogram's buckets would be counts over every decision ever reviewed
+  (a growing scan, and time arithmetic each database spells its own way) to be turned back into
+  the quantiles that are read here directly
+- ``hitl_decisions{status,rule}``: decisions by status and the rule that decided them
+- ``hitl_decision_fallbacks_total{outcome}``: deadline fallbacks (``approve`` / ``reject``, reviewer
+  ``timeout``) and ``escalate`` (moved up the queue once)
+- ``hitl_decision_callbacks{status}``: callbacks ``pending`` / ``delivered`` / ``failed`` (given up);
+  ``hitl_decision_callback_failed_attempts_total``: delivery attempts that failed
 - ``hitl_store_up``: 1 when every query answered, 0 when the store failed; a scrape never fails
   because of the store: it logs and yields what it got before the failure
 """
@@ -43,7 +56,7 @@ from connector.auto_accept import in_force
 from connector.snapshots import AgreementSnapshot, ChecksSnapshot, ModelSnapshot, read_latest
 from connector.store import StateStore
 from connector.store.database import read_only
-from connector.store.models import Item, RoutingDecision
+from connector.store.models import CALLBACK_STATUSES, Item, RoutingDecision
 from connector.task_spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +68,8 @@ AGREEMENT_KEYS = {
     "percent_agreement": "Share of agreeing annotator pairs in the latest agreement snapshot.",
 }
 AUTOMATED_ACTIONS = ("auto_accept", "auto_reject")
+WAIT_QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
+FALLBACK_OUTCOMES = ("approve", "reject", "escalate")
 SUCCESS_LOOKBACK = 100  # newest runs of a job searched for its last success when the newest one failed
 
 
@@ -70,7 +85,7 @@ class SyncMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sections: tuple[Callable[[], list[Metric]], ...] = (
-            self._items, self._decisions, self._snapshots, self._jobs)
+            self._items, self._decisions, self._snapshots, self._jobs, self._online)
         up = 1
         for section in sections:
             try:
@@ -172,6 +187,38 @@ class SyncMetricsCollector(Collector):
             if finished is not None:
                 success.add_metric([job], _timestamp(finished))
         return [runs, failures, success]
+
+    def _online(self) -> list[Metric]:
+        stats = self.store.online.stats()
+        queue = GaugeMetricFamily("hitl_decision_queue", "On-line decisions waiting for a person.",
+                                  value=stats["queue"])
+        oldest = GaugeMetricFamily("hitl_decision_queue_oldest_age_seconds",
+                                   "Seconds the oldest decision waiting for a person has waited (0 when none).",
+                                   value=stats["oldest_pending_s"])
+        wait = GaugeMetricFamily("hitl_decision_wait_seconds",
+                                 "Seconds from a decision's request to a person's outcome, quantiles over the "
+                                 "last hour's reviewed decisions.", labels=["quantile"])
+        for q, key in WAIT_QUANTILES:
+            value = _number(stats["wait_s"][key])
+            if value is not None:
+                wait.add_metric([q], value)
+        decisions = GaugeMetricFamily("hitl_decisions", "On-line decisions by status and the rule that decided.",
+                                      labels=["status", "rule"])
+        for (status, rule), n in sorted(stats["by_status_rule"].items()):
+            decisions.add_metric([status, rule], n)
+        fallbacks = CounterMetricFamily("hitl_decision_fallbacks",
+                                        "Deadline fallbacks by outcome (approve, reject: reviewer timeout; "
+                                        "escalate: moved up the queue).", labels=["outcome"])
+        for outcome in FALLBACK_OUTCOMES:
+            fallbacks.add_metric([outcome], stats["fallbacks_by_outcome"].get(outcome, 0))
+        callbacks = GaugeMetricFamily("hitl_decision_callbacks", "Outcome callbacks by delivery status.",
+                                      labels=["status"])
+        for status in CALLBACK_STATUSES:
+            callbacks.add_metric([status], stats["callbacks"].get(status, 0))
+        failed = CounterMetricFamily("hitl_decision_callback_failed_attempts",
+                                     "Callback delivery attempts that failed (non-2xx or no answer).",
+                                     value=stats["callback_failed_attempts"])
+        return [queue, oldest, wait, decisions, fallbacks, callbacks, failed]
 
     def _last_success(self, job: str, entry: dict[str, Any]) -> datetime | None:
         last_run = entry.get("last_run")
