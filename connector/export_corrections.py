@@ -143,9 +143,9 @@ def _row(d: OnlineDecision, decided_at: datetime | None, item_text: str | None) 
 
 def _output(kind: str, output: Any) -> Any:
     """The model's output in the shape a correction has: the label, the structured data, the answer."""
-    if not isinstance(output, dict):
+    key = {"label": "label", "answer": "answer"}.get(kind)  # an extraction's output is its data as it is
+    if key is None or not isinstance(output, dict):
         return output
-    key = {"label": "label", "extraction": "data", "answer": "answer"}.get(kind)
     return output.get(key) if key in output else output
 
 
