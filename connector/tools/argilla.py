@@ -205,14 +205,31 @@ class ArgillaTool:
 
     def send_back(self, project: str, wanted: Sequence[tuple[str, int, str]]) -> int:
         """Argilla 2.8 completes a record at the dataset's ``min_submitted`` and has no per-record
-        setting to ask for one more answer: nothing is sent. Disagreements go to the adjudication
-        dataset instead (the sync does it); what is left here (too few answers, skips) stays
-        unsettled, its label row says why, and is listed in the log; raise the task's ``overlap``
-        to ask for more."""
-        if wanted:
+        setting to ask for one more answer. A review dataset's record whose correction was refused
+        (reason ``correction_invalid``) is reopened: its submitted responses are deleted (our store
+        keeps them, and the refusal is on the item's history), so the record is pending again and
+        back in the reviewers' queue. Anything else is not sent: disagreements go to the
+        adjudication dataset instead (the sync does it); what is left here (too few answers, skips)
+        stays unsettled, its label row says why, and is listed in the log; raise the task's
+        ``overlap`` to ask for more."""
+        reopen = [w for w in wanted if project in self._review and w[2] == "correction_invalid"]
+        rest = [w for w in wanted if w not in reopen]
+        for record_id, _, _ in reopen:
+            self._call(self._reopen, record_id)
+        if rest:
             log.warning("%d Argilla records need more answers (e.g. record %s: %s); Argilla has no per-record "
-                        "overlap: raise the task's overlap", len(wanted), wanted[0][0], wanted[0][2])
-        return 0
+                        "overlap: raise the task's overlap", len(rest), rest[0][0], rest[0][2])
+        return len(reopen)
+
+    def _reopen(self, record_id: str) -> None:
+        """Delete the record's submitted responses (idempotent: a response already gone is skipped)."""
+        got = self._rg.http_client.get(f"/api/v1/records/{record_id}")
+        got.raise_for_status()
+        for response in got.json().get("responses") or []:
+            if response.get("status") == "submitted":
+                gone = self._rg.http_client.delete(f"/api/v1/responses/{response['id']}")
+                if gone.status_code != 404:
+                    gone.raise_for_status()
 
     def delete(self, project: str, remote_ids: Iterable[str]) -> int:
         """Delete records (with their responses and suggestions) by record id; how many went."""

@@ -9,7 +9,7 @@ Where each kind is reviewed:
 - ``label`` (another model's label with its confidence, nothing certified yet): Label Studio;
 - ``extraction`` (an LLM's JSON against an inline JSON Schema): Argilla, 200 decisions, and Label
   Studio too (60), where a refused correction sends the task back for another annotation (Argilla
-  2.8 has no per-record overlap: the record stays completed and the reviewer edits the response);
+  2.8 has no per-record overlap: the refused response is deleted there, so the record is pending again);
 - ``answer`` (``/v1/feedback`` thumbs down and up, a share of the thumbs-up audited): Label Studio.
 
 Reviewers answer through each tool's own API: Label Studio annotations, Argilla responses.
@@ -412,12 +412,10 @@ def _argilla_reviewer(loop: _Loop) -> _Reviewer:
         r.raise_for_status()
         return str(r.json()["id"])
 
-    def amend(_record: str, response_id: Any, outcome: str, fields: dict[str, str]) -> str:
-        time.sleep(1.1)  # a new updated_at, so the pull takes it as a changed response
-        r = client.put(f"/api/v1/responses/{response_id}", json={"values": values(outcome, fields),
-                                                                  "status": "submitted"})
-        r.raise_for_status()
-        return str(response_id)
+    def amend(record: str, response_id: Any, outcome: str, fields: dict[str, str]) -> str:
+        gone = client.get(f"/api/v1/records/{record}").json().get("responses") or []
+        assert str(response_id) not in {str(g["id"]) for g in gone}  # the refused response was taken back
+        return answer(record, outcome, fields)  # the reviewer answers the reopened record anew
 
     def returned(record: str) -> bool:
         r = client.get(f"/api/v1/records/{record}")
@@ -507,9 +505,9 @@ def test_extraction_decisions_reviewed_in_argilla(tmp_path, argilla):
     spec = _extraction_spec("argilla", argilla.url)
     with _loop(tmp_path, spec, ArgillaTool(argilla.url, argilla.api_key)) as loop:
         seen = _extraction_loop(loop, _argilla_reviewer, N)
-    # Argilla 2.8 has no per-record overlap: the refused record stays completed, the reviewer edits
-    # their response (the refusal is on record in the item's history; the log says so)
-    assert set(seen["returned"].values()) == {False}
+    # Argilla 2.8 has no per-record overlap: the refused response is deleted in the tool (kept in our
+    # store and on the item's history), so the record is pending again, back in the queue
+    assert set(seen["returned"].values()) == {True}
 
 
 def test_extraction_decisions_reviewed_in_label_studio(tmp_path, label_studio):
