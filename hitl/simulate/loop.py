@@ -178,6 +178,10 @@ class LabelStudioAnnotating:
         predictions = self.sync.tool._ls.tasks.get(id=int(task)).predictions or []
         return _suggested(predictions[-1].get("result") if predictions else None)
 
+    def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
+        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool.name, self.sync.project)[item_id]
+        self.sync.tool.annotate(task, [self.sync.control.result([label])], completed_by=self.users[annotator])
+
 
 def _suggested(result: Sequence[dict[str, Any]] | None) -> str | None:
     """The first choice a Label Studio ``result`` selects (``None`` for no result)."""
@@ -186,10 +190,6 @@ def _suggested(result: Sequence[dict[str, Any]] | None) -> str | None:
         if choices:
             return str(choices[0])
     return None
-
-    def annotate(self, item_id: int, external_id: str, annotator: str, label: str) -> None:
-        task = self.sync.store.pushes.remote_ids([item_id], self.sync.tool.name, self.sync.project)[item_id]
-        self.sync.tool.annotate(task, [self.sync.control.result([label])], completed_by=self.users[annotator])
 
 
 @dataclass
