@@ -557,6 +557,13 @@ def simulate(
         console.print(f"over {len(main)} seeds: label accuracy {acc.mean():.2%} (min {acc.min():.2%}) with "
                       f"{share.mean():.1%} reviewed; auto-accept error at or under the target in {within} of "
                       f"{len(certified)} runs that auto-accepted ({len(main) - len(certified)} accepted nothing)")
+        fired = [r for r in main if r.stop_reviewed is not None]
+        if fired:
+            at = np.mean([r.stop_review_share for r in fired])
+            there = np.mean([r.stop_label_accuracy for r in fired])
+            full = "" if stop_early else f" vs {np.mean([r.label_accuracy for r in fired]):.2%} at the full budget"
+            console.print(f"stopping rule fired in {len(fired)} of {len(main)} runs, at {at:.1%} reviewed on "
+                          f"average: label accuracy there {there:.2%}{full}")
         if certified:
             realized = np.array([r.auto_accept_error for r in certified])
             estimated = np.array([r.estimated_error or 0.0 for r in certified])
