@@ -522,15 +522,17 @@ def simulate(
             server.stop()
     table = Table(title=f"simulation: {ds.name}, {len(ds.texts)} items, annotators at {accuracy:.0%}")
     for col in ("strategy", "seed", "reviewed", "answers/item", "label accuracy", "no review", "oracle",
-                "auto-accept error", "ECE before → after", "stopping rule"):
+                "auto-accept error", "ECE before → after"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.1%})",
                       f"{r.answers / max(r.reviewed, 1):.2f}", f"{r.label_accuracy:.2%}", f"{r.no_review_accuracy:.2%}",
                       f"{r.oracle_accuracy:.2%}",
                       "-" if r.auto_accept_error is None else f"{r.auto_accept_error:.2%} (≤ {r.target_error:.0%}?)",
-                      f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}", stopping_text(r))
+                      f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
     console.print(table)
+    for r in results:
+        console.print(f"stopping rule, {r.strategy} seed {r.seed}: {stopping_text(r)}", highlight=False, soft_wrap=True)
     savings: dict[str, list[float]] = {"eval_accuracy": [], "eval_accuracy_newest": []}
     for seed in range(first_seed, first_seed + seeds):
         al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)
