@@ -175,6 +175,8 @@ class RetrainResult:
     current_metrics: dict[str, float] | None = None
     evidence: dict[str, list] = field(default_factory=dict)
     reliability: dict[str, Any] = field(default_factory=dict)
+    stop_predictions: list[int] | None = None  # the candidate's labels of the stop set (indices into classes)
+    stop_encoded: int = 0  # stop-set texts not found in the embedding cache
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -184,7 +186,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
             classes: Sequence[str], models: ModelStore, cache_store: Any, policy: RetrainPolicy,
             encoder: TextEncoder | None = None, seed: int = 0, corpus: Sequence[str] | None = None,
             calibrate_on: Sequence[bool] | None = None,
-            transform_labels: Callable[[list[str]], list[str]] | None = None) -> RetrainResult:
+            transform_labels: Callable[[list[str]], list[str]] | None = None,
+            stop_set: tuple[Sequence[str], Sequence[str]] | None = None) -> RetrainResult:
     """Train a candidate on ``labels`` (human labels, one per item), compare it with the current
     model on the held-out split, save it as a new version and promote it only if it is better.
 
@@ -193,6 +196,9 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     ``policy.calibration_labels == "random"`` the temperature is fitted on those of the training
     part only (none given: no label is drawn at random, the temperature stays 1).
     ``transform_labels`` changes the training labels only (the tests use it to shuffle them).
+    ``stop_set``: texts and content hashes of the stopping rule's stop set (:mod:`connector.stopping`):
+    the candidate, promoted or not, predicts them (``stop_predictions``), embedded through the same
+    cache.
     """
     current_name = models.current()
     current_clf = None
@@ -209,7 +215,8 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
     unknown = sorted({lb for lb in labels if lb not in index})
     if unknown:
         raise ValueError(f"labels not in the task's label set: {unknown}")
-    x, encoded = EmbeddingCache(cache_store, encoder, encoder_key(enc_meta)).encode(list(texts), list(hashes))
+    cache = EmbeddingCache(cache_store, encoder, encoder_key(enc_meta))
+    x, encoded = cache.encode(list(texts), list(hashes))
     y = np.array([index[lb] for lb in labels], dtype=np.int64)
     test = np.array([in_test_split(e, policy.test_fraction) for e in external_ids], dtype=bool)
     train = ~test
@@ -278,8 +285,12 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
             ids += ext[train].tolist()
         evidence = {"confidence": conf, "correct": [float(c) for c in correct], "external_id": ids}
     log.info("retrained %s on %d labels (%d held out): %s", meta.version, int(train.sum()), int(test.sum()), reason)
+    stop_predictions, stop_encoded = None, 0
+    if stop_set is not None and len(stop_set[0]):
+        xs, stop_encoded = cache.encode(list(stop_set[0]), list(stop_set[1]))
+        stop_predictions = _aligned(clf, xs, classes, list(stop_set[0])).argmax(axis=1).tolist()
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
-                         candidate_metrics, current_metrics, evidence, reliability)
+                         candidate_metrics, current_metrics, evidence, reliability, stop_predictions, stop_encoded)
 
 
 def _temperature_fit(clf: TextClassifier, policy: RetrainPolicy, n_random: int) -> str:

@@ -12,6 +12,7 @@ collector, the simulator and the sync service:
 - ``thresholds`` (:class:`ThresholdsSnapshot`): the auto-accept threshold review
 - ``checks`` (:class:`ChecksSnapshot`): what spot checks, audits and gold found, and whether
   auto-accept is paused for it (metrics job)
+- ``stopping`` (:class:`StoppingSnapshot`): the stopping rule after one retraining (retrain job)
 
 The payload on disk is the model's ``model_dump()``, the same keys the jobs wrote as dicts before
 these models existed. Reading is lenient so old databases read back: a field an older payload
@@ -168,6 +169,34 @@ class RetrainSnapshot(SnapshotModel):
     current_metrics: HeldOutMetrics | None = None
     evidence: Evidence = Evidence()
     reliability: Reliability = Reliability()
+    n_labels: int = 0
+    stop_predictions: list[int] | None = None  # the candidate's labels of the stop set (see StoppingSnapshot)
+    stop_encoded: int = 0
+
+
+class StoppingSnapshot(SnapshotModel):
+    """The stopping rule after one retraining (:func:`connector.stopping.advance`).
+
+    ``candidate``: the version that predicted the stop set (promoted or not); ``set_id``: the stop
+    set's id (its members' external ids and content hashes, and the labels); ``external_ids`` the
+    members, ``predictions`` the candidate's label for each, as indices into ``labels``; ``kappa``:
+    Cohen's kappa against the previous candidate's predictions of the same set (``None`` for the
+    first predictions of a set); ``kappas``: the last ``window`` of them; ``run``: how many in a row
+    reach ``level``; ``fired``: ``run >= window``; ``n_labels``: the settled labels at the time."""
+
+    kind: ClassVar[str] = "stopping"
+
+    candidate: str | None = None
+    set_id: str | None = None
+    external_ids: list[str] = []
+    labels: list[str] = []
+    predictions: list[int] = []
+    kappa: float | None = None
+    kappas: list[float] = []
+    run: int = 0
+    fired: bool = False
+    level: float | None = None
+    window: int | None = None
     n_labels: int = 0
 
 

@@ -34,6 +34,7 @@ from connector.labeling_config import build_choices_config
 from connector.redaction import RedactionPolicy
 from connector.retraining import RetrainPolicy
 from connector.review_kinds import OUTCOMES, ExtractionSpec, Kind, build_review_config
+from connector.stopping import StoppingPolicy
 
 
 class _Target(BaseModel):
@@ -112,6 +113,7 @@ class TaskSpec(BaseModel):
     routing: dict[str, Any] = Field(default_factory=dict, description="RoutingPolicy fields")
     consensus: ConsensusPolicy = ConsensusPolicy()
     retraining: RetrainPolicy = RetrainPolicy()
+    stopping: StoppingPolicy = StoppingPolicy()
     thresholds: ThresholdPolicy = ThresholdPolicy()
     decisions: DecisionPolicy = DecisionPolicy()
     extraction: ExtractionSpec | None = None

@@ -252,9 +252,11 @@ def scheduler_once(job: str = typer.Argument(..., help="sync, metrics, retrain o
 
 @app.command()
 def status() -> None:
-    """Where the loop stands: items by state, the auto-accept rule in force, and what the checks found."""
+    """Where the loop stands: items by state, the auto-accept rule in force, the stopping rule, and
+    what the checks found."""
     from connector.auto_accept import in_force
-    from connector.snapshots import ChecksSnapshot, read_latest
+    from connector.snapshots import ChecksSnapshot, StoppingSnapshot, read_latest
+    from connector.stopping import describe
     from connector.task_spec import TaskSpec
     from sync.runner import open_store
     from sync.settings import SyncSettings
@@ -263,11 +265,14 @@ def status() -> None:
     spec = TaskSpec.load(settings.task) if Path(settings.task).exists() else None
     with open_store(settings) as store:
         states, rule, checks = store.items.counts_by_state(), in_force(store, spec), read_latest(store, ChecksSnapshot)
+        stopping = read_latest(store, StoppingSnapshot)
     console.print("items: " + ", ".join(f"{s} {n}" for s, n in states.items() if n) + f" (total {sum(states.values())})")
     rules = {"certified": f"certified, confidence >= {rule.threshold}",
              "uncertified": f"UNCERTIFIED fixed threshold {rule.threshold} ([thresholds] adapt = false)",
              "off": "off: PAUSED by failing spot checks" if rule.paused else "off: no certified threshold yet"}
     console.print(f"auto-accept: {rules[rule.state]}")
+    console.print(f"stopping rule: {describe(None if stopping is None else stopping.snapshot)}", highlight=False,
+                  soft_wrap=True)
     table = Table(title="checks (realized accuracy, 95 % Clopper-Pearson interval)")
     for col in ("checks", "model version", "label", "items", "accuracy", "interval"):
         table.add_column(col)
@@ -452,6 +457,11 @@ def simulate(
     limit: int | None = typer.Option(None, help="at most this many items (stratified)"),
     features: str = typer.Option("embeddings+tfidf", help="'embeddings' or 'embeddings+tfidf' (word features too)"),
     chunk: bool = typer.Option(True, help="embed long texts window by window (else cut at 256 tokens)"),
+    stop_early: bool = typer.Option(False, "--stop-early",
+                                    help="end a run at the round the stopping rule fires, not at the budget"),
+    stop_kappa: float = typer.Option(0.99, help="stopping rule: kappa between successive models that counts as stable"),
+    stop_window: int = typer.Option(3, help="stopping rule: successive kappas in a row at or above it"),
+    stop_set_size: int = typer.Option(500, help="stopping rule: items in the stop set"),
     out: Path = typer.Option(Path("var/simulation.html"), help="the HTML report"),
     cache: Path = typer.Option(Path("var/embeddings.db"), help="embedding cache shared by runs"),
 ) -> None:
@@ -466,6 +476,7 @@ def simulate(
     from connector.encoder import TextEncoder
     from connector.store import StateStore
     from hitl.simulate import SimulationConfig, labels_to_reach, run, write_html
+    from hitl.simulate.report import stopping_text
 
     if show_suggestion not in ("except_checks", "always", "never"):
         raise typer.BadParameter("show_suggestion: 'except_checks', 'always' or 'never'")
@@ -497,7 +508,9 @@ def simulate(
                                            audit_share=audit_share, accuracy_drop_alpha=accuracy_drop_alpha,
                                            eval_fraction=eval_fraction if not compare_random else max(eval_fraction, 0.2),
                                            seed=seed, features=features, anchoring=anchoring,
-                                           show_suggestion=show_suggestion)
+                                           show_suggestion=show_suggestion, stop_early=stop_early,
+                                           stop_kappa=stop_kappa, stop_window=stop_window,
+                                           stop_set_size=stop_set_size)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))
@@ -518,6 +531,8 @@ def simulate(
                       "-" if r.auto_accept_error is None else f"{r.auto_accept_error:.2%} (≤ {r.target_error:.0%}?)",
                       f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
     console.print(table)
+    for r in results:
+        console.print(f"stopping rule, {r.strategy} seed {r.seed}: {stopping_text(r)}", highlight=False, soft_wrap=True)
     savings: dict[str, list[float]] = {"eval_accuracy": [], "eval_accuracy_newest": []}
     for seed in range(first_seed, first_seed + seeds):
         al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)
@@ -544,6 +559,13 @@ def simulate(
         console.print(f"over {len(main)} seeds: label accuracy {acc.mean():.2%} (min {acc.min():.2%}) with "
                       f"{share.mean():.1%} reviewed; auto-accept error at or under the target in {within} of "
                       f"{len(certified)} runs that auto-accepted ({len(main) - len(certified)} accepted nothing)")
+        fired = [r for r in main if r.stop_reviewed is not None]
+        if fired:
+            at = np.mean([r.stop_review_share for r in fired])
+            there = np.mean([r.stop_label_accuracy for r in fired])
+            full = "" if stop_early else f" vs {np.mean([r.label_accuracy for r in fired]):.2%} at the full budget"
+            console.print(f"stopping rule fired in {len(fired)} of {len(main)} runs, at {at:.1%} reviewed on "
+                          f"average: label accuracy there {there:.2%}{full}")
         if certified:
             realized = np.array([r.auto_accept_error for r in certified])
             estimated = np.array([r.estimated_error or 0.0 for r in certified])

@@ -38,10 +38,12 @@ from connector.snapshots import (
     ModelSnapshot,
     QualitySnapshot,
     RetrainSnapshot,
+    StoppingSnapshot,
     ThresholdsSnapshot,
     read_latest,
     write_snapshot,
 )
+from connector.stopping import advance, choose_stop_set
 from connector.store import StateStore
 from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
@@ -336,7 +338,9 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
                 transform_labels: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
     """Retrain when ``min_new_labels`` settled labels arrived since the last retraining (or when
     forced); then review the threshold. A promoted version is served by the ML backend's poller.
-    The temperature is fitted on the labels of items drawn at random (:func:`drawn_at_random`)."""
+    The temperature is fitted on the labels of items drawn at random (:func:`drawn_at_random`).
+    With ``[stopping] enabled`` the candidate also predicts the stop set (:func:`stop_set`) and the
+    stopping rule is kept as a ``stopping`` snapshot (:mod:`connector.stopping`)."""
     store, spec = ctx.store, ctx.spec
     if spec.kind != "label":
         return {"skipped": f"a {spec.kind!r} task reviews outputs; it has no classifier to retrain"}
@@ -345,20 +349,49 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     seen = last.snapshot.n_labels if last else 0
     if not force and len(labels) - seen < spec.retraining.min_new_labels:
         return {"skipped": f"{len(labels) - seen} new labels, fewer than {spec.retraining.min_new_labels}"}
-    corpus = [it.text for it in store.items.list()] if spec.retraining.features != "embeddings" else None
+    items = store.items.list() if spec.retraining.features != "embeddings" or spec.stopping.enabled else []
+    corpus = [it.text for it in items] if spec.retraining.features != "embeddings" else None
     random = drawn_at_random(store)
+    previous = read_latest(store, StoppingSnapshot) if spec.stopping.enabled else None
+    members = stop_set(store, spec, None if previous is None else previous.snapshot, items) \
+        if spec.stopping.enabled else []
     result: RetrainResult = retrain(texts, labels, ext, hashes, classes=spec.labels, models=ctx.models, corpus=corpus,
                                     cache_store=ctx.cache_store or store, policy=spec.retraining,
                                     encoder=ctx.encoder, calibrate_on=[e in random for e in ext],
-                                    transform_labels=transform_labels)
+                                    transform_labels=transform_labels,
+                                    stop_set=([it.text for it in members], [it.content_hash for it in members]))
     write_snapshot(store, RetrainSnapshot.model_validate(result.to_dict() | {"n_labels": len(labels)}))
     write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
+    stopping = None
+    if result.stop_predictions is not None:
+        stopping = advance(None if previous is None else previous.snapshot, candidate=result.candidate,
+                           members=[(it.external_id, it.content_hash) for it in members],
+                           predictions=result.stop_predictions, labels=spec.labels, policy=spec.stopping,
+                           n_labels=len(labels))
+        write_snapshot(store, stopping)
     # a model that stayed keeps its threshold review: that review's evidence was about this model
     review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
         else None
     return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
             "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
-            "threshold": None if review is None else review.get("threshold")}
+            "threshold": None if review is None else review.get("threshold"),
+            **({} if stopping is None else {"stopping": {"kappa": stopping.kappa, "run": stopping.run,
+                                                         "fired": stopping.fired}})}
+
+
+def stop_set(store: StateStore, spec: TaskSpec, previous: StoppingSnapshot | None,
+             items: list[Any] | None = None) -> list[Any]:
+    """The stopping rule's stop set, as current items: the members the latest ``stopping`` snapshot
+    names (each at its current version; one no longer in the store left out), or, before any (or
+    when none of them is left), the ``stop_set_size`` current items without a label whose content
+    hash is lowest (:func:`connector.stopping.choose_stop_set`). Empty when there is no such item.
+    ``items``: the current items, when the caller has them already."""
+    current = {it.external_id: it for it in (store.items.list() if items is None else items)}
+    if previous is not None and (kept := [current[e] for e in previous.external_ids if e in current]):
+        return kept
+    labelled = {lb.item_id for lb in store.labels.list(status=None)}
+    pool = [(e, it.content_hash) for e, it in current.items() if it.id not in labelled]
+    return [current[e] for e in choose_stop_set(pool, spec.stopping.stop_set_size)]
 
 
 def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = None) -> dict[str, Any]:

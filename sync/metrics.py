@@ -16,6 +16,10 @@ several sync processes or a restart report the same numbers) and yields:
   file's fixed threshold with ``adapt = false``), 0 for the others
 - ``hitl_accept_threshold``: the threshold in force (left out when nothing is accepted)
 - ``hitl_auto_accept_paused``: 1 while failing spot checks hold auto-accept off
+- ``hitl_stopping_kappa``: Cohen's kappa between the last two retrainings' candidates on the stop
+  set, and ``hitl_stopping_fired``: 1 when the stopping rule fired (the last ``window`` kappas at or
+  above the level: more labels are unlikely to change the model), from the latest ``stopping``
+  snapshot (:mod:`connector.stopping`); both left out before any, the kappa also after a set change
 - ``hitl_check_items{kind,model_version,label}``, ``hitl_check_accuracy{...}`` and its Clopper–Pearson
   bounds ``hitl_check_accuracy_lower{...}`` / ``_upper{...}``: the latest ``checks`` snapshot (spot
   checks: the realized accuracy of auto-accepted items; audits; gold), ``label="*"`` over all labels
@@ -53,7 +57,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.auto_accept import in_force
-from connector.snapshots import AgreementSnapshot, ChecksSnapshot, ModelSnapshot, read_latest
+from connector.snapshots import AgreementSnapshot, ChecksSnapshot, ModelSnapshot, StoppingSnapshot, read_latest
 from connector.store import StateStore
 from connector.store.database import read_only
 from connector.store.models import CALLBACK_STATUSES, Item, RoutingDecision
@@ -156,7 +160,20 @@ class SyncMetricsCollector(Collector):
                                          value=threshold))
         out.append(GaugeMetricFamily("hitl_auto_accept_paused", "1 while failing spot checks hold auto-accept off.",
                                      value=1.0 if rule.paused else 0.0))
-        return out + self._checks()
+        return out + self._stopping() + self._checks()
+
+    def _stopping(self) -> list[Metric]:
+        stopping = read_latest(self.store, StoppingSnapshot)
+        if stopping is None:
+            return []
+        out: list[Metric] = []
+        kappa = _number(stopping.snapshot.kappa)
+        if kappa is not None:
+            out.append(GaugeMetricFamily("hitl_stopping_kappa", "Cohen's kappa between the last two retrainings' "
+                                         "candidates' predictions on the stop set.", value=kappa))
+        out.append(GaugeMetricFamily("hitl_stopping_fired", "1 when the stopping rule fired: more labels are "
+                                     "unlikely to change the model.", value=1.0 if stopping.snapshot.fired else 0.0))
+        return out
 
     def _checks(self) -> list[Metric]:
         checks = read_latest(self.store, ChecksSnapshot)

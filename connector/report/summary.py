@@ -1,5 +1,6 @@
 """Section 1, the summary: items by state, routing decisions, human labels, the served model, the
-auto-accept threshold and its error bound, flagged annotators, and the job runs with their failures."""
+auto-accept threshold and its error bound, the stopping rule, flagged annotators, and the job runs
+with their failures."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import TYPE_CHECKING
 from connector.auto_accept import AutoAccept
 from connector.report.markup import esc, finite, or_dash, pct, stamp, table
 from connector.report.thresholds import threshold_text
-from connector.snapshots import ModelSnapshot, QualitySnapshot, ThresholdsSnapshot, read_latest
+from connector.snapshots import ModelSnapshot, QualitySnapshot, StoppingSnapshot, ThresholdsSnapshot, read_latest
+from connector.stopping import describe
 
 if TYPE_CHECKING:
     from connector.model_store import ModelStore
@@ -54,6 +56,7 @@ def summary_section(store: StateStore, models: ModelStore, thresholds: Threshold
         rows.append(("auto-accept threshold", f"{esc(threshold_text(t))}; {esc(bound)}"))
     else:
         rows.append(("auto-accept threshold", "no threshold review yet"))
+    rows.append(("stopping rule", _stopping_text(store)))
     rows.append(("flagged annotators", ", ".join(f'<span class="badge flagged">flagged</span> {esc(a)}'
                                                  for a in flagged) if flagged else "none"))
     return table(["what", "value"], [(f"<b>{esc(k)}</b>", v) for k, v in rows]) + _job_runs(store)
@@ -73,6 +76,18 @@ def _job_runs(store: StateStore) -> str:
         classes.append("flagged" if last is not None and last.status == "failed" else "")
     return "<h3>Job runs</h3>" + table(["job", "runs", "failures", "last run", "last error"], job_rows,
                                        row_classes=classes, numeric=(1, 2))
+
+
+def _stopping_text(store: StateStore) -> str:
+    """The stopping rule after the latest retraining (:mod:`connector.stopping`), badged when it fired."""
+    latest = read_latest(store, StoppingSnapshot)
+    snapshot = None if latest is None else latest.snapshot
+    text = esc(describe(snapshot))
+    if snapshot is None:
+        return text
+    where = (f" (stop set of {len(snapshot.external_ids)} items; candidate {esc(snapshot.candidate or '–')}, "
+             f"{snapshot.n_labels} labels; {esc(stamp(latest.at))})")
+    return ('<span class="badge current">fired</span> ' if snapshot.fired else "") + text + where
 
 
 def _rule_text(rule: AutoAccept) -> str:

@@ -15,8 +15,10 @@ spent, compared with no review (the seed model labels everything) and with an or
 exactly the final model's errors; the realized error among auto-accepted items against the target;
 ECE of the final model before and after temperature scaling on the items no human labelled, its
 temperatures and how many labels (drawn at random) they were fitted on;
-agreement; and, per round, the model's accuracy on a held-out evaluation slice (for the labels
-active learning needs against random picks).
+agreement; per round, the model's accuracy on a held-out evaluation slice (for the labels
+active learning needs against random picks) and the stopping rule's kappa and verdict
+(:mod:`connector.stopping`); the first round at which the rule fired, with the label accuracy there
+(against the full budget's). With ``stop_early`` the run ends at that round.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from connector.consolidation import SEND_BACK_REASONS, agreement_snapshot, answe
 from connector.datasets import LabeledTexts
 from connector.model_store import ModelStore
 from connector.retraining import EmbeddingCache, encoder_key
-from connector.snapshots import RetrainSnapshot, ThresholdsSnapshot, read_history, read_latest
+from connector.snapshots import RetrainSnapshot, StoppingSnapshot, ThresholdsSnapshot, read_history, read_latest
 from connector.store import StateStore, content_hash
 from connector.task_spec import TaskSpec
 from connector.tools.offline import OfflineTool
@@ -53,7 +55,9 @@ class SimulationConfig:
     the threshold rule's evidence and the temperature's labels); ``calibration_labels``: ``random``
     (those labels) or ``all`` (every training label) for the temperature; ``anchoring``: the chance
     that an annotator who is shown the model's suggestion copies it instead of judging the item;
-    ``show_suggestion``: the task file's setting (``except_checks``: checks are shown blind)."""
+    ``show_suggestion``: the task file's setting (``except_checks``: checks are shown blind);
+    ``stop_kappa``, ``stop_window``, ``stop_set_size``: the stopping rule (the task file's
+    ``[stopping]``), and ``stop_early``: end the run at the round the rule fires."""
 
     budget: float = 0.15
     batch: int = 20
@@ -77,6 +81,10 @@ class SimulationConfig:
     accuracy_drop_alpha: float | None = None
     anchoring: float = 0.0
     show_suggestion: str = "except_checks"
+    stop_kappa: float = 0.99
+    stop_window: int = 3
+    stop_set_size: int = 500
+    stop_early: bool = False
     seed: int = 0
 
 
@@ -225,6 +233,10 @@ class RunResult:
     agreement: dict[str, Any]
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stop_reviewed: int | None = None  # reviewed items at the first round the stopping rule fired (None: never)
+    stop_review_share: float | None = None
+    stop_label_accuracy: float | None = None  # the labels' accuracy had the loop stopped there
+    stopped_early: bool = False  # the run ended there (stop_early), not at the budget
 
     @property
     def review_share(self) -> float:
@@ -247,6 +259,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
                     "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction,
                     "calibration_labels": cfg.calibration_labels,
                     "accuracy_drop_alpha": cfg.accuracy_drop_alpha},
+        stopping={"kappa": cfg.stop_kappa, "window": cfg.stop_window, "stop_set_size": cfg.stop_set_size},
         # the review capacity is the budget: a certified threshold is raised so that the budget's share
         # of the items stays below it (a subset of the certified items is accepted), and review goes on
         thresholds={"target_error": cfg.target_error, "delta": cfg.delta, "min_evidence": 30,
@@ -310,7 +323,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
             if progress:
                 progress(rounds[-1])
             left = budget - reviewed
-            if left <= 0:
+            if left <= 0 or (cfg.stop_early and rounds[-1].get("stopping_fired")):
                 break
             sync.router = sync.router.__class__(sync.router.policy.model_copy(update={"review_budget": min(cfg.batch, left)}))
             sync.predict_pass()
@@ -375,6 +388,10 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
     stopped here (human labels where there are, the current model's elsewhere)."""
     point: dict[str, Any] = {"reviewed": reviewed, "answers": len(store.annotations.list(status="submitted")),
                              "version": predictor.serving_version()}
+    stopping = read_latest(store, StoppingSnapshot)
+    if stopping is not None:  # after the latest retraining: its candidate against the one before
+        point["stopping_kappa"] = stopping.snapshot.kappa
+        point["stopping_fired"] = stopping.snapshot.fired
     (x_eval, t_eval, y_eval), (x_pool, t_pool, y_pool) = evaluation, pool
     if predictor.serving_version():
         _, clf = predictor.model()  # the version the sync passes serve, already loaded
@@ -435,6 +452,7 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     audited = [i for i, d in decisions.items() if d.reason == "audit" and i in human]
     final_of = dict(zip(ids.values(), final))
     retrains = read_history(store, RetrainSnapshot)
+    fired = next((p for p in rounds if p.get("stopping_fired") and "label_accuracy" in p), None)
     return RunResult(
         dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
         answers=len(answers), label_accuracy=float((final == y).mean()), no_review_accuracy=no_review,
@@ -455,4 +473,9 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         promoted=sum(1 for r in retrains if r.snapshot.promoted),
         agreement={k: v for k, v in agreement_snapshot(answer_table(answers, spec.labels)).items()
                    if k in ("n_items", "n_annotators", "percent_agreement", "fleiss_kappa", "krippendorff_alpha")},
-        rounds=rounds)
+        rounds=rounds,
+        stop_reviewed=None if fired is None else int(fired["reviewed"]),
+        stop_review_share=None if fired is None else float(fired["review_share"]),
+        stop_label_accuracy=None if fired is None else float(fired["label_accuracy"]),
+        stopped_early=bool(cfg.stop_early and fired is not None and fired is rounds[-1]
+                           and fired["reviewed"] < int(cfg.budget * len(y))))

@@ -24,10 +24,21 @@ def labels_to_reach(rounds: Sequence[dict[str, Any]], accuracy: float, *, key: s
     return need
 
 
+def stopping_text(r: RunResult) -> str:
+    """Where the stopping rule fired, and the labels' accuracy there against the full budget's."""
+    if r.stop_reviewed is None:
+        return "did not fire"
+    where = f"{r.stop_reviewed} reviewed ({100 * (r.stop_review_share or 0):.1f} %)"
+    if r.stopped_early:
+        return f"stopped at {where}: label accuracy {100 * (r.stop_label_accuracy or 0):.2f} %"
+    return (f"stops at {where}: label accuracy {100 * (r.stop_label_accuracy or 0):.2f} % vs "
+            f"{100 * r.label_accuracy:.2f} % at the full budget")
+
+
 def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
     """An HTML page: the figures table and plots (label accuracy against review share with the
-    no-review level and the oracle; evaluation accuracy against labels, active learning against
-    random)."""
+    no-review level, the oracle and where the stopping rule fired; evaluation accuracy against
+    labels, active learning against random)."""
     import base64
     import html
     import io
@@ -53,12 +64,16 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
         f"<td>{'-' if r.auto_accept_error is None else f'{100 * r.auto_accept_error:.2f} %'} "
         f"(target {100 * r.target_error:.1f} %)</td><td>{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f} "
         f"(T {r.temperature:.2f} on {r.calibration_labels} random labels)</td>"
-        f"<td>{r.agreement.get('krippendorff_alpha') or 0:.3f}</td><td>{r.seconds:.0f} s</td></tr>" for r in results)
+        f"<td>{r.agreement.get('krippendorff_alpha') or 0:.3f}</td><td>{html.escape(stopping_text(r))}</td>"
+        f"<td>{r.seconds:.0f} s</td></tr>" for r in results)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in results:
         pts = [p for p in r.rounds if "label_accuracy" in p]
-        ax.plot([100 * p["review_share"] for p in pts], [100 * p["label_accuracy"] for p in pts], marker=".",
-                label=f"{r.strategy} (seed {r.seed})")
+        line, = ax.plot([100 * p["review_share"] for p in pts], [100 * p["label_accuracy"] for p in pts],
+                        marker=".", label=f"{r.strategy} (seed {r.seed})")
+        if r.stop_reviewed is not None:
+            ax.plot([100 * (r.stop_review_share or 0)], [100 * (r.stop_label_accuracy or 0)], marker="v", ms=10,
+                    ls="none", color=line.get_color(), label=f"stopping rule fires, {r.strategy} (seed {r.seed})")
         ax.plot([100 * p["review_share"] for p in pts],
                 [100 * (1 - max(0, p["model_errors"] - p["reviewed"]) / r.items) for p in pts], ls=":",
                 label=f"oracle, {r.strategy}'s model")
@@ -85,7 +100,7 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
     head = ("<tr><th>strategy</th><th>seed</th><th>items</th><th>reviewed</th><th>human answers</th>"
             "<th>label accuracy</th><th>no review</th><th>oracle</th><th>auto-accepted</th><th>certified threshold</th>"
             "<th>auto-accept error</th>"
-            "<th>ECE before → after</th><th>Krippendorff α</th><th>time</th></tr>")
+            "<th>ECE before → after</th><th>Krippendorff α</th><th>stopping rule</th><th>time</th></tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>"

@@ -245,3 +245,28 @@ def test_the_checks_reading_is_served_per_kind_version_and_label(store):
     assert _get(samples, "hitl_check_accuracy_lower", **key) == pytest.approx(0.59)
     assert _get(samples, "hitl_auto_accept_paused") == 1
     assert _get(samples, "hitl_auto_accept", state="off") == 1
+
+
+def test_the_stopping_rule_is_served_once_a_retraining_predicted_the_stop_set(store):
+    from connector.snapshots import write_snapshot
+    from connector.stopping import StoppingPolicy, advance
+
+    samples = _scrape(_sync_client(store))
+    assert not any(name.startswith("hitl_stopping") for name, _ in samples)  # before any: left out
+    policy, members = StoppingPolicy(kappa=0.99, window=2), [(f"e{i}", "h") for i in range(200)]
+    first = advance(None, candidate="v1", members=members, predictions=[0] * 100 + [1] * 100, labels=["a", "b"],
+                    policy=policy)
+    write_snapshot(store, first)
+    samples = _scrape(_sync_client(store))
+    assert ("hitl_stopping_kappa", ()) not in samples and _get(samples, "hitl_stopping_fired", default=None) == 0
+    snap = first
+    for _ in range(2):
+        snap = advance(snap, candidate="v2", members=members, predictions=[0] * 102 + [1] * 98, labels=["a", "b"],
+                       policy=policy)
+        write_snapshot(store, snap)
+        samples = _scrape(_sync_client(store))
+        assert _get(samples, "hitl_stopping_kappa") == pytest.approx(snap.kappa)
+    assert snap.kappas == pytest.approx([0.98, 1.0]) and _get(samples, "hitl_stopping_fired") == 0  # one in a row at 0.99
+    write_snapshot(store, advance(snap, candidate="v3", members=members, predictions=[0] * 102 + [1] * 98,
+                                  labels=["a", "b"], policy=policy))
+    assert _get(_scrape(_sync_client(store)), "hitl_stopping_fired") == 1

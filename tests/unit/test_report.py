@@ -253,3 +253,29 @@ def test_the_threshold_section_shows_what_the_checks_found_and_a_pause(tmp_path)
         text = build_report(store, models)
     assert "auto-accept paused" in text and "spot checks (auto-accepted items)" in text
     assert "75.0%" in text or "75 %" in text or "75%" in text
+
+
+def test_the_summary_tells_the_stopping_rule(tmp_path):
+    from connector.snapshots import write_snapshot
+    from connector.stopping import StoppingPolicy, advance
+
+    def summary(store: StateStore) -> str:
+        text = build_report(store, ModelStore(tmp_path / "models"))
+        _assert_valid_html(text)
+        return text.split('<section id="s2">')[0]
+
+    with _store(tmp_path) as store:
+        assert "stopping rule</b></td><td>no retraining has predicted the stop set yet" in summary(store)
+        policy, members = StoppingPolicy(kappa=0.99, window=2), [(f"e{i}", "h") for i in range(300)]
+        snap = None
+        for version in ("v1", "v2<x>", "v3"):
+            snap = advance(snap, candidate=version, members=members, predictions=[0] * 150 + [1] * 150,
+                           labels=["a", "b"], policy=policy, n_labels=40)
+            write_snapshot(store, snap)
+            if version == "v2<x>":
+                halfway = summary(store)
+        fired = summary(store)
+    assert "not yet: kappa 1.000 over the last 1 retraining, 1 in a row at &gt;= 0.99 (2 needed)" in halfway
+    assert "v2&lt;x&gt;" in halfway and "badge current\">fired" not in halfway
+    assert ('<span class="badge current">fired</span> kappa 1.000, 1.000 over the last 2 retrainings: more labels '
+            "are unlikely to change the model (stop set of 300 items; candidate v3, 40 labels;") in fired

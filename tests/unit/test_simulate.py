@@ -116,3 +116,51 @@ def test_anchoring_changes_nothing_when_no_suggestion_is_shown_and_biases_audits
     # items, shown nothing, still disagree now and then)
     assert shown.audits > 0 and blind.audits > 0
     assert shown.answers < blind.answers
+
+
+@pytest.fixture
+def synthetic():
+    """400 short synthetic texts whose words say their label most of the time (for the stub encoder)."""
+    from tests.unit.test_classifier import texts_for
+
+    rng = np.random.default_rng(0)
+    labels = [["a", "b", "c"][int(i)] for i in rng.integers(3, size=400)]
+    return LabeledTexts("synthetic", [f"{t} n{i}" for i, t in enumerate(texts_for(labels, seed=1))], labels)
+
+
+def test_the_stopping_rule_is_recorded_per_round_and_stop_early_ends_the_run_where_it_fires(synthetic, tmp_path):
+    import torch
+
+    from hitl.simulate.report import stopping_text
+    from tests.support.stub_encoder import StubEncoder
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 16-wide head: threads only cost on a busy CPU
+    try:
+        with StateStore(f"sqlite:///{tmp_path}/cache.db") as cache:
+            cache.migrate()
+            cfg = SimulationConfig(budget=0.4, batch=20, seed_size=30, features="embeddings", stop_set_size=100,
+                                   stop_kappa=0.9, stop_window=2)
+            full = run(synthetic, cfg, cache_store=cache, encoder=StubEncoder())
+            early = run(synthetic, SimulationConfig(**{**cfg.__dict__, "stop_early": True}), cache_store=cache,
+                        encoder=StubEncoder())
+    finally:
+        torch.set_num_threads(saved)
+    pts = full.rounds
+    assert pts[0]["stopping_kappa"] is None and all(p["stopping_kappa"] is not None for p in pts[1:])
+    first = next(k for k, p in enumerate(pts) if p["stopping_fired"])
+    assert 2 <= first < len(pts) - 1  # fires before the budget, after two kappas at >= 0.9 in a row
+    assert pts[first - 1]["stopping_kappa"] >= 0.9 and pts[first]["stopping_kappa"] >= 0.9
+    assert not any(p["stopping_fired"] for p in pts[:first])
+    assert (full.stop_reviewed, full.stop_review_share, full.stop_label_accuracy) == (
+        pts[first]["reviewed"], pts[first]["review_share"], pts[first]["label_accuracy"])
+    assert not full.stopped_early and full.reviewed > full.stop_reviewed
+    assert stopping_text(full) == (f"stops at {full.stop_reviewed} reviewed ({100 * full.stop_review_share:.1f} %): "
+                                   f"label accuracy {100 * full.stop_label_accuracy:.2f} % vs "
+                                   f"{100 * full.label_accuracy:.2f} % at the full budget")
+    # seeds fixed: the early run is the full one up to the round the rule fires, and ends there
+    assert early.rounds == pts[:first + 1] and early.stopped_early
+    assert early.reviewed == full.stop_reviewed and early.stop_label_accuracy == full.stop_label_accuracy
+    assert stopping_text(early).startswith(f"stopped at {full.stop_reviewed} reviewed")
+    page = write_html([full, early], tmp_path / "sim.html", title="stop").read_text()
+    assert stopping_text(full) in page and "stopped at" in page
