@@ -21,8 +21,10 @@ new item will be.
 Reported per run: held-out accuracy, macro-F1, ECE (15 bins), log loss, the fine-tuning's steps
 and wall time, and the time to encode the test slice (texts a second, so the cost of re-encoding a
 project follows). With ``--wait-quiet`` every timed run waits until no other simulation or benchmark
-has run for 60 s (``pgrep -f "hitl simulate|benchmarks/"``, polled every 30 s), records what it
-waited for and the load average, and is measured again (``--attempts``) when one started meanwhile. Results are merged into ``benchmarks/out/finetune.json`` (one
+has run for 60 s (``pgrep -f "hitl simulate|benchmarks/"``, polled every 30 s) and other processes
+used under 0.2 cores meanwhile (``/proc/stat`` less this process's own CPU time), records what it
+waited for, and is measured again (``--attempts``) when another job ran or other processes used more
+than 0.25 cores on average during it (``other_cores`` in the record). Results are merged into ``benchmarks/out/finetune.json`` (one
 record per size, seed, setting and budget; a rerun replaces its record).
 
     PYTHONPATH=. python benchmarks/finetune.py --sizes 300 --seeds 0 --budgets 120 240 \\
@@ -76,33 +78,48 @@ def others_running() -> list[str]:
     return [line for line in out.splitlines() if line and int(line.split()[0]) not in mine]
 
 
-def wait_quiet(enabled: bool, *, quiet_s: float = 60.0, poll_s: float = 30.0) -> dict:
-    """Block until :func:`others_running` has been empty for ``quiet_s``; returns what was seen."""
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy, and this process (all its threads) has used."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+def wait_quiet(enabled: bool, *, quiet_s: float = 60.0, poll_s: float = 30.0, max_other_cores: float = 0.2) -> dict:
+    """Block until for ``quiet_s`` no other simulation or benchmark ran (:func:`others_running`) and
+    other processes used at most ``max_other_cores`` of CPU on average; returns what was seen."""
     seen: set[str] = set()
     start = time.time()
     if enabled:
         quiet_since = None
+        last = (time.time(), *cpu_seconds())
         while True:
-            now, found = time.time(), others_running()
+            time.sleep(poll_s)
+            now, busy, own = time.time(), *cpu_seconds()
+            others_cores = ((busy - last[1]) - (own - last[2])) / (now - last[0])
+            last = (now, busy, own)
+            found = others_running()
             seen.update(found)
-            if found:
+            if found or others_cores > max_other_cores:
                 quiet_since = None
             elif quiet_since is None:
-                quiet_since = now
+                quiet_since = now - poll_s
             if quiet_since is not None and now - quiet_since >= quiet_s:
                 break
-            time.sleep(poll_s)
     return {"waited_s": round(time.time() - start, 1), "waited_for": sorted(seen),
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 class Watch:
-    """Polls :func:`others_running` every ``poll_s`` in a thread while a run is timed."""
+    """While a run is timed: polls :func:`others_running` every ``poll_s`` in a thread, and measures
+    the CPU other processes used (``other_cores``: on average, in cores)."""
 
     def __init__(self, poll_s: float = 15.0) -> None:
         import threading
 
         self.seen: set[str] = set()
+        self.other_cores = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, args=(poll_s,), daemon=True)
 
@@ -111,12 +128,16 @@ class Watch:
             self.seen.update(others_running())
 
     def __enter__(self) -> Self:
+        self._start = (time.time(), *cpu_seconds())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self.seen.update(others_running())
+        now, busy, own = time.time(), *cpu_seconds()
+        t0, busy0, own0 = self._start
+        self.other_cores = ((busy - busy0) - (own - own0)) / max(now - t0, 1e-9)
 
 
 def loop_head(encoder: TextEncoder, seed: int) -> TextClassifier:
@@ -234,17 +255,19 @@ def main() -> None:
                         with Watch() as watch:
                             rec.update(run_setting(setting, budget, train, y_train, test, y_test, seed, args))
                         rec["during_run"] = sorted(watch.seen)
-                        if not (args.wait_quiet and rec["during_run"]):
+                        rec["other_cores"] = round(watch.other_cores, 3)
+                        if not (args.wait_quiet and (rec["during_run"] or watch.other_cores > 0.25)):
                             break
-                        print(f"    another job ran meanwhile ({len(rec['during_run'])}): measured again", flush=True)
+                        print(f"    other jobs ran meanwhile ({len(rec['during_run'])} simulations/benchmarks, "
+                              f"{watch.other_cores:.2f} cores in all): measured again", flush=True)
                     rec["acc_ratio"] = round(rec["accuracy"] / base["accuracy"], 4)
                     rec["ece_ratio"] = round(rec["ece"] / base["ece"], 4) if base["ece"] else None
                     save_record(args.out, results, rec)
                     own = f"  (own head {rec['own_accuracy']:.3f}, ECE {rec['own_ece']:.3f})" if "own_accuracy" in rec else ""
                     print(f"{n:4d} {seed:4d} {setting:18s} {budget:6.0f} {rec['accuracy']:6.3f} {rec['acc_ratio']:8.3f} "
                           f"{rec['ece']:6.3f} {rec['log_loss']:7.3f} {rec['steps_done']:5d}/{rec['steps_planned']:<5d} "
-                          f"{rec['elapsed_s']:6.1f} {rec['encode_rate']:6.0f}{own}"
-                          + (f"  [others ran: {len(rec['during_run'])}]" if rec["during_run"] else ""), flush=True)
+                          f"{rec['elapsed_s']:6.1f} {rec['encode_rate']:6.0f}{own}  [others: {rec['other_cores']:.2f} cores]",
+                          flush=True)
     print(f"written to {args.out}")
 
 
