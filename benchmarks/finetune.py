@@ -10,8 +10,9 @@ label counted as drawn at random, which these are):
 
 - ``frozen``: the bundled MiniLM as it is (the baseline; always run, the ratios are against it);
 - ``cosine`` / ``batch_hard`` / ``supcon``: contrastive fine-tuning (``connector.finetune``) then the head;
-- ``classifier``: full fine-tuning with a softmax head (cross-entropy), then the loop's head on the
-  new embeddings; the jointly trained head's own accuracy and ECE are reported too (``own_*``).
+- ``classifier``: full fine-tuning with a softmax head (cross-entropy; an epoch for every 12 s of
+  the budget, so a larger budget trains longer rather than stopping early), then the loop's head on
+  the new embeddings; the jointly trained head's own accuracy and ECE are reported too (``own_*``).
 
 A setting ending in ``/cal20`` fine-tunes on 80 % of the labels (stratified) and fits the loop's
 temperature only on the other 20 % (``calibrate_on``), whose embeddings the fine-tuning never saw:
@@ -166,8 +167,10 @@ def run_setting(setting: str, budget: float, train: list[str], y_train: list[str
                 y_test: np.ndarray, seed: int, args: argparse.Namespace) -> dict:
     name, _, variant = setting.partition("/")
     method = "classifier" if name == "classifier" else "contrastive"
+    epochs = (args.classifier_epochs or budget / 12) if method == "classifier" else None
     cfg = FinetuneConfig(method=method, loss=name if method == "contrastive" else "cosine", budget_s=budget,
-                         seed=seed, learning_rate=args.lr_classifier if method == "classifier" else args.lr)
+                         seed=seed, learning_rate=args.lr_classifier if method == "classifier" else args.lr,
+                         epochs=epochs)
     tune_idx = np.arange(len(train))
     calibrate_on = None
     if variant == "cal20":
@@ -210,6 +213,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=2e-5, help="contrastive learning rate")
     ap.add_argument("--lr-classifier", type=float, default=3e-5)
+    ap.add_argument("--classifier-epochs", type=float, default=None,
+                    help="full fine-tuning's epochs (default: one for every 12 s of the budget)")
     ap.add_argument("--wait-quiet", action="store_true")
     ap.add_argument("--attempts", type=int, default=3,
                     help="with --wait-quiet: runs another job overlapped are measured again, up to this often")

@@ -77,6 +77,9 @@ class FinetuneConfig(BaseModel):
     - ``learning_rate``: the encoder's (AdamW, linear warm-up over ``warmup_fraction`` of the steps,
       then linear decay to zero); ``head_learning_rate``: the ``classifier`` head's.
     - ``temperature``: ``supcon``'s; ``max_length``: tokens a text is cut to while training.
+    - ``freeze_embeddings``: keep the token, position and type embeddings as they are (half of
+      MiniLM's weights: the optimizer step costs a third, and few labels say little about them).
+    - ``group_by_length``: ``classifier``: batches of texts of similar length (less padding).
     - ``max_steps``: a cap on the steps whatever the epochs; ``fit_to_budget``: refit the schedule's
       length to what the budget allows (measured step time), else run the planned schedule until the
       budget stops it.
@@ -98,6 +101,8 @@ class FinetuneConfig(BaseModel):
     temperature: float = Field(0.1, gt=0)
     max_length: int = Field(128, ge=8)
     max_steps: int | None = Field(None, ge=1)
+    freeze_embeddings: bool = True
+    group_by_length: bool = True
     fit_to_budget: bool = True
     seed: int = 0
     num_threads: int | None = Field(None, ge=1)
@@ -241,6 +246,19 @@ def balanced_batches(y: np.ndarray, size: int, rng: np.random.Generator) -> Iter
         chosen = rng.choice(classes, per_batch, replace=False)
         k = size // per_batch
         yield np.concatenate([take(c, k) for c in chosen])
+
+
+def epoch_batches(lengths: np.ndarray, size: int, rng: np.random.Generator, *, group_by_length: bool = True,
+                  window: int = 50) -> list[np.ndarray]:
+    """One epoch's batches of ``size`` indices in random order; with ``group_by_length``, each run of
+    ``window`` batches is sorted by token length before it is cut into batches (less padding, the
+    batches still shuffled), as Hugging Face's length-grouped sampler does."""
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        chunks = [order[i:i + window * size] for i in range(0, len(order), window * size)]
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 # -- losses (on L2-normalised embeddings) ----------------------------------------------------------
@@ -441,12 +459,13 @@ def _classifier_plan(enc: TextEncoder, ids: list[list[int]], y: np.ndarray, cfg:
     steps = max(1, math.ceil(cfg.n_epochs() * per_epoch))
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
-    order = np.concatenate([rng.permutation(len(y)) for _ in range(math.ceil(steps / per_epoch) + 1)])
+    lengths = batch_plan.token_lengths(ids)
+    batches = [b for _ in range(math.ceil(steps / per_epoch))
+               for b in epoch_batches(lengths, cfg.batch_size, rng, group_by_length=cfg.group_by_length)]
     y_t = torch.from_numpy(y).to(enc.device)
 
     def step(s: int) -> Any:
-        epoch, pos = divmod(s, per_epoch)
-        index = order[epoch * len(y):(epoch + 1) * len(y)][pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        index = batches[s]
         return torch.nn.functional.cross_entropy(head(_embed(enc, ids, index)), y_t[index])
 
     return _Plan(steps, step, head)
@@ -459,8 +478,11 @@ def _train(enc: TextEncoder, plan: _Plan, cfg: FinetuneConfig, deadline: float, 
     import torch
 
     enc.model.train().requires_grad_(True)
+    if cfg.freeze_embeddings:
+        enc.model.get_input_embeddings().requires_grad_(False)
+        getattr(enc.model, "embeddings", enc.model.get_input_embeddings()).requires_grad_(False)
     no_decay = ("bias", "LayerNorm.weight")
-    named = list(enc.model.named_parameters())
+    named = [(n, p) for n, p in enc.model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
     if plan.head is not None:
@@ -484,7 +506,7 @@ def _train(enc: TextEncoder, plan: _Plan, cfg: FinetuneConfig, deadline: float, 
             opt.zero_grad(set_to_none=True)
             loss = plan.step(step)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(enc.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
             opt.step()
             sched.step()
             step += 1

@@ -14,6 +14,7 @@ from connector.finetune import (
     batch_hard_soft_margin_loss,
     contrastive_pairs,
     cosine_loss,
+    epoch_batches,
     finetune,
     load_finetuned,
     load_head,
@@ -72,6 +73,20 @@ def test_balanced_batches_hold_distinct_texts_of_each_class():
     assert seen == set(range(25))  # ten batches of four a class pass through every text
 
 
+def test_an_epoch_covers_every_text_once_in_batches_of_similar_length():
+    lengths = np.random.default_rng(0).integers(5, 60, size=203)
+    batches = epoch_batches(lengths, 16, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(203))
+    assert [len(b) for b in batches].count(16) == 12
+    plain = epoch_batches(lengths, 16, np.random.default_rng(1), group_by_length=False)
+    assert sorted(np.concatenate(plain).tolist()) == list(range(203))
+
+    def padded(bs: list) -> int:
+        return sum(len(b) * lengths[b].max() for b in bs)
+
+    assert padded(batches) < 0.8 * padded(plain)
+
+
 def test_losses_equal_sentence_transformers_on_the_same_embeddings():
     losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses",
                                  reason="sentence-transformers is in the dev extra")
@@ -113,11 +128,11 @@ def test_a_run_the_budget_does_not_cut_is_repeatable(tiny_model_dir):
     assert not np.allclose(other.encoder.encode(TEXTS), runs[0].encoder.encode(TEXTS), atol=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["cosine", "batch_hard", "supcon"])
-def test_contrastive_fine_tuning_moves_same_label_texts_together(tiny_model_dir, tiny_encoder, loss):
+@pytest.mark.parametrize(("loss", "lr"), [("cosine", 5e-3), ("batch_hard", 1e-2), ("supcon", 5e-3)])
+def test_contrastive_fine_tuning_moves_same_label_texts_together(tiny_model_dir, tiny_encoder, loss, lr):
     y = np.array([lb == "good" for lb in LABELS])
     before = _separation(tiny_encoder.encode(TEXTS), y)
-    ft = finetune(TEXTS, LABELS, _cfg(loss=loss, max_steps=40, learning_rate=2e-3), base=tiny_model_dir)
+    ft = finetune(TEXTS, LABELS, _cfg(loss=loss, max_steps=40, learning_rate=lr), base=tiny_model_dir)
     x = ft.encoder.encode(TEXTS)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)  # normalised, as the frozen encoder's
     after = _separation(x, y)
@@ -137,7 +152,12 @@ def test_weights_and_head_round_trip_through_safetensors(tiny_model_dir, tmp_pat
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     loaded = load_finetuned(out)
     np.testing.assert_allclose(loaded.encode(TEXTS), x, atol=1e-6)
-    assert not np.allclose(TextEncoder(tiny_model_dir).encode(TEXTS), x, atol=1e-3)
+    base = TextEncoder(tiny_model_dir)
+    assert not np.allclose(base.encode(TEXTS), x, atol=1e-3)
+    # the embeddings stay frozen (freeze_embeddings), the layers above them moved
+    torch.testing.assert_close(loaded.model.get_input_embeddings().weight, base.model.get_input_embeddings().weight)
+    assert not torch.allclose(loaded.model.encoder.layer[0].attention.self.query.weight,
+                              base.model.encoder.layer[0].attention.self.query.weight)
     head = load_head(out)
     assert head.classes == ft.head.classes
     np.testing.assert_allclose(head.predict_proba(x), ft.head.predict_proba(x), atol=1e-6)
