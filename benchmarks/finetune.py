@@ -220,6 +220,7 @@ def main() -> None:
                     help="with --wait-quiet: runs another job overlapped are measured again, up to this often")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--tag", default="", help="appended to the setting's name in the records (a variant: --tag @lr1e-4)")
     args = ap.parse_args()
 
     import torch
@@ -255,7 +256,7 @@ def main() -> None:
                 for budget in args.budgets:
                     for attempt in range(1, args.attempts + 1):
                         quiet = wait_quiet(args.wait_quiet)
-                        rec = {"n": n, "seed": seed, "setting": setting, "budget_s": budget, **quiet,
+                        rec = {"n": n, "seed": seed, "setting": setting + args.tag, "budget_s": budget, **quiet,
                                "when": datetime.now(UTC).isoformat(timespec="seconds"), "attempt": attempt}
                         with Watch() as watch:
                             rec.update(run_setting(setting, budget, train, y_train, test, y_test, seed, args))
@@ -269,7 +270,7 @@ def main() -> None:
                     rec["ece_ratio"] = round(rec["ece"] / base["ece"], 4) if base["ece"] else None
                     save_record(args.out, results, rec)
                     own = f"  (own head {rec['own_accuracy']:.3f}, ECE {rec['own_ece']:.3f})" if "own_accuracy" in rec else ""
-                    print(f"{n:4d} {seed:4d} {setting:18s} {budget:6.0f} {rec['accuracy']:6.3f} {rec['acc_ratio']:8.3f} "
+                    print(f"{n:4d} {seed:4d} {setting + args.tag:18s} {budget:6.0f} {rec['accuracy']:6.3f} {rec['acc_ratio']:8.3f} "
                           f"{rec['ece']:6.3f} {rec['log_loss']:7.3f} {rec['steps_done']:5d}/{rec['steps_planned']:<5d} "
                           f"{rec['elapsed_s']:6.1f} {rec['encode_rate']:6.0f}{own}  [others: {rec['other_cores']:.2f} cores]",
                           flush=True)
