@@ -8,6 +8,9 @@ Layout under a model root::
                                    metrics, created_at (``lexical``: the word head's temperature)
     versions/v3/lexical.json       the word features' vocabulary (only with word features)
     versions/v3/trained_on.json    external ids of the training items (when given)
+    versions/v3/encoder/           a fine-tuned encoder of the version's own (a Hugging Face model
+                                   directory, ``model.safetensors``); ``meta.json``'s ``encoder``
+                                   then says ``weights: "encoder"``, its ``sha256`` and the ``base``
     current                        the name of the version to serve (written atomically)
 
 Rows of the tensors follow ``labels``. The classifier's fitted state goes through
@@ -34,6 +37,7 @@ from connector.classifier import FittedState, TextClassifier
 from connector.encoder import TextEncoder
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
+OWN_ENCODER = "encoder"  # a version's fine-tuned encoder directory
 STALE_TMP_S = 3600.0  # a save's temporary directory older than this was left by a crash
 
 
@@ -108,10 +112,13 @@ class ModelStore:
 
     def save(self, clf: TextClassifier, *, metrics: dict[str, Any] | None = None,
              encoder_ref: str | None = None, parent: str | None = None, promote: bool = False,
-             trained_on: list[str] | None = None) -> ModelVersion:
+             trained_on: list[str] | None = None, encoder_dir: str | os.PathLike | None = None,
+             encoder_info: dict[str, Any] | None = None) -> ModelVersion:
         """Write ``clf`` as the next version; ``encoder_ref`` is "default" or a model directory;
         ``trained_on``: the external ids of its training items (``trained_on.json``), so that a
-        later candidate can be compared with it on every label it never saw."""
+        later candidate can be compared with it on every label it never saw. ``encoder_dir``: a
+        fine-tuned encoder (a model directory) the version carries as its own, moved into it;
+        ``encoder_info``: how it was trained (kept in ``meta.json``)."""
         from safetensors.numpy import save_file
 
         existing = self.versions()
@@ -153,6 +160,11 @@ class ModelStore:
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
         if trained_on is not None:
             (tmp / "trained_on.json").write_text(json.dumps(sorted(trained_on)))
+        if encoder_dir is not None:
+            shutil.move(str(encoder_dir), tmp / OWN_ENCODER)
+            meta.encoder |= {"base": meta.encoder["model"], "weights": OWN_ENCODER,
+                             "sha256": weights_digest(tmp / OWN_ENCODER), "finetune": encoder_info or {}}
+            (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
         tmp.rename(self.versions_dir / name)
         if promote:
             self.promote(name)
@@ -160,7 +172,8 @@ class ModelStore:
 
     def load(self, version: str | None = None, *, encoder: TextEncoder | None = None,
              **encoder_kwargs: Any) -> tuple[TextClassifier, ModelVersion]:
-        """Load a version (default: current). ``encoder`` is reused when given, else built."""
+        """Load a version (default: current). ``encoder`` is reused when given and the version uses
+        the base encoder; a version with its own (fine-tuned) encoder loads that one."""
         from safetensors.numpy import load_file
 
         version = version or self.current()
@@ -168,7 +181,11 @@ class ModelStore:
             raise FileNotFoundError(f"no model version under {self.root}; train one with `hitl train`")
         meta = self.meta(version)
         tensors = load_file(str(self.path(version) / "head.safetensors"))
-        if encoder is None:
+        if meta.encoder.get("weights"):
+            encoder = TextEncoder(self.path(version) / meta.encoder["weights"], max_length=meta.encoder.get("max_length"),
+                                  normalize=meta.encoder.get("normalize", True),
+                                  chunk=bool(meta.encoder.get("chunk", False)), **encoder_kwargs)
+        elif encoder is None:
             encoder = TextEncoder(meta.encoder.get("model"), max_length=meta.encoder.get("max_length"),
                                   normalize=meta.encoder.get("normalize", True),
                                   chunk=bool(meta.encoder.get("chunk", False)), **encoder_kwargs)
@@ -185,6 +202,29 @@ class ModelStore:
                              f"{len(meta.labels)} labels and encoder dim {encoder.dim}")
         clf = TextClassifier.from_state(state, encoder, **meta.hyperparameters)
         return clf, meta
+
+
+def encoder_identity(encoder_meta: dict[str, Any]) -> str:
+    """Which embeddings an encoder produces: its weights (the base model reference, and a fine-tuned
+    encoder's weight digest), how many tokens, whether normalized and chunked. Two versions with the
+    same identity share an encoder and an embedding cache."""
+    key = f"{encoder_meta.get('model', 'default')}|{encoder_meta.get('max_length')}|{encoder_meta.get('normalize', True)}"
+    key += "|chunk" if encoder_meta.get("chunk") else ""
+    return key + (f"|ft:{encoder_meta['sha256'][:16]}" if encoder_meta.get("sha256") else "")
+
+
+def weights_digest(directory: str | os.PathLike) -> str:
+    """SHA-256 of a model directory's safetensors weights (the fine-tuned encoder's identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        if path.name == "head.safetensors":
+            continue
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _remove_stale_tmp(versions_dir: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,28 +116,48 @@ class SimulatedAnnotators:
 
 class InProcessPredictor:
     """The current model version, served in-process (what the ML backend answers), with the
-    embeddings from the cache."""
+    embeddings from the cache (one cache per encoder: a fine-tuned version embeds with its own).
+    ``reembed_s`` / ``reembedded``: time spent and texts embedded by fine-tuned encoders (the cost of
+    re-scoring the pool after promoting one)."""
 
     def __init__(self, models: ModelStore, cache: EmbeddingCache) -> None:
         self.models, self.cache = models, cache
         self._loaded: tuple[str, Any] | None = None
+        self._versions: dict[str, tuple[Any, EmbeddingCache]] = {}
+        self.reembed_s, self.reembedded = 0.0, 0
 
     def serving_version(self) -> str | None:
         return self.models.current()
+
+    def version(self, version: str) -> tuple[Any, EmbeddingCache]:
+        """A version's classifier and the embedding cache of its encoder (loaded once)."""
+        if version not in self._versions:
+            clf, meta = self.models.load(version, encoder=self.cache.encoder)
+            key = encoder_key(meta.encoder)
+            cache = self.cache if key == self.cache.key else EmbeddingCache(self.cache.store, clf.encoder, key)
+            self._versions[version] = (clf, cache)
+        return self._versions[version]
 
     def model(self) -> tuple[str, Any]:
         """The current version and its classifier (loaded once per version)."""
         version = self.models.current()
         if version is None:
             raise RuntimeError("no model version yet")
-        if self._loaded is None or self._loaded[0] != version:
-            clf, _ = self.models.load(version, encoder=self.cache.encoder)
-            self._loaded = (version, clf)
-        return self._loaded
+        return version, self.version(version)[0]
+
+    def embed(self, version: str, texts: Sequence[str]) -> np.ndarray:
+        """``texts`` embedded by the encoder of ``version``."""
+        cache = self.version(version)[1]
+        t0 = time.perf_counter()
+        x, n = cache.encode(list(texts), [content_hash(t) for t in texts])
+        if cache is not self.cache:
+            self.reembed_s += time.perf_counter() - t0
+            self.reembedded += n
+        return x
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         version, clf = self.model()
-        x, _ = self.cache.encode(list(texts), [content_hash(t) for t in texts])
+        x = self.embed(version, texts)
         probs = clf.predict_proba_from_embeddings(x, texts=texts)
         labels = clf.classes_.tolist()
         top = probs.argmax(axis=1)
@@ -172,8 +193,6 @@ class LabelStudioAnnotating:
     """Simulated annotators as Label Studio users, answering through its API."""
 
     def __init__(self, sync: SyncService, names: Sequence[str]) -> None:
-        import time
-
         self.sync = sync
         ls = sync.tool._ls
         stamp = time.time_ns()
@@ -270,8 +289,6 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         workdir: Path | None = None, label_studio: tuple[str, str] | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """One simulated project from an empty store to the review budget; see :class:`RunResult`."""
-    import time
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     n = len(data.texts)
@@ -339,7 +356,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         # the end: the final model scores and routes what is left (no more pushes)
         sync.predict_pass()
         sync.route_pass()
-        result = _measure(data, cfg, store, models, cache, truth, ids, seed_version, rounds, spec)
+        result = _measure(data, cfg, store, models, predictor, truth, ids, seed_version, rounds, spec)
         store.close()
     result.seconds = time.perf_counter() - t0
     return result
@@ -394,7 +411,9 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
         point["stopping_fired"] = stopping.snapshot.fired
     (x_eval, t_eval, y_eval), (x_pool, t_pool, y_pool) = evaluation, pool
     if predictor.serving_version():
-        _, clf = predictor.model()  # the version the sync passes serve, already loaded
+        version, clf = predictor.model()  # the version the sync passes serve, already loaded
+        x_pool = predictor.embed(version, t_pool)
+        x_eval = predictor.embed(version, t_eval) if x_eval is not None else None
         model = clf.classes_[clf.predict_proba_from_embeddings(x_pool, texts=t_pool).argmax(1)]
         human = {lb.item_id: lb.label for lb in store.labels.list() if lb.label is not None}
         final = np.array([human.get(i, m) for i, m in zip(pool_ids, model)])
@@ -408,20 +427,26 @@ def _record_round(rounds: list[dict[str, Any]], store: StateStore, predictor: In
 
             point["eval_accuracy"] = accuracy(clf)
             newest = point["newest"] = predictor.models.versions()[-1]  # trained on every label so far
-            point["eval_accuracy_newest"] = point["eval_accuracy"] if newest == predictor.serving_version() \
-                else accuracy(predictor.models.load(newest, encoder=predictor.cache.encoder)[0])
+            if newest == predictor.serving_version():
+                point["eval_accuracy_newest"] = point["eval_accuracy"]
+            else:
+                other, _ = predictor.version(newest)
+                x_eval = predictor.embed(newest, t_eval)
+                point["eval_accuracy_newest"] = accuracy(other)
+        point["reembed_s"], point["reembedded"] = round(predictor.reembed_s, 3), predictor.reembedded
     rounds.append(point)
 
 
-def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, models: ModelStore, cache: EmbeddingCache,
+def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, models: ModelStore,
+             predictor: InProcessPredictor,
              truth: dict[str, str], ids: dict[str, int], seed_version: str | None, rounds: list[dict[str, Any]],
              spec: TaskSpec) -> RunResult:
     items = store.items.get_many(ids.values())
     ext = [items[i].external_id for i in ids.values()]
     texts = [items[i].text for i in ids.values()]
     y = np.array([truth[e] for e in ext])
-    x, _ = cache.encode(texts, [content_hash(t) for t in texts])
-    clf, _ = models.load(encoder=cache.encoder)
+    version, clf = predictor.model()
+    x = predictor.embed(version, texts)
     raw = clf.predict_proba_from_embeddings(x, texts=texts, calibrated=False)
     cal = clf.predict_proba_from_embeddings(x, texts=texts)
     model_label = clf.classes_[cal.argmax(1)]
@@ -439,8 +464,10 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         final.append(label)
     final = np.array(final)
     reviewed = np.array([i in human for i in ids.values()])
-    seed_clf, _ = models.load(seed_version, encoder=cache.encoder) if seed_version else (clf, None)
-    no_review = float((seed_clf.classes_[seed_clf.predict_proba_from_embeddings(x, texts=texts).argmax(1)] == y).mean())
+    seed_clf = predictor.version(seed_version)[0] if seed_version else clf
+    x_seed = predictor.embed(seed_version, texts) if seed_version else x
+    no_review = float((seed_clf.classes_[seed_clf.predict_proba_from_embeddings(x_seed, texts=texts).argmax(1)]
+                       == y).mean())
     errors = int((model_label != y).sum())
     oracle = 1.0 - max(0, errors - int(reviewed.sum())) / len(y)
     decisions = store.decisions.latest(ids.values())
