@@ -11,6 +11,10 @@ Two ways to settle an item:
   back for more answers.
 * :class:`DawidSkene` / :func:`dawid_skene`: weights annotators by their estimated quality. EM over
   a per-annotator confusion matrix (Dawid & Skene, 1979), started from majority-vote soft labels.
+* :func:`crowdlab`: cleanlab's CROWDLAB (Goh et al., 2022): the model's out-of-sample class
+  probabilities count as one more rater, weighted against the annotators by how often each agrees
+  with the others; items without a model probability fall back to Dawid-Skene. cleanlab is
+  imported only when it runs.
 
 Results come back as a :class:`ConsensusResult`, one entry per item in every field.
 """
@@ -27,6 +31,7 @@ __all__ = [
     "REASONS",
     "ConsensusResult",
     "DawidSkene",
+    "crowdlab",
     "dawid_skene",
     "majority_vote",
 ]
@@ -45,7 +50,12 @@ class ConsensusResult:
       answers;
     * ``n_answers``: ``int64`` number of answers the item received;
     * ``reason``: ``list[str]``, ``"settled"`` or why not (see :data:`REASONS`);
-    * ``posterior``: ``(n_items, n_classes)`` class probabilities (Dawid-Skene only, else ``None``).
+    * ``posterior``: ``(n_items, n_classes)`` class probabilities (Dawid-Skene only, else ``None``);
+    * ``confidence``: ``float64`` how sure the method is of the winner where it differs from
+      ``agreement`` (CROWDLAB's consensus quality score), else ``None``;
+    * ``method``: ``list[str]``, the method that settled each item where it varies by item
+      (CROWDLAB, with its Dawid-Skene fallback), else ``None``;
+    * ``note``: why a method fell back for some items (CROWDLAB), else ``None``.
     """
 
     label: np.ndarray
@@ -53,6 +63,9 @@ class ConsensusResult:
     n_answers: np.ndarray
     reason: list[str]
     posterior: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    method: list[str] | None = None
+    note: str | None = None
 
     @property
     def settled(self) -> np.ndarray:
@@ -204,3 +217,100 @@ def dawid_skene(R: np.ndarray, *, n_classes: int, min_confidence: float = 0.0, *
     return ConsensusResult(
         label=label, agreement=conf, n_answers=n_answers, reason=[REASONS[c] for c in codes], posterior=P
     )
+
+
+def _crowdlab_unfit(R: np.ndarray, probs: np.ndarray, k: int) -> str | None:
+    """Why cleanlab's CROWDLAB cannot run on ``R`` (items with answers and a model probability),
+    or ``None`` when it can.
+
+    Besides its own input checks: CROWDLAB scales every weight by how often the majority vote of
+    items with two answers or more differs from its most common class; when it never does (one
+    such item, or all of one class) every weight is clipped to the same floor and the model
+    outvotes any majority on no evidence, so that is a fallback too."""
+    if k < 2:
+        return "fewer than two classes"
+    if not len(R):
+        return "no answered item has a model probability"
+    if int((R != MISSING).any(axis=0).sum()) < 2:
+        return "fewer than two annotators"
+    multi = (R != MISSING).sum(axis=1) >= 2
+    if not multi.any():
+        return "no item has two answers"
+    counts = item_class_counts(R[multi], n_classes=k)
+    vote = (counts + 1e-3 * probs[multi]).argmax(axis=1)  # ties broken by the model, as cleanlab does
+    if len(np.unique(vote)) < 2:
+        return "the majority vote of the items with two answers is all one class"
+    return None
+
+
+def crowdlab(R: np.ndarray, probs: np.ndarray, *, n_classes: int, min_quality: float = 0.0,
+             min_confidence: float = 0.0) -> ConsensusResult:
+    """CROWDLAB consensus (``cleanlab.multiannotator.get_label_quality_multiannotator``, consensus
+    ``best_quality``, quality ``crowdlab``): the model is one more rater.
+
+    ``probs``: ``(n_items, n_classes)`` the model's out-of-sample class probabilities, a row of
+    ``NaN`` where the model has none. Items with answers and probabilities are settled by CROWDLAB
+    when their consensus quality score (the winner's weighted posterior, in ``confidence``) is at
+    least ``min_quality`` (else ``"low_confidence"``); ``agreement`` is the share of the item's
+    answers given to the winner. The other answered items, and every item when CROWDLAB cannot run
+    (one annotator, no item with two answers, fewer than two classes, no probabilities, a majority
+    vote of one class: see :func:`_crowdlab_unfit`), get
+    :func:`dawid_skene` over all of ``R`` with ``min_confidence``; ``method`` says which settled
+    each item. cleanlab's prints and warnings are silenced, and its random tie-break (only for
+    exact ties of the model's probabilities) is seeded, so a run is repeatable.
+    """
+    R, k = _validate(R, n_classes)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(R), k):
+        raise ValueError(f"probs must have shape {(len(R), k)}, got {probs.shape}")
+    ds = dawid_skene(R, n_classes=k, min_confidence=min_confidence)
+    n_answers = ds.n_answers
+    with np.errstate(invalid="ignore"):
+        has_probs = np.isfinite(probs).all(axis=1) & (probs.sum(axis=1) > 0)
+    rows = np.flatnonzero((n_answers > 0) & has_probs)
+    sub = R[rows][:, (R[rows] != MISSING).any(axis=0)] if len(rows) else R[:0]
+    method = ["dawid_skene"] * len(R)
+    if (why := _crowdlab_unfit(sub, probs[rows], k)) is not None:
+        return ConsensusResult(label=ds.label, agreement=ds.agreement, n_answers=n_answers, reason=ds.reason,
+                               posterior=ds.posterior, confidence=ds.agreement, method=method,
+                               note=f"CROWDLAB cannot run ({why}): Dawid-Skene settled every item")
+    info = _run_cleanlab(sub, probs[rows])
+    quality = info["label_quality"]
+    cl_label = quality["consensus_label"].to_numpy(dtype=np.int64)
+    cl_quality = quality["consensus_quality_score"].to_numpy(dtype=np.float64)
+    label, agreement = ds.label.copy(), ds.agreement.copy()
+    confidence, reason = ds.agreement.copy(), list(ds.reason)
+    settled = cl_quality >= min_quality
+    label[rows] = np.where(settled, cl_label, MISSING)
+    agreement[rows] = quality["annotator_agreement"].to_numpy(dtype=np.float64)
+    confidence[rows] = cl_quality
+    for r, ok in zip(rows.tolist(), settled.tolist()):
+        reason[r] = "settled" if ok else "low_confidence"
+        method[r] = "crowdlab"
+    lacking = int(((n_answers > 0) & ~has_probs).sum())
+    note = f"{lacking} answered items have no model probability: Dawid-Skene settled them" if lacking else None
+    return ConsensusResult(label=label, agreement=agreement, n_answers=n_answers, reason=reason,
+                           confidence=confidence, method=method, note=note)
+
+
+def _run_cleanlab(R: np.ndarray, probs: np.ndarray) -> dict:
+    """cleanlab's CROWDLAB on ``R`` (every row answered, at least two columns), quietly."""
+    import contextlib
+    import io
+    import warnings
+
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    labels = np.where(R == MISSING, np.nan, R.astype(np.float64))
+    probs = np.clip(probs, 0.0, None)
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return get_label_quality_multiannotator(
+                labels, probs, consensus_method="best_quality", quality_method="crowdlab", verbose=False,
+                return_detailed_quality=False, return_annotator_stats=False, return_weights=True)
+    finally:
+        np.random.set_state(state)

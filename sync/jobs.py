@@ -25,6 +25,7 @@ from connector.consolidation import (
     apply_verdicts,
     consolidate,
     latest_verdicts,
+    model_probabilities,
 )
 from connector.model_store import ModelStore
 from connector.retraining import RetrainResult, retrain
@@ -160,6 +161,13 @@ def decisions_job(ctx: JobContext, *, callbacks: bool = True) -> dict[str, Any]:
     return out
 
 
+def _model_probabilities(store: StateStore, policy: ConsensusPolicy, items: dict[int, Any]) -> dict[int, dict[str, float]] | None:
+    """The model's probabilities for ``items`` when the policy reads them (``crowdlab``), else ``None``."""
+    if policy.method != "crowdlab":
+        return None
+    return model_probabilities(store.predictions.list(items), {i: it.model_version for i, it in items.items()})
+
+
 def _answers(store: StateStore, spec: TaskSpec,
              answers: Iterable[Any] | None = None) -> tuple[Any, dict[int, Any], dict[int, str]]:
     """The annotators' submitted answers as a table (with the items only skipped), their items, and
@@ -205,7 +213,8 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
         table.item_ids, table.R = table.item_ids[current], table.R[current]
     table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
-    result = consolidate(table, policy, gold=gold, per_item_overlap=sync is None or sync.tool.per_item_overlap)
+    result = consolidate(table, policy, gold=gold, per_item_overlap=sync is None or sync.tool.per_item_overlap,
+                         probabilities=_model_probabilities(store, policy, items))
     latest = latest_verdicts(verdicts)
     # an item sent to adjudication before any annotator answered it (an escalated decision) is
     # settled by its verdict alone
@@ -257,8 +266,8 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    table, _, gold = _answers(store, spec)
-    result = consolidate(table, policy, gold=gold)
+    table, items, gold = _answers(store, spec)
+    result = consolidate(table, policy, gold=gold, probabilities=_model_probabilities(store, policy, items))
     agreement = AgreementSnapshot.model_validate(agreement_snapshot(table))
     quality = [AnnotatorQuality.model_validate(q) for q in annotator_quality(result, policy)]
     flagged = [q.annotator for q in quality if q.flagged]
