@@ -118,7 +118,7 @@ def parse_config(config: str) -> LabelingConfig:
     for el in root.iter():
         if el.tag not in SERVED_CONTROL_TAGS:
             if el.get("toName") is not None and el.tag not in _NOT_CONTROLS:
-                skip(el, f"<{el.tag}> controls are not predicted (this backend predicts <Choices> and <Labels> on text)")
+                skip(el, f"a <{el.tag}> control; this backend predicts only <Choices> and <Labels> on a text")
             continue
         what = f"<{el.tag}>"
         from_name, to_name = el.get("name"), el.get("toName")
