@@ -17,7 +17,7 @@ from connector.agreement_sets import (
 )
 
 nltk_agreement = pytest.importorskip("nltk.metrics.agreement")
-from nltk.metrics.distance import masi_distance  # noqa: E402
+masi_distance = pytest.importorskip("nltk.metrics.distance").masi_distance
 
 
 def random_sets(seed: int, *, n: int = 40, annotators: int = 4, k: int = 5, p_label: float = 0.35,
