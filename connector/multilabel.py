@@ -15,7 +15,8 @@ kept as the two-row softmax ``(-w/2, w/2)`` that cross-fitting passes around, st
 ``predict_proba_from_embeddings`` returns ``(n, k)`` independent probabilities, columns in
 ``classes_`` order (sorted); a label is chosen where its probability reaches its threshold
 (``thresholds_``, 0.5 by default). :meth:`MultiLabelClassifier.task_score` is the confidence of the
-least confident label decision, what routing compares with an auto-accept threshold.
+least confident label decision, what routing compares with an auto-accept threshold;
+:meth:`MultiLabelClassifier.set_confidence` the chance that the whole set is right.
 
 :func:`save_multilabel` / :func:`load_multilabel` write and read a fitted state in a directory of
 its own (safetensors + JSON, nothing that unpickles).
@@ -36,7 +37,7 @@ from connector.calibration import PlattScaler, averaged_temperatures, logit, sig
 from connector.classifier import cross_fitted_logits, n_cross_fit_splits
 from connector.encoder import TextEncoder
 from connector.lexical import fit_lexical_head
-from connector.uncertainty import least_confident_label
+from connector.uncertainty import label_set_confidence, least_confident_label
 
 LabelSets = Sequence[Sequence[str]]
 STATE_TENSORS = "multilabel.safetensors"
@@ -104,9 +105,10 @@ class MultiLabelClassifier:
       training row gets a head that never chooses it; ``None``: the labels seen in the data.
     - ``C`` / ``C_lexical``: inverse L2 strength of the embedding / word-feature heads.
     - ``calibration``: ``"cross_fit"`` (calibration fitted on ``folds``-fold out-of-fold logits) or
-      ``"none"``; ``calibration_method``: ``"temperature"`` (one per head and label) or ``"platt"``
-      (a slope and an offset per label, on the logit of the heads' average: it also corrects a
-      label's base rate).
+      ``"none"``; ``calibration_method``: ``"platt"`` (a slope and an offset per label, on the logit
+      of the heads' average: it also corrects a label's base rate; the default, as it did better
+      than temperatures with noisy labels in ``benchmarks/multilabel_calibration.py``) or
+      ``"temperature"`` (one per head and label, fitted jointly on the heads' average).
     - ``min_calibration_labels``: fewest calibration rows for a label to be calibrated.
     - ``prior_sd``: the prior's standard deviation (on ``log T``, or on Platt's ``a - 1`` and ``b``);
       ``None``: maximum likelihood.
@@ -125,7 +127,7 @@ class MultiLabelClassifier:
                  features: Literal["embeddings", "embeddings+tfidf"] = "embeddings",
                  classes: Sequence[str] | None = None, C: float = 10.0, C_lexical: float = 100.0,
                  calibration: Literal["cross_fit", "none"] = "cross_fit",
-                 calibration_method: Literal["temperature", "platt"] = "temperature", folds: int = 5,
+                 calibration_method: Literal["temperature", "platt"] = "platt", folds: int = 5,
                  min_calibration_labels: int = 10, prior_sd: float | None = 1.0,
                  thresholds: float | Mapping[str, float] = 0.5, random_state: int = 0) -> None:
         self.encoder = encoder
@@ -329,8 +331,14 @@ class MultiLabelClassifier:
 
     def task_score(self, probs: np.ndarray) -> np.ndarray:
         """Per row, the confidence of its least confident label decision (``min_l max(p, 1 - p)`` at
-        thresholds 0.5): an item may be auto-accepted only when every label is decided surely."""
+        thresholds 0.5): an item may be auto-accepted only when every label is decided surely. It
+        bounds from above the chance that the whole set is right (:meth:`set_confidence`)."""
         return least_confident_label(probs, self.thresholds_)
+
+    def set_confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Per row, the chance that every label decision is right, were the labels independent (the
+        product of the decisions' confidences): calibrated for the whole set when each label is."""
+        return label_set_confidence(probs, self.thresholds_)
 
 
 # -- the state on disk --------------------------------------------------------------------------

@@ -55,3 +55,12 @@ def mean_binary_entropy(probs: np.ndarray) -> np.ndarray:
     """Mean over labels of :func:`binary_entropy` (0 with no label)."""
     h = binary_entropy(probs)
     return h.mean(axis=1) if h.shape[1] else np.zeros(len(h))
+
+
+def label_set_confidence(probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """The probability that every label decision of a row is right, were the labels independent:
+    the product over labels of :func:`label_decision_confidence` (1.0 with no label). Unlike
+    :func:`least_confident_label` (an upper bound of it), it is calibrated for the whole set when
+    each label is."""
+    conf = label_decision_confidence(probs, thresholds)
+    return conf.prod(axis=1) if conf.shape[1] else np.ones(len(conf))

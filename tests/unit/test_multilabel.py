@@ -85,9 +85,11 @@ def test_calibrate_on_selects_the_rows_and_too_few_leave_the_identity():
     mask = np.zeros(len(sets), dtype=bool)
     mask[:200] = True
     clf = MultiLabelClassifier(C=100.0).fit_embeddings(x, sets, calibrate_on=mask)
-    assert clf.n_calibration_.tolist() == [200] * 4 and (clf.temperature_ != 1).all()
+    assert clf.n_calibration_.tolist() == [200] * 4 and (clf.platt_a_ != 1).all()
     few = MultiLabelClassifier(C=100.0, min_calibration_labels=300).fit_embeddings(x, sets, calibrate_on=mask)
-    assert few.n_calibration_.tolist() == [0] * 4 and (few.temperature_ == 1).all()
+    assert few.n_calibration_.tolist() == [0] * 4 and (few.platt_a_ == 1).all() and (few.platt_b_ == 0).all()
+    np.testing.assert_array_equal(few.predict_proba_from_embeddings(x),
+                                  few.predict_proba_from_embeddings(x, calibrated=False))
     with pytest.raises(ValueError, match="boolean mask"):
         MultiLabelClassifier().fit_embeddings(x, sets, calibrate_on=mask[:10])
 
@@ -108,7 +110,8 @@ def test_a_label_seen_once_is_not_calibrated():
     sets[0] = [*sets[0], "arts"]
     clf = MultiLabelClassifier().fit_embeddings(x, sets)
     j = clf.classes_.tolist().index("arts")
-    assert clf.n_positive_[j] == 1 and clf.n_calibration_[j] == 0 and clf.temperature_[j] == 1.0
+    assert clf.n_positive_[j] == 1 and clf.n_calibration_[j] == 0
+    assert (clf.temperature_[j], clf.platt_a_[j], clf.platt_b_[j]) == (1.0, 1.0, 0.0)
 
 
 def test_thresholds_decide_and_the_task_score_is_the_least_sure_label():
@@ -118,6 +121,7 @@ def test_thresholds_decide_and_the_task_score_is_the_least_sure_label():
     P = np.array([[0.9, 0.2, 0.6, 0.7]])
     assert clf.decide(P) == [["arts", "sports"]]  # tech at 0.7 is under its 0.8
     assert clf.task_score(P).tolist() == pytest.approx([0.3])  # tech: "no" with 0.3
+    assert clf.set_confidence(P).tolist() == pytest.approx([0.9 * 0.8 * 0.6 * 0.3])
     clf.set_thresholds(0.5)
     assert clf.decide(P) == [["arts", "sports", "tech"]] and clf.task_score(P).tolist() == pytest.approx([0.6])
     with pytest.raises(ValueError, match="lacks"):

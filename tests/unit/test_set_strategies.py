@@ -16,6 +16,7 @@ from connector.strategies import (
 from connector.uncertainty import (
     binary_entropy,
     label_decision_confidence,
+    label_set_confidence,
     least_confident_label,
     mean_binary_entropy,
 )
@@ -34,6 +35,12 @@ def test_decision_confidence_and_the_least_confident_label():
     # at a threshold of 0.6, p = 0.55 is a "no" decided with confidence 0.45
     np.testing.assert_allclose(least_confident_label(P[1:2], np.array([0.5, 0.6, 0.5])), [0.45])
     assert least_confident_label(np.zeros((2, 0))).tolist() == [1.0, 1.0]  # no label: nothing to doubt
+
+
+def test_set_confidence_is_the_product_of_the_decisions_and_bounded_by_the_least():
+    np.testing.assert_allclose(label_set_confidence(P[1:2]), [0.90 * 0.55 * 0.98])
+    assert (label_set_confidence(P) <= least_confident_label(P)).all()
+    assert label_set_confidence(np.zeros((1, 0))).tolist() == [1.0]
 
 
 def test_binary_entropy_matches_the_definition_and_is_finite_at_the_ends():
