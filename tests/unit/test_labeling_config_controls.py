@@ -126,3 +126,12 @@ def test_choices_control_is_still_the_same_type():
     (c,) = parse_config('<View><Text name="t" value="$x"/><Choices name="c" toName="t"><Choice value="a"/>'
                         '</Choices></View>').choices
     assert isinstance(c, ChoicesControl) and c.result(["a"])["type"] == "choices"
+
+
+def test_parse_config_refuses_a_dtd_and_bad_xml_as_the_single_control_parse_does():
+    with pytest.raises(LabelingConfigError, match="DTD"):
+        parse_config('<!DOCTYPE x [<!ENTITY a "b">]><View/>')
+    with pytest.raises(LabelingConfigError, match="not valid XML"):
+        parse_config("<View><Text name='t' value='$x'>")
+    with pytest.raises(LabelingConfigError, match="empty"):
+        parse_config("  ")
