@@ -1,5 +1,6 @@
-"""Confidence calibration: temperature scaling (one head, or several heads averaged) and expected
-calibration error.
+"""Confidence calibration: temperature scaling (one head, or several heads averaged), Platt scaling
+of a yes/no score (one label of a multi-label model), and expected calibration error (top-label,
+and per label for label sets).
 
 Only numpy is imported here (matplotlib lazily, for the diagram; scipy lazily, to fit several
 temperatures), so the predict path can be measured on a bare GPU machine.
@@ -19,6 +20,19 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))``, numerically stable."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def logit(p: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
+    """``log(p / (1 - p))``, ``p`` clipped to ``[eps, 1 - eps]``."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
 
 
 def log_loss(probs: np.ndarray, y: np.ndarray, *, eps: float = 1e-12) -> float:
@@ -121,6 +135,59 @@ def averaged_temperatures(logits: Sequence[np.ndarray], y: np.ndarray, *, prior_
     return [float(np.exp(t)) for t in log_t]
 
 
+class PlattScaler:
+    """Fit ``a, b`` so that ``sigmoid(a * z + b)`` minimises the NLL of yes/no labels ``y`` (Platt 1999).
+
+    ``prior_sd``: a Gaussian prior on ``a - 1`` and on ``b``, centred on the identity (``a = 1, b = 0``),
+    so a few labels move the map little (as :func:`averaged_temperatures`' prior does); ``None``:
+    maximum likelihood, which diverges when ``z`` separates ``y``. The objective is convex: Newton's
+    method with a backtracking line search finds its optimum in a few steps.
+    """
+
+    def __init__(self, *, prior_sd: float | None = 1.0, max_iter: int = 100, tol: float = 1e-10) -> None:
+        self.prior_sd = prior_sd
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def fit(self, z: np.ndarray, y: np.ndarray) -> PlattScaler:
+        z = np.asarray(z, dtype=np.float64).ravel()
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if len(z) != len(y) or not len(y) or not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError(f"need one 0/1 label per score, got {len(z)} scores and labels {np.unique(y)[:5]}")
+        lam = 0.0 if self.prior_sd is None else 1.0 / (self.prior_sd**2 * len(y))  # the prior, per label
+        X = np.stack([z, np.ones_like(z)], axis=1)
+        centre = np.array([1.0, 0.0])
+
+        def objective(theta: np.ndarray) -> float:
+            s = X @ theta
+            nll = float(np.mean(np.logaddexp(0.0, s) - y * s))
+            return nll + 0.5 * lam * float(np.sum((theta - centre) ** 2))
+
+        theta = centre.copy()
+        value = objective(theta)
+        for it in range(1, self.max_iter + 1):
+            self.n_iter_ = it
+            p = sigmoid(X @ theta)
+            grad = X.T @ (p - y) / len(y) + lam * (theta - centre)
+            hess = (X * (p * (1 - p))[:, None]).T @ X / len(y) + (lam + 1e-12) * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            t = 1.0
+            while t > 1e-10 and objective(theta - t * step) > value - 1e-4 * t * float(grad @ step):
+                t /= 2
+            new = theta - t * step
+            new_value = objective(new)
+            done = abs(value - new_value) <= self.tol * max(1.0, abs(value))
+            theta, value = new, new_value
+            if done:
+                break
+        self.a_, self.b_ = float(theta[0]), float(theta[1])
+        return self
+
+    def transform(self, z: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of ``z``."""
+        return sigmoid(self.a_ * np.asarray(z, dtype=np.float64) + self.b_)
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, *, n_bins: int = 15) -> float:
     """Top-label ECE with ``n_bins`` equal-width confidence bins over (0, 1].
 
@@ -136,6 +203,20 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, *, n_bins: int 
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     gap = np.bincount(bins, weights=correct - conf, minlength=n_bins)
     return float(np.abs(gap).sum() / len(y))
+
+
+def per_label_ece(probs: np.ndarray, y: np.ndarray, *, n_bins: int = 15) -> np.ndarray:
+    """ECE of each label's yes/no decision: column ``l`` of ``probs`` (n, k) holds independent
+    probabilities that label ``l`` applies, ``y`` (n, k) 0/1 says whether it does. Each column is
+    scored as a two-class problem, ``[1 - p, p]``, by :func:`expected_calibration_error` (so the
+    confidence binned is ``max(p, 1 - p)``, the decision's). Returns ``(k,)``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y)
+    if probs.ndim != 2 or probs.shape != y.shape:
+        raise ValueError(f"probs and y must both be (n, k), got {probs.shape} and {y.shape}")
+    return np.array([expected_calibration_error(np.stack([1 - probs[:, j], probs[:, j]], axis=1),
+                                                y[:, j].astype(np.int64), n_bins=n_bins)
+                     for j in range(probs.shape[1])])
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, *, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -1,5 +1,9 @@
 """Active-learning query strategies (numpy only), in the style of small-text.
 
+Two kinds of probability rows: a single-label model's (one row sums to 1: :data:`STRATEGIES`) and a
+multi-label model's (one independent probability per label: :data:`SET_STRATEGIES`, which score the
+label decisions: :class:`LeastConfidentLabel`, :class:`MeanBinaryEntropy`).
+
 A strategy is an object with one method, :meth:`QueryStrategy.query`::
 
     picks = LeastConfidence().query(probs, 10, candidates=unlabeled)   # row indices, best first
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -23,15 +27,19 @@ import numpy as np
 from connector import uncertainty
 
 __all__ = [
+    "SET_STRATEGIES",
     "STRATEGIES",
     "EmptyPoolError",
     "Entropy",
     "LeastConfidence",
+    "LeastConfidentLabel",
     "Margin",
+    "MeanBinaryEntropy",
     "Mix",
     "QueryStrategy",
     "RandomSampling",
     "ScoreBasedStrategy",
+    "make_set_strategy",
     "make_strategy",
 ]
 
@@ -94,6 +102,24 @@ class Entropy(ScoreBasedStrategy):
 
     def score(self, probs: np.ndarray) -> np.ndarray:
         return uncertainty.entropy(probs)
+
+
+class LeastConfidentLabel(ScoreBasedStrategy):
+    """For label sets: score ``1 -`` the confidence of the least confident label decision (each
+    label decided at ``thresholds``, 0.5 by default: ``1 - min_l max(p_l, 1 - p_l)``); highest first."""
+
+    def __init__(self, thresholds: np.ndarray | float = 0.5) -> None:
+        self.thresholds = thresholds
+
+    def score(self, probs: np.ndarray) -> np.ndarray:
+        return 1.0 - uncertainty.least_confident_label(probs, self.thresholds)
+
+
+class MeanBinaryEntropy(ScoreBasedStrategy):
+    """For label sets: score the mean over labels of the yes/no entropy (nats); highest first."""
+
+    def score(self, probs: np.ndarray) -> np.ndarray:
+        return uncertainty.mean_binary_entropy(probs)
 
 
 class RandomSampling(ScoreBasedStrategy):
@@ -172,14 +198,36 @@ STRATEGIES: dict[str, type[ScoreBasedStrategy]] = {
 }
 
 
+#: Strategies for a multi-label model's rows (independent probabilities per label).
+SET_STRATEGIES: dict[str, type[ScoreBasedStrategy]] = {
+    "least_confidence": LeastConfidentLabel,
+    "entropy": MeanBinaryEntropy,
+    "random": RandomSampling,
+}
+
+
 def make_strategy(name: str, *, random_share: float = 0.0, seed: int = 0) -> QueryStrategy:
     """Build a strategy by name; with ``random_share > 0``, a :class:`Mix` of it and random sampling."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    return _make(STRATEGIES, name, random_share, seed)
+
+
+def make_set_strategy(name: str, *, random_share: float = 0.0, seed: int = 0,
+                      thresholds: np.ndarray | float = 0.5) -> QueryStrategy:
+    """A strategy for label sets by name (:data:`SET_STRATEGIES`: ``least_confidence`` over labels,
+    each decided at ``thresholds``; mean binary ``entropy``; ``random``); with ``random_share > 0``,
+    a :class:`Mix` of it and random sampling, seeded as :func:`make_strategy` seeds it."""
+    return _make(SET_STRATEGIES, name, random_share, seed,
+                 lambda cls: cls(thresholds) if cls is LeastConfidentLabel else cls())
+
+
+def _make(known: dict[str, type[ScoreBasedStrategy]], name: str, random_share: float, seed: int,
+          build: Callable[[type[ScoreBasedStrategy]], ScoreBasedStrategy] = lambda cls: cls()) -> QueryStrategy:
+    if name not in known:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(known)}")
     if not 0.0 <= random_share <= 1.0:
         raise ValueError(f"random_share must be in [0, 1], got {random_share}")
     own_seed, random_seed = np.random.SeedSequence(seed).spawn(2)
-    base = RandomSampling(own_seed) if name == "random" else STRATEGIES[name]()
+    base = RandomSampling(own_seed) if name == "random" else build(known[name])
     if random_share == 0.0:
         return base
     return Mix([(base, 1.0 - random_share), (RandomSampling(random_seed), random_share)])
