@@ -42,12 +42,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from connector import batch_plan
 from connector.encoder import TextEncoder, resolve_model_path
@@ -62,8 +61,10 @@ _ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_trans
 _ST_DIRS = ("1_Pooling", "2_Normalize")
 
 
-class FinetuneConfig(BaseModel):
-    """How to fine-tune.
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How to fine-tune (a plain dataclass: this module imports torch, transformers and numpy only, so
+    it runs on a bare GPU machine).
 
     - ``method`` / ``loss``: see the module docstring (``loss`` is for ``contrastive`` only).
     - ``budget_s``: wall seconds from the call; no training step starts that would end after it.
@@ -86,26 +87,46 @@ class FinetuneConfig(BaseModel):
     - ``num_threads``: torch threads while training (``None``: every CPU this process may use).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     method: Method = "contrastive"
     loss: Loss = "cosine"
-    budget_s: float = Field(180.0, gt=0)
-    epochs: float | None = Field(None, gt=0)
-    pairs_per_label: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
-    head_learning_rate: float = Field(1e-3, gt=0)
-    warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    temperature: float = Field(0.1, gt=0)
-    max_length: int = Field(128, ge=8)
-    max_steps: int | None = Field(None, ge=1)
+    budget_s: float = 180.0
+    epochs: float | None = None
+    pairs_per_label: int = 20
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    head_learning_rate: float = 1e-3
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    temperature: float = 0.1
+    max_length: int = 128
+    max_steps: int | None = None
     freeze_embeddings: bool = True
     group_by_length: bool = True
     fit_to_budget: bool = True
     seed: int = 0
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        bounds = {"budget_s": (0, None), "epochs": (0, None), "learning_rate": (0, None),
+                  "head_learning_rate": (0, None), "temperature": (0, None)}
+        at_least = {"pairs_per_label": 1, "batch_size": 2, "max_length": 8, "max_steps": 1, "num_threads": 1,
+                    "weight_decay": 0, "warmup_fraction": 0}
+        problems = [f"{k} must be > {lo}" for k, (lo, _) in bounds.items()
+                    if getattr(self, k) is not None and not getattr(self, k) > lo]
+        problems += [f"{k} must be >= {lo}" for k, lo in at_least.items()
+                     if getattr(self, k) is not None and getattr(self, k) < lo]
+        if not self.warmup_fraction < 1:
+            problems.append("warmup_fraction must be < 1")
+        if self.method not in ("contrastive", "classifier"):
+            problems.append(f"method must be 'contrastive' or 'classifier', not {self.method!r}")
+        if self.loss not in ("cosine", "batch_hard", "supcon"):
+            problems.append(f"loss must be 'cosine', 'batch_hard' or 'supcon', not {self.loss!r}")
+        if problems:
+            raise ValueError("FinetuneConfig: " + "; ".join(problems))
+
+    def model_dump(self, *, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The settings as a dict (``exclude``: names left out)."""
+        return {k: v for k, v in asdict(self).items() if k not in (exclude or set())}
 
     def n_epochs(self) -> float:
         return self.epochs if self.epochs is not None else (1.0 if self.method == "contrastive" else 10.0)

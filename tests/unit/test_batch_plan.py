@@ -103,7 +103,9 @@ def test_window_texts_slice_each_owner():
 
 def test_the_model_modules_import_without_the_service_stack():
     code = ("import sys, connector.batch_plan; assert 'torch' not in sys.modules; "
-            "import connector.encoder, connector.tracing, connector.batching, connector.calibration; "
-            "bad = {'fastapi', 'sqlalchemy', 'label_studio_sdk', 'argilla', 'httpx'} & set(sys.modules); "
+            "import connector.encoder, connector.tracing, connector.batching, connector.calibration, "
+            "connector.finetune; "
+            "bad = {'fastapi', 'sqlalchemy', 'label_studio_sdk', 'argilla', 'httpx', 'pydantic', 'sklearn', 'rich'} "
+            "& set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

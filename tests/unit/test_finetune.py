@@ -167,3 +167,11 @@ def test_weights_and_head_round_trip_through_safetensors(tiny_model_dir, tmp_pat
 def test_fewer_than_two_classes_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="two classes"):
         finetune(GOOD, ["good"] * len(GOOD), _cfg(), base=tiny_model_dir)
+
+
+@pytest.mark.parametrize("bad", [{"budget_s": 0}, {"batch_size": 1}, {"warmup_fraction": 1.0}, {"method": "lora"},
+                                 {"loss": "triplet"}, {"max_length": 4}])
+def test_a_setting_out_of_range_is_refused_with_its_name(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        FinetuneConfig(**bad)
