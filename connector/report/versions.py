@@ -22,6 +22,21 @@ def held_out(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
     return held if isinstance(held, Mapping) else metrics
 
 
+def encoder_cell(encoder: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """The version's encoder in words: frozen, or fine-tuned (how, in how long), with the choice."""
+    info = encoder.get("finetune") or {}
+    if not encoder.get("weights"):
+        what = "frozen"
+    elif info.get("reused_from"):
+        what = f"fine-tuned, reused from {info['reused_from']}"
+    else:
+        tuned = info.get("finetune") or {}
+        what = (f"fine-tuned ({info.get('method', '?')}, {tuned.get('steps_done', '?')} steps, "
+                f"{float(info.get('seconds') or 0):.0f} s)")
+    choice = metrics.get("choice")
+    return f'<span title="{esc(choice)}">{esc(what)}</span>' if choice else esc(what)
+
+
 def versions_section(plt: Any, models: ModelStore, retrain: Dated[RetrainSnapshot] | None) -> str:
     """The versions table (the current one marked), the latest retraining, and the metrics trend."""
     names = models.versions()
@@ -44,17 +59,17 @@ def versions_section(plt: Any, models: ModelStore, retrain: Dated[RetrainSnapsho
         ece.append(finite(held.get("ece")))
         mark = ' <span class="badge current">current</span>' if v == current else ""
         if m is None:
-            rows.append((esc(v) + mark, "unreadable meta.json", "", "", "", "", "", "", ""))
+            rows.append((esc(v) + mark, "unreadable meta.json", "", "", "", "", "", "", "", ""))
         else:
             rows.append((esc(v) + mark, esc(stamp(m.created_at)), esc(m.parent or "–"),
                          "–" if promoted is None else ("yes" if promoted else "no"),
                          num(held.get("accuracy")), num(held.get("macro_f1")), num(held.get("ece")),
-                         num(held.get("log_loss")),
+                         num(held.get("log_loss")), encoder_cell(m.encoder, metrics),
                          esc(metrics.get("decision") or (f"hitl train on {metrics['dataset']}"
                                                         if metrics.get("dataset") else "–"))))
         classes.append("current" if v == current else "")
     out = table(["version", "created", "parent", "promoted", "held-out accuracy", "macro-F1", "ECE", "log loss",
-                  "decision"], rows, row_classes=classes, numeric=(4, 5, 6, 7))
+                  "encoder", "decision"], rows, row_classes=classes, numeric=(4, 5, 6, 7))
     if retrain is not None:
         r = retrain.snapshot
         cm, cur = r.candidate_metrics, r.current_metrics or HeldOutMetrics()
