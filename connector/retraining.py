@@ -71,9 +71,9 @@ class FinetunePolicy(BaseModel):
     - ``calibration_fraction``: training labels (by hash) kept out of the fine-tuning, for the new
       head's temperature and the comparison.
     - ``device``: where to train (``None``: CUDA when available, in bf16 autocast; else CPU).
-    - ``refresh_labels``: while the current model's fine-tuned encoder was tuned on fewer training
-      labels than this short of today's, retrainings fit a new head on it (cached embeddings, seconds)
-      instead of fine-tuning again.
+    - ``refresh_labels``: a retraining fine-tunes again only once this many training labels arrived
+      since the last one that did (kept or not); in between, while the current model carries a
+      fine-tuned encoder, the other candidate is a new head on it (cached embeddings, seconds).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -476,11 +476,16 @@ def _try_finetune(frozen: _Candidate, encoder: Any, enc_meta: dict[str, Any], te
     if current is not None:
         path = Path(current[0].encoder.model_path) / TUNED_ON_FILE
         tuned_on = set(json.loads(path.read_text())) if path.exists() else None
-    if tuned_on is not None and fp.enabled and len(rows) - len(tuned_on) < fp.refresh_labels:
-        return _reuse_encoder(frozen, current, tuned_on, y, y_train, train, test, random, ext, texts, corpus,
-                              classes, policy, seed, record)
-    method, why = _finetune_method(len(rows), frozen_accuracy, encoder, fp)
+    last = _last_finetuning(models)
+    if fp.enabled and last is not None and len(rows) - last[1] < fp.refresh_labels:
+        method, why = None, (f"{last[0]} fine-tuned on {last[1]} training labels, fewer than "
+                             f"refresh_labels={fp.refresh_labels} ago")
+    else:
+        method, why = _finetune_method(len(rows), frozen_accuracy, encoder, fp)
     if method is None:
+        if tuned_on is not None and fp.enabled:  # a new head on the current fine-tuned encoder
+            return _reuse_encoder(frozen, current, tuned_on, y, y_train, train, test, random, ext, texts, corpus,
+                                  classes, policy, seed, record)
         log.info("no fine-tuned candidate: %s", why)
         return _Tried(frozen, record, f"frozen: {why}")
     cal_part = np.array([in_test_split(e + "#calibration", fp.calibration_fraction) for e in ext[rows]], dtype=bool)
@@ -522,6 +527,16 @@ def _try_finetune(frozen: _Candidate, encoder: Any, enc_meta: dict[str, Any], te
     except BaseException:
         tried.cleanup()
         raise
+
+
+def _last_finetuning(models: ModelStore) -> tuple[str, int] | None:
+    """The newest version whose retraining fine-tuned an encoder (kept or not), and on how many
+    training labels: fine-tuning again waits for ``refresh_labels`` more."""
+    for version in reversed(models.versions()):
+        metrics = models.meta(version).metrics or {}
+        if "finetuned" in (metrics.get("candidates") or {}):
+            return version, int(metrics.get("n_train") or 0)
+    return None
 
 
 def _head_on(enc: Any, x: np.ndarray, honest: np.ndarray, y_train: np.ndarray, train: np.ndarray,

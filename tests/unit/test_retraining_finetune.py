@@ -176,3 +176,17 @@ def test_the_backend_swaps_to_a_fine_tuned_version_and_serves_its_encoder(tmp_pa
         assert str(service._current().clf.encoder.model_path).endswith(f"{tuned.candidate}/encoder")
     finally:
         service.close()
+
+
+def test_a_fine_tuning_not_kept_is_not_repeated_until_refresh_labels_more_arrive(tmp_path, store, tiny_encoder,
+                                                                               monkeypatch):
+    from connector import retraining
+
+    monkeypatch.setattr(retraining, "_versus_frozen", lambda *a, **k: (False, "frozen kept by the test"))
+    texts, labels = _corpus(100)
+    models = ModelStore(tmp_path / "models")
+    first, _ = _retrain(texts[:80], labels[:80], models, store, tiny_encoder, _policy())
+    assert "finetuned" in models.meta(first.candidate).metrics["candidates"]
+    second, _ = _retrain(texts, labels, models, store, tiny_encoder, _policy(refresh_labels=50))
+    choice = models.meta(second.candidate).metrics["choice"]
+    assert choice.startswith(f"frozen: {first.candidate} fine-tuned on") and "refresh_labels=50" in choice
