@@ -44,6 +44,7 @@ from connector.spans import (
     encode_bio,
     span_token_ranges,
     tag_parts,
+    to_label_studio,
     token_windows,
     valid_spans,
     viterbi,
@@ -74,6 +75,17 @@ class SpanPrediction:
     def score(self) -> float:
         """Confidence that the whole item is right: no doubtful span and no missed entity."""
         return float(min(self.least_confident, 1.0 - self.missed))
+
+
+def label_studio_prediction(text: str, prediction: SpanPrediction, *, from_name: str, to_name: str,
+                            model_version: str | None = None) -> dict[str, Any]:
+    """A Label Studio prediction for one task: one ``labels`` result per span (its score, its
+    quoted text) and the task score."""
+    out: dict[str, Any] = {"result": to_label_studio(text, prediction.spans, from_name=from_name, to_name=to_name),
+                           "score": prediction.score}
+    if model_version is not None:
+        out["model_version"] = model_version
+    return out
 
 
 @dataclass
@@ -335,12 +347,9 @@ class SpanTagger(SpanModel):
 
         states = window_outputs(forward, enc.tokenizer, alignments, max_length=self.max_length or enc.max_length,
                                 overlap=self.overlap, token_budget=enc.token_budget, device=enc.device)
-        feats = [_with_context(x, self.context) if len(x) else np.zeros((0, self.n_features_(enc)), np.float32)
-                 for x in states]
+        width = int(enc.dim) * (1 + 2 * self.context)
+        feats = [_with_context(x, self.context) if len(x) else np.zeros((0, width), np.float32) for x in states]
         return alignments, feats
-
-    def n_features_(self, enc: Any) -> int:
-        return int(enc.dim) * (1 + 2 * self.context)
 
     def fit(self, texts: Sequence[str], spans: Sequence[Sequence[Any]]) -> SpanTagger:
         """Train on character spans (``Span``, ``(start, end, label)`` or ``{"start", "end", "label"}``);
@@ -523,4 +532,4 @@ def load_span_model(directory: str | os.PathLike, encoder: Any = None, **kwargs:
 
 
 __all__ = ["HFSpanModel", "Platt", "SpanCalibration", "SpanModel", "SpanPrediction", "SpanTagger", "TokenScores",
-           "decode", "fit_calibration", "load_span_model", "tag_parts", "window_outputs"]
+           "decode", "fit_calibration", "label_studio_prediction", "load_span_model", "tag_parts", "window_outputs"]

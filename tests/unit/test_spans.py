@@ -21,6 +21,7 @@ from connector.span_model import (
     TokenScores,
     decode,
     fit_calibration,
+    label_studio_prediction,
     load_span_model,
     model_tag,
     window_outputs,
@@ -322,6 +323,9 @@ def test_span_score_is_the_weakest_tag_decision_and_missed_the_strongest_outside
     assert pred.least_confident == pytest.approx(0.7)
     assert pred.missed == pytest.approx(0.4, abs=1e-6)  # "Rome": P(not O) = 0.4
     assert pred.score == pytest.approx(0.6, abs=1e-6)
+    ls = label_studio_prediction(text, pred, from_name="ner", to_name="text", model_version="v3")
+    assert ls["score"] == pred.score and ls["model_version"] == "v3"
+    assert [(r["value"]["text"], r["score"]) for r in ls["result"]] == [("Alice Smith", pytest.approx(0.7))]
     empty = decode("", TokenScores(align(tokenizer(), [""])[0], np.zeros((0, k))), TAGS, SpanCalibration())
     assert empty.spans == [] and empty.least_confident == 1.0 and empty.missed == 0.0
 
