@@ -7,7 +7,7 @@ rest. Token states are computed once for every tweet used.
 - ``memorise`` (the trivial baseline): every string labelled as an entity in training is labelled
   with its most frequent training label wherever it occurs, as whole words, in a test tweet
   (longest first, no overlaps).
-- ``head``: :class:`connector.span_model.SpanTagger` (C, context as given), its cross-fitted calibration.
+- ``head``: :class:`connector.span_model.SpanTagger` (C, context, balance as given), its cross-fitted calibration.
 
 Reported: exact-match span precision/recall/F1 (micro over labels) and overlap F1, the span-score
 calibration on the test set (ECE over predicted spans, 10 bins, "right" = exact match), the mean
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=600)
     ap.add_argument("--C", type=float, default=1.0)
     ap.add_argument("--context", type=int, default=1)
+    ap.add_argument("--balance", type=float, default=0.5)
     args = ap.parse_args()
     from connector.encoder import TextEncoder
 
@@ -71,7 +72,7 @@ def main() -> None:
     pool = order[:max(sizes)]
     enc = TextEncoder()
     t0 = time.perf_counter()
-    tagger = SpanTagger(enc, labels=ds.labels, C=args.C, context=args.context)
+    tagger = SpanTagger(enc, labels=ds.labels, C=args.C, context=args.context, balance=args.balance)
     used = np.concatenate([pool, test])
     alignments, feats = tagger.token_features([ds.texts[i] for i in used])
     feat_of = {int(i): (a, x) for i, a, x in zip(used, alignments, feats)}
@@ -85,7 +86,7 @@ def main() -> None:
         base = memorise(tr_texts, tr_spans, test_texts)
         sb = span_scores(gold, base)["micro"]
         t1 = time.perf_counter()
-        tagger = SpanTagger(enc, labels=ds.labels, C=args.C, context=args.context)
+        tagger = SpanTagger(enc, labels=ds.labels, C=args.C, context=args.context, balance=args.balance)
         tagger.fit_features(tr_texts, [feat_of[int(i)][0] for i in train], [feat_of[int(i)][1] for i in train],
                             [[Span(*s) for s in ds.spans[i]] for i in train])
         t_fit = time.perf_counter() - t1
@@ -98,7 +99,7 @@ def main() -> None:
         missed = np.array([any(all(g.end <= q.start or q.end <= g.start for q in x) for g in gg)
                            for x, gg in zip(spans, gold)], dtype=float)
         print(json.dumps({
-            "n_train": n, "n_test": len(test), "C": args.C, "context": args.context,
+            "n_train": n, "n_test": len(test), "C": args.C, "context": args.context, "balance": args.balance,
             "memorise": {k: round(sb[k], 4) for k in ("precision", "recall", "f1")},
             "head": {k: round(sh[k], 4) for k in ("precision", "recall", "f1")},
             "head_overlap_f1": round(so["f1"], 4),

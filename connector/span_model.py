@@ -302,25 +302,61 @@ def _with_context(x: np.ndarray, context: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def fit_token_head(x: np.ndarray, y: np.ndarray, k: int, *, C: float = 1.0, balance: float = 0.0,
+                   max_iter: int = 150) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression over tokens by L-BFGS (float32; L2 on the weights as
+    scikit-learn's ``C``). ``balance`` in ``[0, 1]``: class weights ``(n / (k_seen * n_c)) ** balance``
+    (0: none, 1: balanced), so rare entity tags are not drowned by ``O``.
+    Returns ``(coef (k, d), intercept (k,))``."""
+    import torch
+
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    seen = counts > 0
+    w = np.zeros(k)
+    w[seen] = (len(y) / (seen.sum() * counts[seen])) ** balance
+    weights = torch.as_tensor(w[y] / np.mean(w[y]), dtype=torch.float32)
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    coef = torch.zeros((k, x.shape[1]), dtype=torch.float32, requires_grad=True)
+    bias = torch.zeros(k, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.LBFGS([coef, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+    reg = 1.0 / (2.0 * C * len(y))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        ce = torch.nn.functional.cross_entropy(xt @ coef.T + bias, yt, reduction="none")
+        loss = (weights * ce).mean() + reg * (coef * coef).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return coef.detach().numpy().copy(), bias.detach().numpy().copy()
+
+
 class SpanTagger(SpanModel):
     """BIO softmax head on the frozen encoder's last hidden states (scikit-learn style: the
     hyperparameters are ``__init__``'s keywords, what fitting learns ends in ``_``).
 
     - ``labels``: the entity labels (a ``<Labels>`` control's values), in order.
     - ``C``: inverse L2 strength of the head. ``context``: neighbouring tokens' states added to each token's.
+    - ``balance``: class weighting of the tags (:func:`fit_token_head`); the calibration reads the
+      scores of the weighted head, so the reported probabilities stay calibrated.
     - ``folds``: cross-fitting folds for the calibration (by text); fewer than ``min_calibration_texts``
       labelled texts: no calibration (temperature 1, identity maps).
     - ``max_length`` (``None``: the encoder's) and ``overlap``: token windows for long texts.
     """
 
     def __init__(self, encoder: Any = None, *, labels: Sequence[str], C: float = 1.0, context: int = 1,
-                 folds: int = 3, min_calibration_texts: int = 20, max_length: int | None = None, overlap: int = 64,
+                 balance: float = 0.5, folds: int = 3, min_calibration_texts: int = 20, max_length: int | None = None, overlap: int = 64,
                  snap_words: bool = True, seed: int = 0) -> None:
         self.encoder = encoder
         self.labels = list(labels)
         self.tags = bio_tags(self.labels)
         self.C = C
         self.context = context
+        self.balance = balance
         self.folds = folds
         self.min_calibration_texts = min_calibration_texts
         self.max_length = max_length
@@ -381,13 +417,11 @@ class SpanTagger(SpanModel):
         return self
 
     def _fit_head(self, feats: list[np.ndarray], y: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        from connector.classifier import fit_softmax_head
-
         x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
         yy = np.concatenate(y) if y else np.zeros(0, np.int64)
         if not len(yy):
             raise ValueError("no tokens to train on")
-        return fit_softmax_head(x, yy, len(self.tags), C=self.C)
+        return fit_token_head(x, yy, len(self.tags), C=self.C, balance=self.balance)
 
     def token_scores(self, texts: Sequence[str]) -> list[TokenScores]:
         alignments, feats = self.token_features(texts)
@@ -408,7 +442,7 @@ class SpanTagger(SpanModel):
         save_file({"coef": np.ascontiguousarray(self.coef_, dtype=np.float32),
                    "intercept": np.ascontiguousarray(self.intercept_, dtype=np.float32)}, str(d / "head.safetensors"))
         meta = {"format": FORMAT, "kind": "encoder_head", "labels": self.labels, "tags": self.tags,
-                "C": self.C, "context": self.context, "max_length": self.max_length, "overlap": self.overlap,
+                "C": self.C, "context": self.context, "balance": self.balance, "max_length": self.max_length, "overlap": self.overlap,
                 "snap_words": self.snap_words, "n_train": getattr(self, "n_train_", None),
                 "encoder_dim": int(self.coef_.shape[1] // (1 + 2 * self.context)),
                 "calibration": self.calibration.to_json()}
@@ -519,6 +553,7 @@ def load_span_model(directory: str | os.PathLike, encoder: Any = None, **kwargs:
 
     tensors = load_file(str(d / "head.safetensors"))
     model = SpanTagger(encoder, labels=meta["labels"], C=meta["C"], context=meta["context"],
+                       balance=meta.get("balance", 0.0),
                        max_length=meta.get("max_length"), overlap=meta.get("overlap", 64),
                        snap_words=meta.get("snap_words", True))
     if encoder is not None and int(encoder.dim) != meta["encoder_dim"]:
