@@ -349,8 +349,8 @@ class SpanTagger(SpanModel):
     """
 
     def __init__(self, encoder: Any = None, *, labels: Sequence[str], C: float = 1.0, context: int = 1,
-                 balance: float = 0.5, folds: int = 3, min_calibration_texts: int = 20, max_length: int | None = None, overlap: int = 64,
-                 snap_words: bool = True, seed: int = 0) -> None:
+                 balance: float = 0.5, folds: int = 3, min_calibration_texts: int = 20,
+                 max_length: int | None = None, overlap: int = 64, snap_words: bool = True, seed: int = 0) -> None:
         self.encoder = encoder
         self.labels = list(labels)
         self.tags = bio_tags(self.labels)
@@ -427,7 +427,8 @@ class SpanTagger(SpanModel):
         alignments, feats = self.token_features(texts)
         return self.scores_from_features(alignments, feats)
 
-    def scores_from_features(self, alignments: Sequence[TokenAlignment], feats: Sequence[np.ndarray]) -> list[TokenScores]:
+    def scores_from_features(self, alignments: Sequence[TokenAlignment],
+                             feats: Sequence[np.ndarray]) -> list[TokenScores]:
         return [TokenScores(a, (x @ self.coef_.T + self.intercept_) if len(a) else np.zeros((0, len(self.tags))))
                 for a, x in zip(alignments, feats)]
 
@@ -442,7 +443,8 @@ class SpanTagger(SpanModel):
         save_file({"coef": np.ascontiguousarray(self.coef_, dtype=np.float32),
                    "intercept": np.ascontiguousarray(self.intercept_, dtype=np.float32)}, str(d / "head.safetensors"))
         meta = {"format": FORMAT, "kind": "encoder_head", "labels": self.labels, "tags": self.tags,
-                "C": self.C, "context": self.context, "balance": self.balance, "max_length": self.max_length, "overlap": self.overlap,
+                "C": self.C, "context": self.context, "balance": self.balance, "max_length": self.max_length,
+                "overlap": self.overlap,
                 "snap_words": self.snap_words, "n_train": getattr(self, "n_train_", None),
                 "encoder_dim": int(self.coef_.shape[1] // (1 + 2 * self.context)),
                 "calibration": self.calibration.to_json()}

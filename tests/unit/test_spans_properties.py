@@ -34,7 +34,8 @@ LABELS = ["PER", "LOC", "ORG"]
 TAGS = bio_tags(LABELS)
 PIECES = [
     *string.ascii_letters[:12], "Paris", "New", "York", "Zoë", "Zoe\u0308", "e\u0301", "\u0301", "\u0303a", "São",
-    "東京", "Москва", "القاهرة", "😀", "🚒", "👨🏻\u200d🚒", "🇫🇷", "❣\ufe0f", "\u200b", "\u200d", "\ufeff", "ﬁ", "Ⅻ", "½",
+    "東京", "Москва", "القاهرة", "😀", "🚒", "👨🏻\u200d🚒", "🇫🇷", "❣\ufe0f",
+    "\u200b", "\u200d", "\ufeff", "ﬁ", "Ⅻ", "½",
     "\ud800", "\udfff", "1,000", "U.S.", "#tag", "@user", "http://t.co/x", "'s", "-", "...",
 ]
 SEPARATORS = [" ", "  ", "\r\n", "\n", "\t", "\u00a0", "", "\u3000"]
