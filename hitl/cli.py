@@ -434,7 +434,8 @@ def _export_outcomes(kind: str, out: Path, fmt: str | None, since: datetime | No
 
 @app.command()
 def simulate(
-    data: str = typer.Argument("bbc_news", help="'bbc_news', 'rotten_tomatoes', or a labelled JSONL/CSV file"),
+    data: str = typer.Argument("bbc_news", help="'bbc_news', 'rotten_tomatoes', a labelled JSONL/CSV file, or "
+                                                "'wnut16_types' (label sets) / 'wnut16' (entity spans)"),
     text_field: str = typer.Option("text"),
     label_field: str = typer.Option("label"),
     budget: float = typer.Option(0.15, help="share of the items humans may review"),
@@ -462,6 +463,10 @@ def simulate(
     stop_kappa: float = typer.Option(0.99, help="stopping rule: kappa between successive models that counts as stable"),
     stop_window: int = typer.Option(3, help="stopping rule: successive kappas in a row at or above it"),
     stop_set_size: int = typer.Option(500, help="stopping rule: items in the stop set"),
+    label_error: float = typer.Option(0.02, help="label sets: chance an annotator gets each label's yes/no wrong"),
+    span_drop: float = typer.Option(0.05, help="spans: chance an annotator leaves out a span"),
+    span_shift: float = typer.Option(0.05, help="spans: chance an annotator moves a boundary by a word"),
+    span_relabel: float = typer.Option(0.05, help="spans: chance an annotator gives a span another type"),
     out: Path = typer.Option(Path("var/simulation.html"), help="the HTML report"),
     cache: Path = typer.Option(Path("var/embeddings.db"), help="embedding cache shared by runs"),
 ) -> None:
@@ -477,9 +482,22 @@ def simulate(
     from connector.store import StateStore
     from hitl.simulate import SimulationConfig, labels_to_reach, run, write_html
     from hitl.simulate.report import stopping_text
+    from hitl.simulate.structured import DATASETS, simulate_structured
 
     if show_suggestion not in ("except_checks", "always", "never"):
         raise typer.BadParameter("show_suggestion: 'except_checks', 'always' or 'never'")
+    if data in DATASETS:  # label sets and spans: their own loops over the core (no annotation tool)
+        cache_store = StateStore(f"sqlite:///{cache}")
+        cache_store.migrate()
+        try:
+            simulate_structured(data, console=console, encoder=TextEncoder(chunk=chunk), cache_store=cache_store,
+                                budget=budget, batch=batch, seed_size=seed_size, overlap=overlap, seeds=seeds,
+                                first_seed=first_seed, compare_random=compare_random, eval_fraction=eval_fraction,
+                                limit=limit, label_error=label_error, span_drop=span_drop, span_shift=span_shift,
+                                span_relabel=span_relabel, out=out)
+        finally:
+            cache_store.close()
+        return
     ds = BUILTIN[data]() if data in BUILTIN else load_labeled_file(data, text_field=text_field, label_field=label_field)
     if limit and limit < len(ds.texts):
         _, keep = stratified_split(np.array(ds.labels), limit / len(ds.texts), seed=0)
