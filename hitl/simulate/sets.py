@@ -154,13 +154,18 @@ class SetRunResult:
     config: dict[str, Any]
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    reviewed_items: list[int] = field(default_factory=list)  # data set indices, in the order they were reviewed
+    pool: list[int] = field(default_factory=list, repr=False)  # data set index of each pool item
+    final: list[list[str]] = field(default_factory=list, repr=False)  # each pool item's final labels
 
     @property
     def review_share(self) -> float:
         return self.reviewed / self.items if self.items else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"review_share": self.review_share, "kind": "sets"}
+        """The figures, JSON-ready (without the per-item ``pool`` and ``final``)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("pool", "final")}
+        return out | {"review_share": self.review_share, "kind": "sets"}
 
 
 def strategy_for(cfg: SetSimulationConfig, thresholds: np.ndarray | float = 0.5) -> QueryStrategy:
@@ -257,8 +262,11 @@ def run_sets(data: LabelSets, cfg: SetSimulationConfig, *, cache: EmbeddingCache
                     for p in picks]
         review(picks.tolist(), randomly)
         model = fit()
-    return _measure(data, cfg, model, seed_model, (x_pool, t_pool, y_pool), human, answers, at_random, adjudicated,
-                    rounds, time.perf_counter() - t0)
+    result = _measure(data, cfg, model, seed_model, (x_pool, t_pool, y_pool), human, answers, at_random, adjudicated,
+                      rounds, time.perf_counter() - t0)
+    result.pool = pool_idx.tolist()
+    result.reviewed_items = [int(pool_idx[pos]) for pos in human]
+    return result
 
 
 def _point(model: MultiLabelClassifier, probs: np.ndarray, human: dict[int, np.ndarray], y_pool: np.ndarray,
@@ -308,4 +316,5 @@ def _measure(data: LabelSets, cfg: SetSimulationConfig, model: MultiLabelClassif
         per_label_ece={c: round(float(e), 4) for c, e in zip(classes, ece_cal)}, calibration_labels=n_cal,
         adjudicated=len(adjudicated),
         agreement={k: agreement.get(k) for k in ("n_items", "n_annotators", "exact_agreement", "krippendorff_alpha_masi")},
-        config=dict(cfg.__dict__), rounds=rounds, seconds=seconds)
+        config=dict(cfg.__dict__), rounds=rounds, seconds=seconds,
+        final=[[c for c, y in zip(classes, row) if y] for row in final])

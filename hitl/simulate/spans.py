@@ -207,13 +207,18 @@ class SpanRunResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     features_s: float = 0.0
+    reviewed_items: list[int] = field(default_factory=list)  # data set indices, in the order they were reviewed
+    pool: list[int] = field(default_factory=list, repr=False)  # data set index of each pool item
+    final: list[list[Span]] = field(default_factory=list, repr=False)  # each pool item's final spans
 
     @property
     def review_share(self) -> float:
         return self.reviewed / self.items if self.items else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"review_share": self.review_share, "kind": "spans"}
+        """The figures, JSON-ready (without the per-item ``pool`` and ``final``)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("pool", "final")}
+        return out | {"review_share": self.review_share, "kind": "spans"}
 
 
 def token_features(encoder: Any, data: EntityTexts, *, context: int = 1) -> TokenFeatures:
@@ -292,8 +297,11 @@ def run_spans(data: EntityTexts, cfg: SpanSimulationConfig, *, encoder: Any, fea
         picks = strategy.query(np.array([[p.score] for p in preds]), min(cfg.batch, left), candidates=candidates)
         review(picks.tolist())
         model = fit()
-    return _measure(data, cfg, model, [p.spans for p in predict(seed_model, pool_idx.tolist())], preds, gold_pool,
-                    human, answers, rounds, time.perf_counter() - t0, features_s)
+    result = _measure(data, cfg, model, [p.spans for p in predict(seed_model, pool_idx.tolist())], preds, gold_pool,
+                      human, answers, rounds, time.perf_counter() - t0, features_s)
+    result.pool = pool_idx.tolist()
+    result.reviewed_items = [int(pool_idx[pos]) for pos in human]
+    return result
 
 
 def _point(model_spans: list[list[Span]], human: dict[int, list[Span]], gold: list[list[Span]], labels: list[str],
@@ -337,4 +345,4 @@ def _measure(data: EntityTexts, cfg: SpanSimulationConfig, model: SpanTagger, se
         temperature=float(model.calibration.temperature),
         agreement={"pairwise_f1_exact": exact.get("micro"), "pairwise_f1_overlap": overlap.get("micro"),
                    "pairs": exact.get("pairs")},
-        config=dict(cfg.__dict__), rounds=rounds, seconds=seconds, features_s=features_s)
+        config=dict(cfg.__dict__), rounds=rounds, seconds=seconds, features_s=features_s, final=final)
