@@ -9,7 +9,8 @@ lowest task score) and, with ``compare_random``, random picks, on the same pool 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def simulate_structured(name: str, *, console: Console, encoder: Any, cache_stor
     cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": "default", "max_length": encoder.max_length,
                                                               "normalize": encoder.normalize,
                                                               "chunk": getattr(encoder, "chunk", False)}))
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console, transient=True) as progress, one_torch_thread():
         for seed in range(first_seed, first_seed + seeds):
             for strategy in strategies:
                 task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
@@ -86,7 +87,7 @@ def simulate_structured(name: str, *, console: Console, encoder: Any, cache_stor
                 out.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     errors = (f"each label flipped with probability {label_error:.0%}" if kind == "sets" else
               f"spans dropped {span_drop:.0%}, boundary shifted {span_shift:.0%}, type changed {span_relabel:.0%}")
-    title = f"simulation: {ds.name}, {len(ds.texts)} items, annotators: {errors}"
+    title = f"simulation: {ds.name}, {len(ds.texts)} items, annotators: {errors} (figures in %)"
     console.print(sets_table(results, title) if kind == "sets" else spans_table(results, title))
     for line in summary(results, kind):
         console.print(line, highlight=False, soft_wrap=True)
@@ -96,36 +97,54 @@ def simulate_structured(name: str, *, console: Console, encoder: Any, cache_stor
     return results
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread meanwhile: the heads are small, and the threads' barriers cost
+    more than they gain (the span head's fits took 4.5x longer on two threads of a busy 2-core machine)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f} %"
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
 def sets_table(results: Sequence[SetRunResult], title: str) -> Table:
-    """One row per run: review share against the final labels' exact match and F1, and the rest."""
+    """One row per run: review share against the final labels' exact match and F1 (%), the seed
+    model alone, the oracle, and the final model's mean per-label ECE before and after calibration."""
     table = Table(title=title)
-    for col in ("strategy", "seed", "reviewed", "answers/item", "exact match", "micro F1", "macro F1",
-                "no review (exact / micro F1)", "oracle exact", "per-label ECE before → after", "α (MASI)"):
+    for col in ("strategy", "seed", "reviewed", "exact", "micro F1", "macro F1", "no review exact / µF1", "oracle exact",
+                "ECE raw → cal"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.1%})", f"{r.answers / max(r.reviewed, 1):.2f}",
-                      _pct(r.labels["exact_match"]), _pct(r.labels["micro_f1"]), _pct(r.labels["macro_f1"]),
-                      f"{_pct(r.no_review['exact_match'])} / {_pct(r.no_review['micro_f1'])}",
-                      _pct(r.oracle_exact_match), f"{r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f}",
-                      f"{r.agreement.get('krippendorff_alpha_masi') or 0:.3f}")
+        table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.0%})", _num(r.labels["exact_match"]),
+                      _num(r.labels["micro_f1"]), _num(r.labels["macro_f1"]),
+                      f"{_num(r.no_review['exact_match'])} / {_num(r.no_review['micro_f1'])}",
+                      _num(r.oracle_exact_match), f"{r.ece_uncalibrated:.3f} → {r.ece_calibrated:.3f}")
     return table
 
 
 def spans_table(results: Sequence[SpanRunResult], title: str) -> Table:
-    """One row per run: review share against the final spans' F1, and the rest."""
+    """One row per run: review share against the final spans' F1 and items all right (%), the seed
+    model alone, and the final model's span-score and missed-entity ECE."""
     table = Table(title=title)
-    for col in ("strategy", "seed", "reviewed", "answers/item", "span F1 exact", "overlap", "macro", "items all right",
-                "no review (F1 exact)", "oracle items", "span ECE", "missed ECE", "pairwise F1"):
+    for col in ("strategy", "seed", "reviewed", "F1 exact", "F1 overlap", "macro F1", "items right", "no review F1",
+                "span ECE", "missed ECE"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.1%})", f"{r.answers / max(r.reviewed, 1):.2f}",
-                      _pct(r.labels["f1_exact"]), _pct(r.labels["f1_overlap"]), _pct(r.labels["macro_f1_exact"]),
-                      _pct(r.labels["item_accuracy"]), _pct(r.no_review["f1_exact"]), _pct(r.oracle_item_accuracy),
-                      f"{r.span_ece:.4f}", f"{r.missed_ece:.4f}", f"{r.agreement.get('pairwise_f1_exact') or 0:.3f}")
+        table.add_row(r.strategy, str(r.seed), f"{r.reviewed} ({r.review_share:.0%})", _num(r.labels["f1_exact"]),
+                      _num(r.labels["f1_overlap"]), _num(r.labels["macro_f1_exact"]), _num(r.labels["item_accuracy"]),
+                      _num(r.no_review["f1_exact"]), f"{r.span_ece:.3f}", f"{r.missed_ece:.3f}")
     return table
 
 
@@ -160,12 +179,15 @@ def summary(results: Sequence[Result], kind: str) -> list[str]:
     for r in results:
         if isinstance(r, SetRunResult):
             worst = max(r.per_label_ece.items(), key=lambda kv: kv[1]) if r.per_label_ece else ("-", 0.0)
-            lines.append(f"{r.strategy} seed {r.seed}: per-label ECE {r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f} "
+            lines.append(f"{r.strategy} seed {r.seed}: {r.answers / max(r.reviewed, 1):.2f} answers per reviewed item, "
+                         f"Krippendorff's alpha (MASI) {r.agreement.get('krippendorff_alpha_masi') or 0:.3f}; per-label ECE {r.ece_uncalibrated:.4f} → {r.ece_calibrated:.4f} "
                          f"(mean over {len(r.per_label_ece)} labels; worst {worst[0]} {worst[1]:.4f}; calibrated on "
                          f"{r.calibration_labels} random labels); human labels exact on "
                          f"{_pct(r.reviewed_exact_match)} of the reviewed items")
         else:
-            lines.append(f"{r.strategy} seed {r.seed}: span score {r.mean_span_score or 0:.3f} on average against "
+            lines.append(f"{r.strategy} seed {r.seed}: {r.answers / max(r.reviewed, 1):.2f} answers per reviewed item, "
+                         f"pairwise span F1 {r.agreement.get('pairwise_f1_exact') or 0:.3f} (overlap "
+                         f"{r.agreement.get('pairwise_f1_overlap') or 0:.3f}); span score {r.mean_span_score or 0:.3f} on average against "
                          f"{_pct(r.span_right_rate)} of the spans exactly right (ECE {r.span_ece:.4f}); missed-entity "
                          f"chance {r.mean_missed_score:.3f} against {_pct(r.missed_rate)} of the items missing one "
                          f"(ECE {r.missed_ece:.4f}); human spans F1 {_pct(r.reviewed_figures['f1_exact'])} on the reviewed items")
