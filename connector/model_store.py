@@ -213,6 +213,19 @@ def encoder_identity(encoder_meta: dict[str, Any]) -> str:
     return key + (f"|ft:{encoder_meta['sha256'][:16]}" if encoder_meta.get("sha256") else "")
 
 
+def model_ref(encoder: Any) -> str:
+    """How a version names its base encoder: ``default`` (the bundled MiniLM) or its model directory."""
+    from connector.encoder import default_model_path
+
+    path = getattr(encoder, "model_path", None)
+    if path is None:
+        return "default"
+    try:
+        return "default" if Path(path).resolve() == default_model_path().resolve() else str(path)
+    except FileNotFoundError:
+        return str(path)
+
+
 def weights_digest(directory: str | os.PathLike) -> str:
     """SHA-256 of a model directory's safetensors weights (the fine-tuned encoder's identity)."""
     import hashlib
