@@ -291,9 +291,9 @@ class ControlCoverage:
         n = len(self.labels)
         parts = [f"{who}: predicted ({n} label{'s' if n != 1 else ''}: {', '.join(self.labels)})"]
         if self.missing:
-            parts.append(f"never predicted, the model lacks them: {', '.join(self.missing)}")
+            parts.append(f"never predicted, the model lacks them: {', '.join(map(repr, self.missing))}")
         if self.unused:
-            parts.append(f"model labels the config lacks (never returned): {', '.join(self.unused)}")
+            parts.append(f"model labels the config lacks (never returned): {', '.join(map(repr, self.unused))}")
         return "; ".join(parts + list(self.notes))
 
 
