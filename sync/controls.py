@@ -15,7 +15,7 @@ needed (:func:`settle_control`), by the same consensus policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from connector.consolidation import ConsensusPolicy, answer_table, consolidate
@@ -136,3 +136,56 @@ def settle_control(annotations: Iterable[Any], spec: TaskSpec, control: ControlS
 def stored_label(control: ControlSpec, label: str | list[str]) -> str:
     """A settled label as the ``labels`` table stores it."""
     return encode_label_set(label) if control.multi_label else str(label)
+
+
+# -- adjudication of label sets -------------------------------------------------------------------
+
+def apply_set_verdicts(rows: Sequence[Mapping[str, Any]], verdicts: Mapping[int, Any],
+                       labels: Sequence[str]) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+    """:func:`connector.consolidation.apply_verdicts` for a label set: an adjudicator's answer of
+    known labels (possibly none) settles its item on that set (stored encoded), method ``adjudicated``."""
+    from connector.consolidation import ADJUDICATED
+
+    known = set(labels)
+    out: list[dict[str, Any]] = []
+    invalid: list[tuple[int, str, str]] = []
+    for row in rows:
+        verdict = verdicts.get(int(row["item_id"]))
+        if verdict is None or row["method"] == "gold":
+            out.append(dict(row))
+            continue
+        value = verdict.value if isinstance(verdict.value, list) else [] if verdict.value is None else [verdict.value]
+        if verdict.status == "skipped":
+            out.append({**row, "reason": f"{row['reason']}; skipped by the adjudicator"}
+                       if row["status"] == "unsettled" else dict(row))
+        elif not {str(v) for v in value} <= known:
+            invalid.append((int(row["item_id"]), str(verdict.annotator), f"unknown labels in {value!r}"))
+            out.append(dict(row))
+        else:
+            out.append({**row, "label": encode_label_set(str(v) for v in value), "status": "settled",
+                        "method": ADJUDICATED, "confidence": None, "reason": f"adjudicated by {verdict.annotator}",
+                        "actor": str(verdict.annotator)})
+    return out, invalid
+
+
+def set_conflict_summaries(table: Any, item_ids: Iterable[int]) -> dict[int, str]:
+    """Item id -> its answers for the adjudicator, one distinct set a line, most given first:
+    ``politics, sport: 2 (alice, bob)`` (``(none)`` for the empty set); skips counted."""
+    import numpy as np
+
+    rows = table.row_of()
+    out: dict[int, str] = {}
+    for item_id in item_ids:
+        lines = []
+        if item_id in rows:
+            by_set: dict[tuple[str, ...], list[str]] = {}
+            for a, cell in enumerate(table.Y[rows[item_id]]):
+                if (cell >= 0).all():
+                    chosen = tuple(table.labels[j] for j in np.flatnonzero(cell == 1))
+                    by_set.setdefault(chosen, []).append(table.annotators[a])
+            for chosen, names in sorted(by_set.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+                lines.append(f"{', '.join(chosen) or '(none)'}: {len(names)} ({', '.join(names)})")
+        if skips := table.skipped.get(item_id):
+            lines.append(f"skipped: {skips}")
+        out[item_id] = "\n".join(lines) or "no answers"
+    return out
