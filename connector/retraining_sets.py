@@ -118,7 +118,7 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
         own = [str(c) for c in model.classes_]
         p = model.predict_proba_from_embeddings(x[rows], texts=row_texts)
         idx = {c: j for j, c in enumerate(own)}
-        out, thr = np.zeros((len(rows), len(classes))), np.full(len(classes), 0.5)
+        out, thr = np.zeros((len(p), len(classes))), np.full(len(classes), 0.5)
         for j, c in enumerate(classes):
             if c in idx:
                 out[:, j], thr[j] = p[:, idx[c]], model.thresholds_[idx[c]]
