@@ -66,7 +66,8 @@ def primary_probabilities(probabilities: Mapping[str, Any]) -> dict[str, float]:
 def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl], pred: Any) -> tuple[list[dict[str, Any]], float] | None:
     """What to pre-annotate from a stored prediction: one result item per control the prediction
     covers (``config``: the labeling config's controls by name), each with its score and per-label
-    scores, and the task score (its least sure control's). ``None`` when no label is chosen at all."""
+    scores (a label set the model thinks empty as an empty ``choices`` item, which Label Studio takes
+    and Argilla is not sent), and the task score (its least sure control's)."""
     primary = spec.primary
     probs = primary_probabilities(pred.probabilities or {})
     chosen = decode_label_set(pred.label) or []
@@ -75,7 +76,7 @@ def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl], pred: Any) 
         entry = ((pred.probabilities or {}).get(CONTROLS_KEY) or {}).get(c.name)
         if entry is not None and c.name in config:
             parts.append(_part(config[c.name], entry["labels"], entry["probabilities"], float(entry["score"])))
-    made = ls_prediction(parts, pred.model_version)
+    made = ls_prediction(parts, pred.model_version, keep_empty=True)  # an empty set is the model's answer too
     if not made["result"]:
         return None
     return made["result"], made["score"]
