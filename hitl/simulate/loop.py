@@ -256,6 +256,10 @@ class RunResult:
     stop_review_share: float | None = None
     stop_label_accuracy: float | None = None  # the labels' accuracy had the loop stopped there
     stopped_early: bool = False  # the run ended there (stop_early), not at the budget
+    finetuned_tried: int = 0  # retrainings that fine-tuned an encoder
+    finetuned_promoted: int = 0  # versions served with an encoder of their own
+    reembed_s: float = 0.0  # seconds spent embedding with fine-tuned encoders (re-scoring the pool after a promotion)
+    reembedded: int = 0
 
     @property
     def review_share(self) -> float:
@@ -504,5 +508,10 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         stop_reviewed=None if fired is None else int(fired["reviewed"]),
         stop_review_share=None if fired is None else float(fired["review_share"]),
         stop_label_accuracy=None if fired is None else float(fired["label_accuracy"]),
+        finetuned_tried=sum(1 for v in models.versions()
+                            if "finetuned" in (models.meta(v).metrics.get("candidates") or {})),
+        finetuned_promoted=sum(1 for v in models.versions()
+                               if models.meta(v).metrics.get("promoted") and models.meta(v).encoder.get("weights")),
+        reembed_s=round(predictor.reembed_s, 2), reembedded=predictor.reembedded,
         stopped_early=bool(cfg.stop_early and fired is not None and fired is rounds[-1]
                            and fired["reviewed"] < int(cfg.budget * len(y))))
