@@ -11,9 +11,11 @@ Layout under a model root (``HITL_MODEL_ROOT``)::
 A version's ``meta.json`` says its ``kind``: ``single`` (absent: a softmax head,
 ``head.safetensors``, loaded by ``ModelStore.load``), ``multi`` (a
 :class:`~connector.multilabel.MultiLabelClassifier` written by
-:func:`~connector.multilabel.save_multilabel` into the version directory) or ``spans`` (not yet
-served). :func:`load_version` dispatches on it; :func:`save_multilabel_version` writes a ``multi``
-version the way ``ModelStore.save`` writes a single one (a temporary directory renamed when complete).
+:func:`~connector.multilabel.save_multilabel` into the version directory) or ``spans`` (a
+:class:`~connector.span_model.SpanTagger` or a Hugging Face token classifier, saved by its own
+``save`` into the version directory). :func:`load_version` dispatches on it;
+:func:`save_multilabel_version` and :func:`save_span_version` write a version the way
+``ModelStore.save`` writes a single one (a temporary directory renamed when complete).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from connector.multilabel import MultiLabelClassifier, load_multilabel, save_mul
 
 CONTROLS_DIR = "controls"
 KINDS = ("single", "multi", "spans")
+HF_SPANS = "huggingface"  # a span version's ``encoder.weights``: a token classifier with a network of its own
 
 __all__ = ["CONTROLS_DIR", "KINDS", "LoadedModel", "check_control_name", "control_names", "control_store",
-           "load_version", "same_encoder", "save_multilabel_version"]
+           "load_version", "same_encoder", "save_multilabel_version", "save_span_version"]
 
 
 def control_store(model_root: str | os.PathLike, name: str) -> ModelStore:
@@ -70,10 +73,13 @@ class LoadedModel:
 
     @property
     def encoder(self) -> Any:
-        return self.model.encoder
+        """The text encoder it embeds with (``None`` for a span model with a network of its own)."""
+        return getattr(self.model, "encoder", None)
 
     @property
     def labels(self) -> list[str]:
+        if self.kind == "spans":
+            return [str(c) for c in self.model.labels]
         return [str(c) for c in self.model.classes_]
 
     @property
@@ -89,7 +95,8 @@ class LoadedModel:
 
     def head(self) -> Head:
         """What it predicts, for :func:`connector.labeling_config.coverage`."""
-        return Head("multilabel" if self.kind == "multi" else "choices", tuple(self.labels))
+        kind = {"multi": "multilabel", "spans": "spans"}.get(self.kind, "choices")
+        return Head(kind, tuple(self.labels))
 
     def predict_proba_from_embeddings(self, x: np.ndarray, *, texts: list[str] | None = None) -> np.ndarray:
         """``(n, k)`` calibrated probabilities, columns in ``labels`` order."""
@@ -117,21 +124,39 @@ def save_multilabel_version(store: ModelStore, clf: MultiLabelClassifier, *, met
                             encoder_ref: str | None = None, parent: str | None = None, promote: bool = False,
                             trained_on: list[str] | None = None) -> ModelVersion:
     """Write a fitted ``clf`` as the store's next version (``kind: multi``); promote it if asked."""
+    state = clf.state()
+    return _save_version(store, "multi", [str(c) for c in clf.classes_], _encoder_meta(clf.encoder, encoder_ref),
+                         lambda d: save_multilabel(state, d), hyperparameters=state.hyperparameters,
+                         metrics=metrics, parent=parent, promote=promote, trained_on=trained_on)
+
+
+def save_span_version(store: ModelStore, model: Any, *, metrics: dict[str, Any] | None = None,
+                      encoder_ref: str | None = None, parent: str | None = None, promote: bool = False,
+                      trained_on: list[str] | None = None) -> ModelVersion:
+    """Write a fitted span model (:class:`~connector.span_model.SpanTagger`, or a Hugging Face one)
+    as the store's next version (``kind: spans``); promote it if asked."""
+    encoder = getattr(model, "encoder", None)
+    enc = _encoder_meta(encoder, encoder_ref) if encoder is not None else {"model": None, "weights": HF_SPANS}
+    return _save_version(store, "spans", [str(c) for c in model.labels], enc, model.save, hyperparameters={},
+                         metrics=metrics, parent=parent, promote=promote, trained_on=trained_on)
+
+
+def _save_version(store: ModelStore, kind: str, labels: list[str], encoder: dict[str, Any], write: Any, *,
+                  hyperparameters: dict[str, Any], metrics: dict[str, Any] | None, parent: str | None,
+                  promote: bool, trained_on: list[str] | None) -> ModelVersion:
     from connector.model_store import _VERSION_RE, _atomic_write, _remove_stale_tmp
 
     existing = store.versions()
     n = int(_VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
     name = f"v{n}"
-    params = clf.state().hyperparameters
-    meta = ModelVersion(version=name, labels=[str(c) for c in clf.classes_], temperature=1.0,
-                        encoder=_encoder_meta(clf.encoder, encoder_ref), metrics=metrics or {},
-                        hyperparameters=params, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                        parent=parent, kind="multi")
+    meta = ModelVersion(version=name, labels=labels, temperature=1.0, encoder=encoder, metrics=metrics or {},
+                        hyperparameters=hyperparameters, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        parent=parent, kind=kind)
     store.versions_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(store.versions_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=store.versions_dir))
     try:
-        save_multilabel(clf.state(), tmp)
+        write(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
         if trained_on is not None:
             (tmp / "trained_on.json").write_text(json.dumps(sorted(trained_on)))
@@ -157,14 +182,22 @@ def load_version(store: ModelStore, version: str | None = None, *, encoder: Any 
     if meta.kind == "single":
         clf, meta = store.load(version, encoder=encoder, **encoder_kwargs)
         return LoadedModel("single", clf, meta)
-    if meta.kind != "multi":
+    if meta.kind not in ("multi", "spans"):
         raise ValueError(f"version {version} under {store.root} is a {meta.kind!r} model, which this release "
-                         f"does not serve (kinds: single, multi)")
+                         f"does not serve (kinds: {', '.join(KINDS)})")
+    if meta.kind == "spans" and meta.encoder.get("weights") == HF_SPANS:  # a network of its own
+        from connector.span_model import load_span_model
+
+        return LoadedModel("spans", load_span_model(store.path(version)), meta)
     if encoder is None:
         ref = meta.encoder.get("model")
         encoder = TextEncoder(None if ref in (None, "default") else ref, max_length=meta.encoder.get("max_length"),
                               normalize=meta.encoder.get("normalize", True),
                               chunk=bool(meta.encoder.get("chunk", False)), **encoder_kwargs)
+    if meta.kind == "spans":
+        from connector.span_model import load_span_model
+
+        return LoadedModel("spans", load_span_model(store.path(version), encoder=encoder), meta)
     state = load_multilabel(store.path(version))
     if state.coef.shape[1] != encoder.dim:
         raise ValueError(f"version {version} under {store.root}: head width {state.coef.shape[1]} does not fit "

@@ -33,7 +33,6 @@ from connector.batching import QueueFull
 from connector.control_models import control_names, control_store
 from connector.hardening import loads_json
 from connector.labeling_config import LabelingConfigError
-from connector.prediction import ls_prediction
 from ml_backend.auth import require_auth
 from ml_backend.metrics import CONTENT_TYPE, BackendMetrics, MetricsMiddleware
 from ml_backend.schemas import (
@@ -242,10 +241,10 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         texts_predicted["/predict"].inc(len(outputs))
         results, warnings = [], ps.warnings()
         one_main = len(ps.served) == 1 and ps.served[0].source == "main"
-        for task, out in zip(body.tasks, outputs):
-            parts = s.control_predictions(ps, out)
+        for task, text, out in zip(body.tasks, texts, outputs):
             version = out.main.model_version if one_main else _versions(ps, out)
-            results.append(ls_prediction(parts, version, keep_empty=True))
+            items, score = s.ls_result(ps, out, text)
+            results.append({"result": items, "score": score, "model_version": version})
             if out.truncated:
                 warnings.append(f"task {task.get('id')}: text cut to the model's limit of "
                                 f"{s.max_length} tokens")
@@ -277,7 +276,7 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
                                           serving=s.control_versions.get(name))
                     for name in sorted(set(control_names(settings.model_root)) | set(s.control_versions))}
         return VersionsResponse(versions=s.store.versions(), current=s.store.current(),
-                                serving=s._loaded.meta.version if s._loaded else None,
+                                serving=s.main_version,
                                 **({"controls": controls} if controls else {}))
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth,
@@ -315,8 +314,12 @@ def _plain(out: Any) -> dict[str, Any]:
     """One ``/v1/predict`` prediction: the main model's fields (when there is one) and, per control
     with a model of its own, its labels chosen, probabilities, score, kind and version."""
     item: dict[str, Any] = dict(out.main.__dict__) if out.main is not None else {"truncated": out.truncated}
-    if out.controls:
+    if out.controls or out.spans:
         item["controls"] = {}
+        for name, pred in out.spans.items():
+            item["controls"][name] = {"kind": "spans", "spans": [
+                {"start": sp.start, "end": sp.end, "label": sp.label, "score": sp.score} for sp in pred.spans],
+                "score": pred.score, "missed": pred.missed, "model_version": out.versions[name]}
         for name, probs in out.controls.items():
             m = out.models[name]
             thresholds = m.thresholds()

@@ -73,15 +73,24 @@ class PredictRequest(BaseModel):
     texts: list[str] = Field(..., min_length=1, description="texts to classify")
 
 
+class SpanOut(BaseModel):
+    start: int = Field(description="character offset (Python string index) on the text")
+    end: int
+    label: str
+    score: float | None = Field(None, description="calibrated chance the span is exactly right")
+
+
 class ControlOutput(BaseModel):
     """What a control's own model says about one text."""
 
-    kind: Literal["single", "multi"]
-    labels: list[str] = Field(description="the labels chosen: the most probable one, or every label at or over "
-                                          "its threshold (possibly none)")
-    probabilities: dict[str, float] = Field(description="calibrated; independent per label for 'multi'")
-    score: float = Field(description="confidence of the decision: the top label's probability, or the least "
-                                     "confident label decision")
+    kind: Literal["single", "multi", "spans"]
+    labels: list[str] = Field([], description="the labels chosen: the most probable one, or every label at or over "
+                                              "its threshold (possibly none)")
+    probabilities: dict[str, float] = Field({}, description="calibrated; independent per label for 'multi'")
+    spans: list[SpanOut] = Field([], description="'spans': the entities found")
+    score: float = Field(description="confidence of the decision: the top label's probability, the least "
+                                     "confident label decision, or min(least confident span, 1 - missed)")
+    missed: float | None = Field(None, description="'spans': the chance an entity was missed")
     model_version: str
 
 

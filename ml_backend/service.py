@@ -19,13 +19,22 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from connector.batching import MicroBatcher
 from connector.classifier import TextClassifier
 from connector.control_models import LoadedModel, control_names, control_store, load_version, same_encoder
-from connector.labeling_config import ChoicesControl, ConfigCache, Coverage, Head, LabelingConfig, coverage
+from connector.labeling_config import (
+    ChoicesControl,
+    ConfigCache,
+    Coverage,
+    Head,
+    LabelingConfig,
+    LabelsControl,
+    coverage,
+)
 from connector.model_store import ModelStore, ModelVersion
 from connector.prediction import ControlPrediction, Prediction, choices_prediction, to_predictions
 from ml_backend.settings import BackendSettings
@@ -41,13 +50,17 @@ class _Loaded:
 
 @dataclass(frozen=True)
 class ServedControl:
-    """One ``<Choices>`` of a config and the model that serves it (``source``: ``"main"`` or the
-    control's own model, by name)."""
+    """One ``<Choices>`` or ``<Labels>`` of a config and the model that serves it (``source``:
+    ``"main"`` or the control's own model, by name)."""
 
-    control: ChoicesControl
+    control: ChoicesControl | LabelsControl
     source: str
     label_set: bool
     thresholds: dict[str, float]
+
+    @property
+    def spans(self) -> bool:
+        return isinstance(self.control, LabelsControl)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class TextOutput:
     versions: dict[str, str] = field(default_factory=dict)
     models: dict[str, LoadedModel] = field(default_factory=dict)
     truncated: bool = False
+    spans: dict[str, Any] = field(default_factory=dict)  # control name -> SpanPrediction
 
 
 class SetupError(ValueError):
@@ -158,7 +172,7 @@ class ModelService:
     def _any_encoder(self) -> object | None:
         if self._loaded is not None:
             return self._loaded.clf.encoder
-        return next((m.encoder for m in self._controls.values()), None)
+        return next((m.encoder for m in self._controls.values() if m.encoder is not None), None)
 
     @property
     def model_version(self) -> str | None:
@@ -171,6 +185,11 @@ class ModelService:
         return None
 
     @property
+    def main_version(self) -> str | None:
+        """The main model's served version (``None`` without one)."""
+        return self._loaded.meta.version if self._loaded is not None else None
+
+    @property
     def control_versions(self) -> dict[str, str]:
         """Control name -> the version of its own model that is served."""
         return {n: m.version for n, m in self._controls.items()}
@@ -178,7 +197,8 @@ class ModelService:
     @property
     def max_length(self) -> int:
         self._current()
-        return self._any_encoder().max_length
+        encoder = self._any_encoder()
+        return encoder.max_length if encoder is not None else 512
 
     @property
     def labels(self) -> list[str]:
@@ -212,13 +232,18 @@ class ModelService:
             # columns follow classes_ (sorted), which may differ from the order meta.json lists
             preds = to_predictions(probs, main.clf.classes_.tolist(), main.meta.version, cut)
         per_control: dict[str, np.ndarray] = {}
+        spans: dict[str, list[Any]] = {}
         for name, m in controls.items():
+            if m.kind == "spans":  # token windows over the whole text: nothing is cut
+                spans[name] = m.model.predict(texts)
+                continue
             x, cut = embed(m.encoder)
             truncated |= cut
             per_control[name] = m.predict_proba_from_embeddings(x, texts=texts)
         versions = {n: m.version for n, m in controls.items()}
         return [TextOutput(preds[i], {n: {label: float(p) for label, p in zip(controls[n].labels, per_control[n][i])}
-                                      for n in controls}, versions, controls, bool(truncated[i]))
+                                      for n in per_control}, versions, controls, bool(truncated[i]),
+                           {n: spans[n][i] for n in spans})
                 for i in range(len(texts))]
 
     def _load_controls(self, old: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
@@ -232,7 +257,7 @@ class ModelService:
                 out[name] = old[name]
                 continue
             meta = store.meta(target)
-            loaded = [m for m in (*old.values(), *out.values())]
+            loaded = [m for m in (*old.values(), *out.values()) if m.encoder is not None]
             shared = next((m.encoder for m in loaded if same_encoder(m.meta.encoder, meta.encoder)), None)
             if shared is None and self._loaded is not None and same_encoder(self._loaded.meta.encoder, meta.encoder):
                 shared = self._loaded.clf.encoder
@@ -322,7 +347,7 @@ class ModelService:
             raise SetupError(f"unsupported labeling config: {cov.summary()}")
         predicted = {c.name for c in cov.predicted}
         served = []
-        for control in parsed.choices:
+        for control in (*parsed.choices, *parsed.spans):
             if control.from_name not in predicted:
                 continue
             source = sources[control.from_name]
@@ -333,10 +358,34 @@ class ModelService:
                 served.append(ServedControl(control, source, m.label_set, m.thresholds()))
         return ProjectSetup(parsed, cov, tuple(served))
 
+    def ls_result(self, setup: ProjectSetup, output: TextOutput, text: str) -> tuple[list[dict[str, Any]], float]:
+        """One task's Label Studio result items (a ``choices`` item per served ``<Choices>``, a
+        ``labels`` item per span of a served ``<Labels>``, offsets on ``text``) and its score, the
+        least of its controls' (a span control's: ``min(least confident span, 1 - missed)``)."""
+        from connector.spans import to_label_studio
+
+        items: list[dict[str, Any]] = []
+        scores: list[float] = []
+        choices = iter(self.control_predictions(setup, output))
+        for served in setup.served:
+            if not served.spans:
+                part = next(choices)
+                items.append(part.result())
+                scores.append(part.score)
+                continue
+            pred = output.spans[served.source]
+            known = set(served.control.labels)
+            items.extend(to_label_studio(text, [s for s in pred.spans if s.label in known],
+                                         from_name=served.control.from_name, to_name=served.control.to_name))
+            scores.append(pred.score)
+        return items, float(min(scores))
+
     def control_predictions(self, setup: ProjectSetup, output: TextOutput) -> list[ControlPrediction]:
-        """One :class:`~connector.prediction.ControlPrediction` per served control of ``setup``."""
+        """One :class:`~connector.prediction.ControlPrediction` per served ``<Choices>`` of ``setup``."""
         parts = []
         for served in setup.served:
+            if served.spans:
+                continue
             if served.source == "main":
                 if output.main is None:
                     raise NoModelYet("the main model went away during the request")

@@ -140,3 +140,62 @@ def test_a_newly_promoted_control_version_is_served_without_a_restart(roots, tmp
         np.testing.assert_array_equal(s._controls["mood"].model.coef_, refit.coef_)
     finally:
         s.close()
+
+
+# -- entity spans ---------------------------------------------------------------------------------
+
+SPANS_CONFIG = ('<View><Text name="review" value="$snippet"/>'
+                '<Labels name="entities" toName="review"><Label value="person"/><Label value="geo-loc"/>'
+                '<Label value="company"/><Label value="weather"/></Labels>'
+                '<Choices name="sentiment" toName="review"><Choice value="fresh"/><Choice value="rotten"/></Choices>'
+                '</View>')
+
+
+@pytest.fixture(scope="module")
+def span_root(tmp_path_factory, tiny_model_root, tiny_model_dir, tiny_encoder):
+    """The tiny sentiment model at the root and a span tagger under controls/entities whose head is
+    pushed to tag every word ``person`` (so that spans come out of a random encoder)."""
+    from connector.control_models import save_span_version
+    from connector.datasets import wnut16
+    from connector.span_model import SpanTagger
+
+    ds = wnut16()
+    keep = ("person", "geo-loc", "company")
+    spans = [[s for s in found if s[2] in keep] for found in ds.spans[:40]]
+    tagger = SpanTagger(tiny_encoder, labels=list(keep), min_calibration_texts=10**6).fit(ds.texts[:40], spans)
+    tagger.intercept_ = tagger.intercept_.copy()
+    tagger.intercept_[tagger.tags.index("B-person")] += 50.0
+    root = tmp_path_factory.mktemp("spans")
+    shutil.copytree(tiny_model_root, root, dirs_exist_ok=True)
+    save_span_version(control_store(root, "entities"), tagger, encoder_ref=str(tiny_model_dir), promote=True)
+    return root, tagger
+
+
+def test_a_span_control_gets_labels_results_whose_offsets_quote_the_text(span_root, tmp_path):
+    root, tagger = span_root
+    texts = ["Ann met Bob in Paris 🎉 at\r\nACME café.", "Ω 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and 👩‍👩‍👧 families"]
+    s = _service(root)
+    try:
+        assert s._controls["entities"].kind == "spans"
+        assert s._controls["entities"].encoder is s._any_encoder()  # the main model's encoder, shared
+        with backend_client(s, tmp_path) as c:
+            r = c.post("/predict", json={"tasks": _tasks(*texts), "label_config": SPANS_CONFIG})
+            assert r.status_code == 200, r.text
+            direct = tagger.predict(texts)
+            for text, res, pred in zip(texts, r.json()["results"], direct):
+                found = [item for item in res["result"] if item["type"] == "labels"]
+                assert found and all(item["from_name"] == "entities" and item["to_name"] == "review" for item in found)
+                for item in found:
+                    v = item["value"]
+                    assert v["text"] == text[v["start"]:v["end"]] and v["labels"] == ["person"]
+                assert [(i["value"]["start"], i["value"]["end"]) for i in found] == [(x.start, x.end) for x in pred.spans]
+                sentiment = next(item for item in res["result"] if item["from_name"] == "sentiment")
+                assert res["score"] == pytest.approx(min(pred.score, sentiment["score"]))
+            cov = {c_["name"]: c_ for c_ in c.post("/setup", json={"schema": SPANS_CONFIG}).json()["coverage"]}
+            assert cov["entities"]["predicted"] and cov["entities"]["missing"] == ["weather"]
+            (p,) = c.post("/v1/predict", json={"texts": texts[:1]}).json()["predictions"]
+            ents = p["controls"]["entities"]
+            assert ents["kind"] == "spans" and ents["spans"] and 0 <= ents["missed"] <= 1
+            assert all(texts[0][x["start"]:x["end"]].strip() for x in ents["spans"])
+    finally:
+        s.close()
