@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 from connector.classifier import TextClassifier
-from connector.control_models import control_store, save_multilabel_version
+from connector.control_models import control_store, save_multilabel_version, save_span_version
+from connector.datasets import wnut16
 from connector.model_store import ModelStore
 from connector.multilabel import MultiLabelClassifier
+from connector.span_model import SpanTagger
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.argilla import ArgillaTool
@@ -33,6 +35,9 @@ from tests.support.backend import start_backend
 pytestmark = pytest.mark.slow
 
 TOPICS = ["long", "film", "story"]
+ENTITIES = ["person", "geo-loc", "company"]
+SPANS_CONFIG = ('<View><Text name="tweet" value="$tweet"/><Labels name="entities" toName="tweet">'
+                '<Label value="person"/><Label value="geo-loc"/><Label value="company"/></Labels></View>')
 ROUTING = {"accept_threshold": 0.99, "spot_check_rate": 0.0, "audit_share": 0.0}
 TOPICS_CONFIG = ('<View><Text name="review" value="$snippet"/>'
                  '<Choices name="topics" toName="review" choice="multiple"><Choice value="long"/>'
@@ -62,6 +67,10 @@ def controls_root(tmp_path_factory, model_root, encoder, rt_sample):
     save_multilabel_version(control_store(root, "topics"), topics, encoder_ref="default", promote=True)
     length = TextClassifier(encoder).fit_embeddings(x, ["long" if len(t) > 120 else "short" for t in texts])
     control_store(root, "length").save(length, encoder_ref="default", promote=True)
+    tweets = wnut16()
+    tagger = SpanTagger(encoder, labels=ENTITIES).fit(
+        tweets.texts[:300], [[s for s in found if s[2] in ENTITIES] for found in tweets.spans[:300]])
+    save_span_version(control_store(root, "entities"), tagger, encoder_ref="default", promote=True)
     return root
 
 
@@ -118,6 +127,33 @@ def test_label_studio_registers_the_backend_and_stores_one_prediction_per_task(l
 
     setup = httpx.post(f"{controls_backend.url}/setup", json={"project": project.id, "schema": config}).json()
     assert {c["name"] for c in setup["coverage"] if c["predicted"]} == names
+
+
+def test_label_studio_registers_the_backend_on_a_span_project_and_offsets_quote_the_text(ls, controls_backend):
+    client = ls._ls
+    tweets = wnut16()
+    texts = tweets.texts[300:340]
+    project = client.projects.create(title=f"hitl spans {time.time_ns()}"[:50], label_config=SPANS_CONFIG)
+    task_ids = client.projects.import_tasks(project.id, request=[{"tweet": t} for t in texts],
+                                            return_task_ids=True).task_ids
+    assert client.ml.create(project=project.id, url=controls_backend.url, title="hitl spans").readable_state == \
+        "Connected"
+    client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": False, "included": task_ids})
+    preds = client.predictions.list(project=project.id)
+    assert sorted(p.task for p in preds) == sorted(task_ids)  # one each, none twice
+    text_of = dict(zip(task_ids, texts))
+    n_spans = 0
+    for p in preds:
+        text = text_of[p.task]
+        for item in p.result:
+            assert (item["from_name"], item["to_name"], item["type"]) == ("entities", "tweet", "labels")
+            v = item["value"]
+            assert v["text"] == text[v["start"]:v["end"]] and v["labels"][0] in ENTITIES  # offsets exact
+            assert 0.0 <= item["score"] <= 1.0
+            n_spans += 1
+        assert 0.0 <= p.score <= 1.0
+    assert n_spans > 0  # the tagger found entities in these 40 tweets
 
 
 # -- Label Studio: the sync's push, answers pulled, settled, retrained -----------------------------
