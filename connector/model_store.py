@@ -54,9 +54,13 @@ class ModelVersion:
     created_at: str = ""
     parent: str | None = None
     lexical: dict[str, Any] | None = None  # the word-feature head: its temperature and size
+    kind: str = "single"  # "single" (this store's head), "multi" or "spans" (connector/control_models.py)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["kind"] == "single":  # absent means single: a single-label version's meta.json is as it was
+            del out["kind"]
+        return out
 
 
 class ModelStore:
@@ -180,6 +184,9 @@ class ModelStore:
         if version is None:
             raise FileNotFoundError(f"no model version under {self.root}; train one with `hitl train`")
         meta = self.meta(version)
+        if meta.kind != "single":
+            raise ValueError(f"version {version} under {self.root} is a {meta.kind!r} model: load it with "
+                             "connector.control_models.load_version")
         tensors = load_file(str(self.path(version) / "head.safetensors"))
         if meta.encoder.get("weights"):
             encoder = TextEncoder(self.path(version) / meta.encoder["weights"], max_length=meta.encoder.get("max_length"),
