@@ -165,7 +165,9 @@ def model_probabilities(predictions: Iterable[Any], model_versions: Mapping[int,
         i = int(p.item_id)
         if i not in chosen or chosen[i].model_version != model_versions.get(i):
             chosen[i] = p
-    return {i: {str(k): float(v) for k, v in (p.probabilities or {}).items()} for i, p in chosen.items()}
+    # a task's other controls ride in the same JSON (``task_spec.CONTROLS_KEY``): not class probabilities
+    return {i: {str(k): float(v) for k, v in (p.probabilities or {}).items() if isinstance(v, int | float)}
+            for i, p in chosen.items()}
 
 
 def probability_matrix(table: AnswerTable, probabilities: Mapping[int, Mapping[str, float]]) -> np.ndarray:

@@ -16,6 +16,7 @@ an older libexpat expands it; refusing the DTD does not depend on the version.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -28,6 +29,19 @@ TEXT_OBJECT_TAGS = frozenset({"Text", "HyperText"})
 
 class LabelingConfigError(ValueError):
     """The labeling config is not one this backend can serve."""
+
+
+#: what a control's name may be to name its model directory (``connector.control_models``)
+CONTROL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+def check_control_name(name: str) -> str:
+    """``name`` when it can name a directory (letters, digits, ``_``, ``.``, ``-``; not starting with a
+    dot), else ``ValueError``: a control's name never reaches outside the model root's ``controls/``."""
+    if not isinstance(name, str) or not CONTROL_NAME_RE.match(name):
+        raise ValueError(f"control name {name!r} cannot name a model directory: use letters, digits, "
+                         "'_', '.' and '-' (not first), at most 128 characters")
+    return name
 
 
 class _NoDoctype(ET.TreeBuilder):
@@ -277,9 +291,9 @@ class ControlCoverage:
         n = len(self.labels)
         parts = [f"{who}: predicted ({n} label{'s' if n != 1 else ''}: {', '.join(self.labels)})"]
         if self.missing:
-            parts.append(f"never predicted, the model lacks them: {', '.join(self.missing)}")
+            parts.append(f"never predicted, the model lacks them: {', '.join(map(repr, self.missing))}")
         if self.unused:
-            parts.append(f"model labels the config lacks (never returned): {', '.join(self.unused)}")
+            parts.append(f"model labels the config lacks (never returned): {', '.join(map(repr, self.unused))}")
         return "; ".join(parts + list(self.notes))
 
 
@@ -370,3 +384,26 @@ def build_choices_config(*, text_field: str, labels: list[str], multiple: bool =
             f"  <Choices name={quoteattr(from_name)} toName={quoteattr(to_name)} "
             f"choice=\"{'multiple' if multiple else 'single-radio'}\" showInLine=\"true\">\n{choices}\n"
             f"  </Choices>\n</View>")
+
+
+def build_controls_config(*, text_field: str, controls: list[tuple[str, list[str], bool, str]],
+                          instructions: str = "", to_name: str = "text") -> str:
+    """A Label Studio labeling config with one ``<Choices>`` per control on one text: ``controls``
+    are ``(name, labels, multiple, instructions)``, in order (a control's instructions as a header
+    above it)."""
+    from xml.sax.saxutils import quoteattr
+
+    if not controls:
+        raise LabelingConfigError("a config of several controls needs at least one")
+    header = f"  <Header value={quoteattr(instructions)}/>\n" if instructions else ""
+    parts = [f"<View>\n{header}  <Text name={quoteattr(to_name)} value={quoteattr('$' + text_field)}/>"]
+    for name, labels, multiple, note in controls:
+        if not labels:
+            raise LabelingConfigError(f"control {name!r} needs at least one label")
+        choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in labels)
+        if note:
+            parts.append(f"  <Header value={quoteattr(note)}/>")
+        parts.append(f"  <Choices name={quoteattr(name)} toName={quoteattr(to_name)} "
+                     f"choice=\"{'multiple' if multiple else 'single-radio'}\" showInLine=\"true\">\n{choices}\n"
+                     f"  </Choices>")
+    return "\n".join(parts) + "\n</View>"

@@ -54,9 +54,13 @@ class ModelVersion:
     created_at: str = ""
     parent: str | None = None
     lexical: dict[str, Any] | None = None  # the word-feature head: its temperature and size
+    kind: str = "single"  # "single" (this store's head), "multi" or "spans" (connector/control_models.py)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["kind"] == "single":  # absent means single: a single-label version's meta.json is as it was
+            del out["kind"]
+        return out
 
 
 class ModelStore:
@@ -180,6 +184,9 @@ class ModelStore:
         if version is None:
             raise FileNotFoundError(f"no model version under {self.root}; train one with `hitl train`")
         meta = self.meta(version)
+        if meta.kind != "single":
+            raise ValueError(f"version {version} under {self.root} is a {meta.kind!r} model: load it with "
+                             "connector.control_models.load_version")
         tensors = load_file(str(self.path(version) / "head.safetensors"))
         if meta.encoder.get("weights"):
             encoder = TextEncoder(self.path(version) / meta.encoder["weights"], max_length=meta.encoder.get("max_length"),
@@ -211,6 +218,19 @@ def encoder_identity(encoder_meta: dict[str, Any]) -> str:
     key = f"{encoder_meta.get('model', 'default')}|{encoder_meta.get('max_length')}|{encoder_meta.get('normalize', True)}"
     key += "|chunk" if encoder_meta.get("chunk") else ""
     return key + (f"|ft:{encoder_meta['sha256'][:16]}" if encoder_meta.get("sha256") else "")
+
+
+def model_ref(encoder: Any) -> str:
+    """How a version names its base encoder: ``default`` (the bundled MiniLM) or its model directory."""
+    from connector.encoder import default_model_path
+
+    path = getattr(encoder, "model_path", None)
+    if path is None:
+        return "default"
+    try:
+        return "default" if Path(path).resolve() == default_model_path().resolve() else str(path)
+    except FileNotFoundError:
+        return str(path)
 
 
 def weights_digest(directory: str | os.PathLike) -> str:

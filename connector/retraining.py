@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connector.calibration import expected_calibration_error, log_loss
 from connector.classifier import TextClassifier
 from connector.encoder import TextEncoder
-from connector.model_store import ModelStore, encoder_identity, weights_digest
+from connector.model_store import ModelStore, encoder_identity, model_ref, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
             enc_meta = current_meta.encoder
     else:
         encoder = encoder or TextEncoder()
-        enc_meta = {"model": _model_ref(encoder), "max_length": encoder.max_length, "normalize": encoder.normalize,
+        enc_meta = {"model": model_ref(encoder), "max_length": encoder.max_length, "normalize": encoder.normalize,
                     "chunk": bool(getattr(encoder, "chunk", False))}
     classes = list(classes)
     index = {c: i for i, c in enumerate(classes)}
@@ -366,19 +366,6 @@ def retrain(texts: Sequence[str], labels: Sequence[str], external_ids: Sequence[
         stop_predictions = _aligned(clf, xs, classes, list(stop_set[0])).argmax(axis=1).tolist()
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
                          candidate_metrics, current_metrics, evidence, reliability, stop_predictions, stop_encoded)
-
-
-def _model_ref(encoder: Any) -> str:
-    """How a version names its base encoder: ``default`` (the bundled MiniLM) or the model directory."""
-    from connector.encoder import default_model_path
-
-    path = getattr(encoder, "model_path", None)
-    if path is None:
-        return "default"
-    try:
-        return "default" if Path(path).resolve() == default_model_path().resolve() else str(path)
-    except FileNotFoundError:
-        return str(path)
 
 
 @dataclass

@@ -160,12 +160,17 @@ class RoutingPolicy(BaseModel):
 
 @dataclass(frozen=True)
 class Batch:
-    """Scored items: ``probs[i]`` (calibrated, columns named by ``labels``) belongs to ``item_ids[i]``."""
+    """Scored items: ``probs[i]`` (calibrated, columns named by ``labels``) belongs to ``item_ids[i]``.
+
+    ``top_labels``: each row's label when it is not a column's name (a multi-label item: its label
+    set, with ``probs`` the rows ``[score, 1 - score]`` of its task score); its confidence is still
+    the row's largest probability."""
 
     item_ids: Sequence[str]
     probs: np.ndarray
     labels: Sequence[str]
     metadata: Sequence[Mapping[str, Any]] | None = None
+    top_labels: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         probs = np.asarray(self.probs, dtype=np.float64)
@@ -177,6 +182,8 @@ class Batch:
         meta = [{}] * len(self.item_ids) if self.metadata is None else list(self.metadata)
         if len(meta) != len(self.item_ids):
             raise ValueError(f"metadata has {len(meta)} entries for {len(self.item_ids)} items")
+        if self.top_labels is not None and len(self.top_labels) != len(self.item_ids):
+            raise ValueError(f"top_labels has {len(self.top_labels)} entries for {len(self.item_ids)} items")
         object.__setattr__(self, "probs", probs)
         object.__setattr__(self, "metadata", meta)
 
@@ -312,4 +319,6 @@ def _top(batch: Batch) -> tuple[list[str], np.ndarray]:
     """Top label per row and its probability (ties: the first column)."""
     top = batch.probs.argmax(axis=1)
     conf = batch.probs[np.arange(len(top)), top]
+    if batch.top_labels is not None:
+        return [str(label) for label in batch.top_labels], conf
     return [str(batch.labels[j]) for j in top], conf

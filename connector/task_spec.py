@@ -17,6 +17,19 @@ A TOML file, e.g.::
     [routing]
     accept_threshold = 0.95
     spot_check_rate = 0.05
+
+Several classification controls on the same text (e.g. sentiment and topics) are declared as
+``[[controls]]`` tables instead of ``labels``/``multi_label``; the first is the primary one (routing,
+thresholds and stopping follow it), the others are predicted, pulled, consolidated and retrained::
+
+    [[controls]]
+    name = "sentiment"               # Label Studio from_name / Argilla question name
+    labels = ["positive", "negative"]
+
+    [[controls]]
+    name = "topics"
+    labels = ["politics", "sport", "tech"]
+    multi_label = true
 """
 
 from __future__ import annotations
@@ -30,7 +43,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from connector.consolidation import ConsensusPolicy
 from connector.decisions import DecisionPolicy
-from connector.labeling_config import build_choices_config
+from connector.label_sets import MAX_STORED, longest_encoding
+from connector.labeling_config import (
+    build_choices_config,
+    build_controls_config,
+    check_control_name,
+    parse_labeling_config,
+)
 from connector.redaction import RedactionPolicy
 from connector.retraining import RetrainPolicy
 from connector.review_kinds import OUTCOMES, ExtractionSpec, Kind, build_review_config
@@ -89,6 +108,33 @@ class ThresholdPolicy(BaseModel):
                               "honest prediction on a human label (biased towards hard items when a strategy picks)")
 
 
+#: a reserved key of a prediction's ``probabilities``: the task's other controls (``sync.service``)
+CONTROLS_KEY = "@controls"
+
+
+class ControlSpec(BaseModel):
+    """One classification control of a task: ``name`` is the Label Studio ``from_name`` and the
+    Argilla question name; ``labels`` its labels; ``multi_label`` whether it takes a set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    labels: list[str]
+    multi_label: bool = False
+    kind: Literal["choices"] = "choices"
+    instructions: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlSpec:
+        check_control_name(self.name)
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < (1 if self.multi_label else 2):
+            raise ValueError(f"control {self.name!r}: labels must be distinct, at least "
+                             f"{'one' if self.multi_label else 'two'}")
+        if CONTROLS_KEY in self.labels:
+            raise ValueError(f"control {self.name!r}: {CONTROLS_KEY!r} is a reserved name")
+        return self
+
+
 class TaskSpec(BaseModel):
     """What is being labelled, by whom, and where."""
 
@@ -100,6 +146,9 @@ class TaskSpec(BaseModel):
     text_field: str = "text"
     labels: list[str] = Field(default_factory=list)
     multi_label: bool = False
+    controls: list[ControlSpec] = Field(default_factory=list, description="several classification controls; the "
+                                                                           "first is the primary one (labels and "
+                                                                           "multi_label are its own)")
     instructions: str = ""
     overlap: int = Field(1, ge=1)
     show_suggestion: Literal["except_checks", "always", "never"] = Field(
@@ -128,6 +177,22 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _labels_of_kind(self) -> TaskSpec:
+        if self.controls:
+            first = self.controls[0]
+            if self.kind != "label":
+                raise ValueError(f"controls: a '{self.kind}' task has no classification controls")
+            if len({c.name for c in self.controls}) != len(self.controls):
+                raise ValueError("controls: each control needs a name of its own")
+            if self.labels and self.labels != first.labels:
+                raise ValueError("labels: with [[controls]], the labels are the first control's; leave them out")
+            if "multi_label" in self.model_fields_set and self.multi_label != first.multi_label:
+                raise ValueError("multi_label: with [[controls]], it is the first control's; leave it out")
+            self.labels, self.multi_label = list(first.labels), first.multi_label
+        if self.kind == "label" and self.multi_label and longest_encoding(self.labels) > MAX_STORED:
+            raise ValueError(f"labels: a multi-label control's settled set is stored in {MAX_STORED} characters, and "
+                             f"the set of all its labels takes {longest_encoding(self.labels)}: shorten the labels")
+        if CONTROLS_KEY in self.labels:
+            raise ValueError(f"labels: {CONTROLS_KEY!r} is a reserved name")
         if self.kind == "label":
             if not self.labels:
                 raise ValueError("labels: a 'label' task needs at least two distinct labels")
@@ -145,13 +210,45 @@ class TaskSpec(BaseModel):
             return self.argilla.dataset or self.name
         return self.label_studio.project_title or self.name
 
+    @property
+    def control_specs(self) -> list[ControlSpec]:
+        """The task's classification controls, the primary one first: ``controls`` when declared,
+        else one control named as the labeling config's first ``<Choices>`` over ``labels``."""
+        if self.controls:
+            return list(self.controls)
+        name = parse_labeling_config(self.label_config())[0].from_name if self.kind == "label" else "label"
+        return [ControlSpec.model_construct(name=name, labels=list(self.labels), multi_label=self.multi_label,
+                                            kind="choices", instructions=self.instructions)]
+
+    @property
+    def primary(self) -> ControlSpec:
+        """The control routing, thresholds and stopping follow."""
+        return self.control_specs[0]
+
+    @property
+    def secondary(self) -> list[ControlSpec]:
+        """The other controls: predicted, pulled, consolidated and retrained, never routed on."""
+        return self.control_specs[1:]
+
+    def model_dir(self, control: ControlSpec) -> str | None:
+        """Where ``control``'s model versions live under the model root: ``None`` for the model
+        root itself (a single-label primary control, the layout of a one-control task), else the
+        control's name under ``controls/`` (:mod:`connector.control_models`)."""
+        if control.name == self.primary.name and not control.multi_label:
+            return None
+        return control.name
+
     def label_config(self) -> str:
         """The Label Studio labeling config: the task file's own, else the kind's (``build_review_config``
-        for the review kinds, a ``<Choices>`` over the labels for ``label``)."""
+        for the review kinds, one ``<Choices>`` per control, or over the labels, for ``label``)."""
         if self.label_studio.label_config:
             return self.label_studio.label_config
         if self.kind != "label":
             return build_review_config(self)
+        if self.controls:
+            return build_controls_config(text_field=self.text_field, controls=[
+                (c.name, c.labels, c.multi_label, c.instructions) for c in self.controls],
+                instructions=self.instructions)
         return build_choices_config(
             text_field=self.text_field, labels=self.labels, multiple=self.multi_label, instructions=self.instructions)
 

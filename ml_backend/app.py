@@ -23,17 +23,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.batching import QueueFull
+from connector.control_models import control_names, control_store
 from connector.hardening import loads_json
 from connector.labeling_config import LabelingConfigError
 from ml_backend.auth import require_auth
 from ml_backend.metrics import CONTENT_TYPE, BackendMetrics, MetricsMiddleware
 from ml_backend.schemas import (
+    ControlVersions,
     ErrorResponse,
     HealthResponse,
     LSPredictRequest,
@@ -193,10 +196,16 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
               responses=_responses(400, 401, 413, 422, 503))
     async def setup(body: SetupRequest, request: Request) -> SetupResponse:
         s = svc(request)
-        ps = s.setup(body.schema_)
+        try:
+            ps = s.setup(body.schema_)
+        except SetupError as exc:
+            log.warning("project %s: %s", body.project, exc)
+            raise
+        log.info("project %s: %s", body.project, ps.coverage.summary())
         for w in ps.warnings():
             log.warning("project %s: %s", body.project, w)
-        return SetupResponse(model_version=s.model_version, labels=list(ps.usable), warnings=ps.warnings())
+        return SetupResponse(model_version=s.model_version, labels=list(ps.usable), warnings=ps.warnings(),
+                             coverage=_coverage(ps))
 
     @app.post("/predict", response_model=LSPredictResponse, dependencies=auth,
               responses=_responses(400, 401, 413, 422, 503))
@@ -207,32 +216,36 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         if len(body.tasks) > settings.max_tasks_per_request:
             return _error(413, f"{len(body.tasks)} tasks; at most {settings.max_tasks_per_request} per request")
         ps = s.setup(body.label_config)
-        key = ps.control.data_key
+        keys = list(dict.fromkeys(served.control.data_key for served in ps.served))
         texts, problems = [], []
         for i, task in enumerate(body.tasks):
             data = task.get("data")
             tid = task.get("id", f"#{i}")
-            value = data.get(key) if isinstance(data, dict) else None
             if not isinstance(data, dict):
                 problems.append(f"task {tid}: no 'data' object")
-            elif key not in data:
-                problems.append(f"task {tid}: data has no field {key!r} (the config reads ${key}); it has {sorted(data)[:10]}")
-            elif not isinstance(value, str):
-                problems.append(f"task {tid}: data.{key} must be a string, got {type(value).__name__}")
-            else:
-                texts.append(value)
+                continue
+            for key in keys:
+                value = data.get(key)
+                if key not in data:
+                    problems.append(f"task {tid}: data has no field {key!r} (the config reads ${key}); "
+                                    f"it has {sorted(data)[:10]}")
+                elif not isinstance(value, str):
+                    problems.append(f"task {tid}: data.{key} must be a string, got {type(value).__name__}")
+            if len(keys) == 1 and isinstance(data.get(keys[0]), str):
+                texts.append(data[keys[0]])
+        if len(keys) > 1 and not problems:
+            return _error(422, f"the served controls read different fields ({keys}); one text per task is served")
         if problems:
             return _error(422, problems[:50])
-        preds = await s.predict(texts)
-        texts_predicted["/predict"].inc(len(preds))
-        thr = settings.multi_label_threshold
+        outputs = await s.predict_all(texts)
+        texts_predicted["/predict"].inc(len(outputs))
         results, warnings = [], ps.warnings()
-        for task, p in zip(body.tasks, preds):
-            best = max(ps.usable, key=lambda label: p.probabilities[label])
-            chosen = [label for label in ps.usable if p.probabilities[label] >= thr] if ps.control.multiple else []
-            results.append({"result": [ps.control.result(chosen or [best])], "score": p.probabilities[best],
-                            "model_version": p.model_version})
-            if p.truncated:
+        one_main = len(ps.served) == 1 and ps.served[0].source == "main"
+        for task, text, out in zip(body.tasks, texts, outputs):
+            version = out.main.model_version if one_main else _versions(ps, out)
+            items, score = s.ls_result(ps, out, text)
+            results.append({"result": items, "score": score, "model_version": version})
+            if out.truncated:
                 warnings.append(f"task {task.get('id')}: text cut to the model's limit of "
                                 f"{s.max_length} tokens")
         # built as plain JSON (the hot path); the shape is LSPredictResponse's, as the schema says
@@ -254,10 +267,17 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
             log.info("START_TRAINING ignored: %s", WEBHOOK_IGNORED)
         return JSONResponse({"status": "ignored", "reason": WEBHOOK_IGNORED})
 
-    @app.get("/versions", response_model=VersionsResponse, dependencies=auth, responses=_responses(401))
+    @app.get("/versions", response_model=VersionsResponse, dependencies=auth, responses=_responses(401),
+             response_model_exclude_unset=True)
     async def versions(request: Request) -> VersionsResponse:
         s = svc(request)
-        return VersionsResponse(versions=s.store.versions(), current=s.store.current(), serving=s.model_version)
+        controls = {name: ControlVersions(versions=control_store(settings.model_root, name).versions(),
+                                          current=control_store(settings.model_root, name).current(),
+                                          serving=s.control_versions.get(name))
+                    for name in sorted(set(control_names(settings.model_root)) | set(s.control_versions))}
+        return VersionsResponse(versions=s.store.versions(), current=s.store.current(),
+                                serving=s.main_version,
+                                **({"controls": controls} if controls else {}))
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth,
               responses=_responses(400, 401, 413, 422, 503))
@@ -266,11 +286,51 @@ def create_app(settings: BackendSettings | None = None, service: ModelService | 
         if len(body.texts) > settings.max_texts_per_request:
             return _error(413, f"{len(body.texts)} texts; at most {settings.max_texts_per_request} per request "
                                "(HITL_MAX_TEXTS_PER_REQUEST): send them in several requests")
-        preds = await s.predict(body.texts)
-        texts_predicted["/v1/predict"].inc(len(preds))
-        return JSONResponse({"predictions": [p.__dict__ for p in preds], "model_version": s.model_version})
+        outputs = await s.predict_all(body.texts)
+        texts_predicted["/v1/predict"].inc(len(outputs))
+        return JSONResponse({"predictions": [_plain(out) for out in outputs], "model_version": s.model_version})
 
     return app
+
+
+def _coverage(ps: Any) -> list[dict[str, Any]]:
+    """The coverage of a config, one plain dict per control."""
+    return [{"name": c.name, "tag": c.tag, "to_name": c.to_name, "predicted": c.predicted, "labels": list(c.labels),
+             "missing": list(c.missing), "unused": list(c.unused), "notes": list(c.notes), "reason": c.reason,
+             "source": next((sv.source for sv in ps.served if sv.control.from_name == c.name), None)}
+            for c in ps.coverage.controls]
+
+
+def _versions(ps: Any, out: Any) -> str:
+    """The versions behind one prediction of several controls: ``name:version`` joined by ``+``."""
+    parts = []
+    for served in ps.served:
+        version = out.main.model_version if served.source == "main" else out.versions[served.source]
+        parts.append(f"{served.control.from_name}:{version}")
+    return "+".join(parts)
+
+
+def _plain(out: Any) -> dict[str, Any]:
+    """One ``/v1/predict`` prediction: the main model's fields (when there is one) and, per control
+    with a model of its own, its labels chosen, probabilities, score, kind and version."""
+    item: dict[str, Any] = dict(out.main.__dict__) if out.main is not None else {"truncated": out.truncated}
+    if out.controls or out.spans:
+        item["controls"] = {}
+        for name, pred in out.spans.items():
+            item["controls"][name] = {"kind": "spans", "spans": [
+                {"start": sp.start, "end": sp.end, "label": sp.label, "score": sp.score} for sp in pred.spans],
+                "score": pred.score, "missed": pred.missed, "model_version": out.versions[name]}
+        for name, probs in out.controls.items():
+            m = out.models[name]
+            thresholds = m.thresholds()
+            if m.label_set:
+                chosen = [label for label in m.labels if probs[label] >= thresholds[label]]
+            else:
+                chosen = [max(m.labels, key=lambda label: probs[label])]
+            score = float(m.task_scores(np.array([[probs[label] for label in m.labels]]))[0])
+            item["controls"][name] = {"kind": m.kind, "labels": chosen, "probabilities": probs, "score": score,
+                                      "model_version": m.version}
+    return item
 
 
 async def _poll_versions(app: FastAPI) -> None:

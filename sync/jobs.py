@@ -27,8 +27,12 @@ from connector.consolidation import (
     latest_verdicts,
     model_probabilities,
 )
+from connector.consolidation_sets import consolidate_sets, set_answer_table
+from connector.control_models import control_store
+from connector.label_sets import decode_label_set, encode_label_set
 from connector.model_store import ModelStore
-from connector.retraining import RetrainResult, retrain
+from connector.retraining import FinetunePolicy, RetrainResult, retrain
+from connector.retraining_sets import retrain_label_sets
 from connector.snapshots import (
     AgreementSnapshot,
     AnnotatorQuality,
@@ -49,6 +53,7 @@ from connector.store import StateStore
 from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
 from sync.adjudication import adjudication_events, conflict_summaries, record_adjudicated, split_answers
+from sync.controls import apply_set_verdicts, set_conflict_summaries, settle_control
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,14 @@ class JobContext:
                 raise RuntimeError("no sync service configured")
             self._sync = self.make_sync()
         return self._sync
+
+
+def primary_models(ctx: JobContext) -> ModelStore:
+    """Where the primary control's versions live: the model root, or (a multi-label primary
+    control) its own store under ``controls/`` (:mod:`connector.control_models`)."""
+    spec = ctx.spec
+    own = spec.model_dir(spec.primary) if spec.kind == "label" else None
+    return ctx.models if own is None else control_store(ctx.models.root, own)
 
 
 def consensus_policy(spec: TaskSpec) -> ConsensusPolicy:
@@ -168,13 +181,19 @@ def _model_probabilities(store: StateStore, policy: ConsensusPolicy, items: dict
     return model_probabilities(store.predictions.list(items), {i: it.model_version for i, it in items.items()})
 
 
-def _answers(store: StateStore, spec: TaskSpec,
-             answers: Iterable[Any] | None = None) -> tuple[Any, dict[int, Any], dict[int, str]]:
+def _answers(store: StateStore, spec: TaskSpec, answers: Iterable[Any] | None = None, *,
+             sets: bool | None = None) -> tuple[Any, dict[int, Any], dict[int, str]]:
     """The annotators' submitted answers as a table (with the items only skipped), their items, and
     the known answers of the gold ones. ``answers``: the annotators' answers (by default every
     stored answer but the adjudicators', which are no independent votes)."""
     if answers is None:
         answers, _ = split_answers(store, store.annotations.list())
+    if sets if sets is not None else (spec.kind == "label" and spec.multi_label):  # a set per answer
+        table = set_answer_table(answers, spec.labels)
+        items = store.items.get_many([*table.item_ids.tolist(), *table.skipped])
+        gold = {i: g if isinstance(g := it.meta["gold_label"], list) else decode_label_set(g)
+                for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
+        return table, items, gold
     table = answer_table(answers, spec.labels)
     items = store.items.get_many([*table.item_ids.tolist(), *table.skipped])
     gold = {i: it.meta["gold_label"] for i, it in items.items() if it.is_gold and "gold_label" in (it.meta or {})}
@@ -208,13 +227,29 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
                         type(exc).__name__, exc)
             pull_error = exc
     ordinary, verdicts = split_answers(store, store.annotations.list())
+    sets = spec.kind == "label" and spec.multi_label
     table, items, gold = _answers(store, spec, ordinary)
     current = np.array([items[i].is_current for i in table.item_ids.tolist()], dtype=bool)
     if len(table.item_ids) and not current.all():  # answers to an old version of an item do not count
-        table.item_ids, table.R = table.item_ids[current], table.R[current]
+        table.item_ids = table.item_ids[current]
+        if sets:
+            table.Y = table.Y[current]
+        else:
+            table.R = table.R[current]
     table.skipped = {i: n for i, n in table.skipped.items() if items[i].is_current}
-    result = consolidate(table, policy, gold=gold, per_item_overlap=sync is None or sync.tool.per_item_overlap,
-                         probabilities=_model_probabilities(store, policy, items))
+    per_item = sync is None or sync.tool.per_item_overlap
+    if sets:
+        if policy.method == "crowdlab":
+            log.info("a label set settles label by label: crowdlab falls back to per-label Dawid-Skene")
+        set_policy = policy.model_copy(update={"method": "dawid_skene"}) if policy.method == "crowdlab" else policy
+        result = consolidate_sets(table, set_policy, gold=gold, per_item_overlap=per_item)
+        for r in result.rows:  # stored as one string (connector.label_sets)
+            r.pop("unsettled_labels", None)
+            if r["label"] is not None:
+                r["label"] = encode_label_set(r["label"])
+    else:
+        result = consolidate(table, policy, gold=gold, per_item_overlap=per_item,
+                             probabilities=_model_probabilities(store, policy, items))
     latest = latest_verdicts(verdicts)
     # an item sent to adjudication before any annotator answered it (an escalated decision) is
     # settled by its verdict alone
@@ -223,7 +258,7 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     base = [*result.rows, *({"item_id": i, "label": None, "status": "unsettled", "method": policy.method,
                              "n_answers": 0, "agreement": None, "confidence": None, "reason": "no answers"}
                             for i in sorted(current_unanswered))]
-    rows, invalid_verdicts = apply_verdicts(base, latest, table.labels)
+    rows, invalid_verdicts = (apply_set_verdicts if sets else apply_verdicts)(base, latest, table.labels)
     adjudicated = {r["item_id"]: r for r in rows if r["method"] == ADJUDICATED}
     before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in rows])}
     # asked already: at this answer count, or (an item only skipped) since its first skip; the
@@ -247,7 +282,7 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     pushed = 0
     if sync is not None and pull_error is None:  # each item once: the pushes table remembers
         queue = [(i, why) for i, why in result.adjudicate if i not in adjudicated]
-        answers = conflict_summaries(table, [i for i, _ in queue])
+        answers = (set_conflict_summaries if sets else conflict_summaries)(table, [i for i, _ in queue])
         pushed = sync.adjudication.push([(items[i], answers[i], why) for i, why in queue])["pushed"]
     if pull_error is not None:
         raise pull_error
@@ -256,9 +291,12 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
         log.warning("%d answers left out of consensus (e.g. %s)", len(table.invalid), table.invalid[0])
     if invalid_verdicts:
         log.warning("%d adjudicators' answers left out (e.g. %s)", len(invalid_verdicts), invalid_verdicts[0])
-    return {"items": len(rows), "settled": settled, "unsettled": len(rows) - settled, "sent_back": sent,
-            "invalid_answers": len(table.invalid) + len(invalid_verdicts), "adjudicated": len(adjudicated),
-            "to_adjudication": pushed}
+    out = {"items": len(rows), "settled": settled, "unsettled": len(rows) - settled, "sent_back": sent,
+           "invalid_answers": len(table.invalid) + len(invalid_verdicts), "adjudicated": len(adjudicated),
+           "to_adjudication": pushed}
+    if spec.kind == "label" and spec.secondary:  # settled from the stored answers when needed (sync/controls.py)
+        out["controls"] = {c.name: {"settled": len(settle_control(ordinary, spec, c, policy))} for c in spec.secondary}
+    return out
 
 
 def metrics_job(ctx: JobContext) -> dict[str, Any]:
@@ -266,7 +304,8 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    table, items, gold = _answers(store, spec)
+    # the one-label table (a label set's agreement is connector.agreement_sets', not in this snapshot yet)
+    table, items, gold = _answers(store, spec, sets=False)
     result = consolidate(table, policy, gold=gold, probabilities=_model_probabilities(store, policy, items))
     agreement = AgreementSnapshot.model_validate(agreement_snapshot(table))
     quality = [AnnotatorQuality.model_validate(q) for q in annotator_quality(result, policy)]
@@ -278,7 +317,7 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     labels = store.labels.list()
     write_snapshot(store, CountsSnapshot(states=store.items.counts_by_state(), decisions=store.decisions.counts(),
                                          labels=_count([lb.label for lb in labels]), human_labels=len(labels)))
-    write_snapshot(store, ModelSnapshot(current=ctx.models.current()))
+    write_snapshot(store, ModelSnapshot(current=primary_models(ctx).current()))
     checks = read_checks(ctx)
     pruned = store.retention.prune(ctx.retention)
     return {"items": agreement.n_items, "annotators": agreement.n_annotators,
@@ -299,7 +338,7 @@ def read_checks(ctx: JobContext) -> ChecksSnapshot:
     store, policy = ctx.store, ctx.spec.thresholds
     found = outcomes(store)
     rows = [CheckPart(**vars(r), accuracy=r.accuracy) for r in summarize(found, delta=policy.delta)]
-    version = ctx.models.current()
+    version = primary_models(ctx).current()
     rule = in_force(store, ctx.spec)
     previous = read_latest(store, ChecksSnapshot)
     if rule.paused and previous is not None and previous.snapshot.model_version == version:
@@ -338,9 +377,57 @@ def training_set(store: StateStore, spec: TaskSpec) -> tuple[list[str], list[str
         preds = {p.item_id: p for p in store.predictions.list(accepted)}
         labels.update({i: preds[i].label for i in accepted if i in preds})
     items = store.items.get_many(labels)
+    if spec.multi_label:  # stored sets decoded (connector.label_sets); a set with an unknown label left out
+        known = set(spec.labels)
+        sets = {i: decode_label_set(lb) for i, lb in labels.items()}
+        keep = [i for i in sorted(labels) if i in items and items[i].is_current and set(sets[i]) <= known]
+        return ([items[i].text for i in keep], [sets[i] for i in keep], [items[i].external_id for i in keep],
+                [items[i].content_hash for i in keep])
     keep = [i for i in sorted(labels) if i in items and items[i].is_current and labels[i] in spec.labels]
     return ([items[i].text for i in keep], [labels[i] for i in keep], [items[i].external_id for i in keep],
             [items[i].content_hash for i in keep])
+
+
+def control_training_set(store: StateStore, spec: TaskSpec, control: Any,
+                         policy: ConsensusPolicy) -> tuple[list[str], list[Any], list[str], list[str]]:
+    """:func:`training_set` for one of the task's other controls: its labels settle from the stored
+    answers (:func:`sync.controls.settle_control`), the adjudicators' left out."""
+    ordinary, _ = split_answers(store, store.annotations.list())
+    labels = settle_control(ordinary, spec, control, policy)
+    items = store.items.get_many(labels)
+    keep = [i for i in sorted(labels) if i in items and items[i].is_current]
+    return ([items[i].text for i in keep], [labels[i] for i in keep], [items[i].external_id for i in keep],
+            [items[i].content_hash for i in keep])
+
+
+def _retrain_controls(ctx: JobContext, corpus: list[str] | None, random: set[str]) -> dict[str, Any]:
+    """Retrain each of the task's other controls on its settled labels, each in its own model store
+    (no fine-tuned candidate, no stopping rule: those follow the primary control)."""
+    store, spec = ctx.store, ctx.spec
+    policy = spec.retraining.model_copy(update={"finetune": FinetunePolicy(enabled=False)})
+    out: dict[str, Any] = {}
+    for control in spec.secondary:
+        texts, labels, ext, hashes = control_training_set(store, spec, control, consensus_policy(spec))
+        models = control_store(ctx.models.root, control.name)
+        try:
+            if control.multi_label:
+                result = retrain_label_sets(texts, labels, ext, hashes, classes=control.labels, models=models,
+                                            cache_store=ctx.cache_store or store, policy=policy, encoder=ctx.encoder,
+                                            corpus=corpus, calibrate_on=[e in random for e in ext])
+            elif len(set(labels)) < 2:
+                out[control.name] = {"skipped": f"{len(labels)} settled labels of {len(set(labels))} classes"}
+                continue
+            else:
+                result = retrain(texts, labels, ext, hashes, classes=control.labels, models=models, corpus=corpus,
+                                 cache_store=ctx.cache_store or store, policy=policy, encoder=ctx.encoder,
+                                 calibrate_on=[e in random for e in ext])
+        except Exception as exc:  # one control's failure does not stop the others (nor the primary's)
+            log.exception("retraining control %r failed", control.name)
+            out[control.name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        out[control.name] = {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
+                             "n_train": result.n_train, "n_test": result.n_test}
+    return out
 
 
 def retrain_job(ctx: JobContext, *, force: bool = False,
@@ -361,6 +448,9 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     items = store.items.list() if spec.retraining.features != "embeddings" or spec.stopping.enabled else []
     corpus = [it.text for it in items] if spec.retraining.features != "embeddings" else None
     random = drawn_at_random(store)
+    controls = _retrain_controls(ctx, corpus, random) if spec.secondary else None
+    if spec.multi_label:
+        return _retrain_sets(ctx, texts, labels, ext, hashes, corpus, random, controls)
     previous = read_latest(store, StoppingSnapshot) if spec.stopping.enabled else None
     members = stop_set(store, spec, None if previous is None else previous.snapshot, items) \
         if spec.stopping.enabled else []
@@ -385,7 +475,27 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
             "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
             "threshold": None if review is None else review.get("threshold"),
             **({} if stopping is None else {"stopping": {"kappa": stopping.kappa, "run": stopping.run,
-                                                         "fired": stopping.fired}})}
+                                                         "fired": stopping.fired}}),
+            **({} if controls is None else {"controls": controls})}
+
+
+def _retrain_sets(ctx: JobContext, texts: list[str], sets: list[Any], ext: list[str], hashes: list[str],
+                  corpus: list[str] | None, random: set[str], controls: dict[str, Any] | None) -> dict[str, Any]:
+    """The retraining of a multi-label primary control (:mod:`connector.retraining_sets`), in its own
+    model store; then, when promoted, the threshold review on its task scores. No stopping rule yet."""
+    store, spec = ctx.store, ctx.spec
+    models = primary_models(ctx)
+    result = retrain_label_sets(texts, sets, ext, hashes, classes=spec.labels, models=models,
+                                cache_store=ctx.cache_store or store, policy=spec.retraining, encoder=ctx.encoder,
+                                corpus=corpus, calibrate_on=[e in random for e in ext])
+    write_snapshot(store, RetrainSnapshot.model_validate(result.to_dict() | {"n_labels": len(sets)}))
+    write_snapshot(store, ModelSnapshot(current=models.current()))
+    review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
+        else None
+    return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
+            "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
+            "threshold": None if review is None else review.get("threshold"),
+            **({} if controls is None else {"controls": controls})}
 
 
 def stop_set(store: StateStore, spec: TaskSpec, previous: StoppingSnapshot | None,

@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 class Predictor(Protocol):
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        """One dict per text: ``label``, ``confidence``, ``probabilities``, ``model_version``."""
+        """One dict per text: ``label``, ``confidence``, ``probabilities``, ``model_version`` (the main
+        model's) and, per control with a model of its own, ``controls`` (``labels``, ``probabilities``,
+        ``score``, ``model_version``)."""
 
 
 class HttpPredictor:
@@ -36,11 +38,15 @@ class HttpPredictor:
             raise ValueError(f"ML backend refused the batch ({r.status_code}): {r.text[:300]}")
         return r.json()["predictions"]
 
-    def serving_version(self) -> str | None:
-        """The model version the backend serves now (``GET /versions``)."""
+    def serving_version(self, control: str | None = None) -> str | None:
+        """The model version the backend serves now (``GET /versions``): the main model's, or the
+        own model's of ``control``."""
         r = self._http.get("/versions")
         r.raise_for_status()
-        return r.json().get("serving")
+        body = r.json()
+        if control is None:
+            return body.get("serving")
+        return ((body.get("controls") or {}).get(control) or {}).get("serving")
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from connector.auto_accept import in_force
-from connector.labeling_config import parse_labeling_config
+from connector.labeling_config import parse_config, parse_labeling_config
 from connector.redaction import history_detail, redact_pushed
 from connector.review_kinds import suggestion_result
 from connector.routing import CHECK_REASONS, Batch, Router
@@ -30,6 +30,7 @@ from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import SUGGESTION_VERSION, AnnotationTool, PushItem, item_key
 from sync.adjudication import AdjudicationQueue
+from sync.controls import prediction_row, suggestion
 from sync.predictor import HttpPredictor, Predictor
 from sync.pulls import annotation_rows, settle_absent
 
@@ -64,6 +65,18 @@ class SyncService:
         self.predictor = predictor
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
+        self.config_controls = {c.from_name: c for c in parse_config(spec.label_config()).choices}
+        #: several controls, or a label set: predictions and suggestions go through ``sync/controls.py``
+        self.per_control = spec.kind == "label" and (bool(spec.controls) or spec.multi_label)
+        if self.per_control:
+            missing = [c.name for c in spec.control_specs if c.name not in self.config_controls]
+            if missing:
+                raise ValueError(f"the labeling config has no <Choices> named {missing} (it has "
+                                 f"{sorted(self.config_controls)}): name each [[controls]] as its <Choices>")
+            self.control = self.config_controls[spec.primary.name]
+        if spec.multi_label and (self.router.policy.label_overrides or self.router.policy.reject_label):
+            raise ValueError("routing: a multi-label task routes on its task score; label_overrides and "
+                             "reject_label name one label and do not apply")
         self.push_batch = 2000
         self.remote_check_batch = 500  # pushed items checked per check_remote pass ...
         self.remote_check_interval_s = 600.0  # ... at most this often (a tool's find may read the whole project)
@@ -93,7 +106,8 @@ class SyncService:
         if self.predictor is None:
             raise RuntimeError("no predictor configured (set the ML backend URL)")
         serving = getattr(self.predictor, "serving_version", None)
-        version = serving() if serving is not None else None
+        own = self.spec.model_dir(self.spec.primary) if self.per_control else None
+        version = (serving() if own is None else serving(control=own)) if serving is not None else None
         stale = self.store.items.stale(version) if version is not None else []
         report.counts["rescored"] += len(stale)
         while True:
@@ -103,10 +117,13 @@ class SyncService:
             if not items:
                 break
             preds = self.predictor.predict([it.text for it in items])
-            self.store.predictions.record([
-                {"item_id": it.id, "model_version": p["model_version"], "label": p["label"],
-                 "confidence": p["confidence"], "probabilities": p["probabilities"]}
-                for it, p in zip(items, preds)])
+            if self.per_control:
+                rows = [{"item_id": it.id, **prediction_row(self.spec, p)} for it, p in zip(items, preds)]
+            else:
+                rows = [{"item_id": it.id, "model_version": p["model_version"], "label": p["label"],
+                         "confidence": p["confidence"], "probabilities": p["probabilities"]}
+                        for it, p in zip(items, preds)]
+            self.store.predictions.record(rows)
             report.counts["predicted"] += len(items)
             self._progress("predict", len(items))
         return report
@@ -180,6 +197,13 @@ class SyncService:
         return rule.state == "certified"
 
     def _batch(self, items: list[Any], preds: dict[int, Any]) -> Batch:
+        """The router's batch: each item's probabilities over the labels; for a label set, the rows
+        ``[s, 1 - s]`` of its task score ``s`` (at least 0.5) with the set as the row's label."""
+        if self.spec.multi_label:
+            score = np.array([max(float(preds[it.id].confidence), 0.5) for it in items]).reshape(-1)
+            metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
+            return Batch([str(it.id) for it in items], np.stack([score, 1.0 - score], axis=1).reshape(len(items), 2),
+                         ["label set", "not sure"], metadata, top_labels=[preds[it.id].label for it in items])
         labels = list(self.spec.labels)
         probs = np.array([[preds[it.id].probabilities.get(label, 0.0) for label in labels] for it in items])
         metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
@@ -266,6 +290,9 @@ class SyncService:
                             SUGGESTION_SOURCE)
         if pred is None or not self.shows_suggestion(item, decision):
             return PushItem(key, data)
+        if self.per_control:
+            made = suggestion(self.spec, self.config_controls, pred)
+            return PushItem(key, data) if made is None else PushItem(key, data, made[0], made[1], SUGGESTION_SOURCE)
         return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), SUGGESTION_SOURCE)
 
     def shows_suggestion(self, item: Any, decision: Any) -> bool:

@@ -79,6 +79,51 @@ def suggested_labels(result: Any) -> list[str]:
     return labels
 
 
+def label_suggestions(result: Any, score: float | None,
+                      questions: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(question, value, score)`` of each label suggestion in a pushed ``result`` (the labels as a
+    string or a list, or Label Studio ``choices`` items, one per control), for the dataset's
+    ``questions`` (name -> question). A ``choices`` item goes to the question named as its
+    ``from_name``, else (one question) to ``label``. A multi-label question's value is the labels
+    chosen and its score their scores, aligned (argilla-server 2.8 refuses one score for a list of
+    values): each label's own score from the item's ``meta.scores``, else the item's; a single-label
+    question's is its one label with the item's ``score`` (else ``score``). An empty set is not
+    suggested (the server refuses an empty value)."""
+    import argilla as rg
+
+    if result is None:
+        return []
+    items = [r for r in result if isinstance(r, dict) and r.get("type") == "choices"] if isinstance(result, list) else []
+    if not items:  # plain labels: the ``label`` question's
+        labels = suggested_labels(result)
+        items = [{"from_name": QUESTION, "value": {"choices": labels}}] if labels else []
+    out = []
+    for r in items:
+        name = r.get("from_name")
+        if name not in questions:
+            if QUESTION not in questions or len(items) > 1:
+                continue
+            name = QUESTION
+        labels = list((r.get("value") or {}).get("choices") or [])
+        if not labels:
+            continue
+        own = r.get("score", score)
+        if isinstance(questions[name], rg.MultiLabelQuestion):
+            per_label = ((r.get("meta") or {}).get("scores") or {})
+            scores = [per_label.get(label, own) for label in labels]
+            out.append((name, labels, None if any(s is None for s in scores) else [float(s) for s in scores]))
+        else:
+            out.append((name, labels[0], None if own is None else float(own)))
+    return out
+
+
+def _controls(spec: TaskSpec) -> list[tuple[str, list[str], bool, str]] | None:
+    """A task's controls as questions (``None`` for a task of one control: its question is ``label``)."""
+    if not spec.controls:
+        return None
+    return [(c.name, list(c.labels), c.multi_label, c.instructions) for c in spec.controls]
+
+
 class ArgillaTool:
     """One Argilla server and workspace; ``api_key`` belongs to an owner or admin."""
 
@@ -97,6 +142,7 @@ class ArgillaTool:
         self._users = UserNames(self._username)
         self._datasets: dict[str, Any] = {}
         self._review: dict[str, TaskSpec] = {}  # dataset name -> the task of a review kind, whose answers it reads
+        self._questions: dict[str, tuple[str, list[str]]] = {}  # dataset -> (primary question, the others)
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -109,7 +155,8 @@ class ArgillaTool:
             return self._ensure_review(spec, spec.project_name, min_submitted=spec.overlap)
         control = parse_labeling_config(spec.label_config())[0]
         self.ensure_dataset(spec.project_name, text_field=control.data_key, labels=list(spec.labels),
-                            multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap)
+                            multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap,
+                            controls=_controls(spec))
         return spec.project_name
 
     def ensure_adjudication(self, spec: TaskSpec) -> str:
@@ -125,7 +172,7 @@ class ArgillaTool:
             f" {spec.instructions}" if spec.instructions else "")
         self.ensure_dataset(name, text_field=control.data_key, labels=list(spec.labels),
                             multi_label=spec.multi_label, instructions=instructions, min_submitted=1,
-                            extra_fields={ANSWERS_FIELD: "Answers so far"})
+                            extra_fields={ANSWERS_FIELD: "Answers so far"}, controls=_controls(spec))
         return name
 
     def _ensure_review(self, spec: TaskSpec, name: str, *, min_submitted: int,
@@ -154,7 +201,8 @@ class ArgillaTool:
         field_names = [f.name for f in dataset.settings.fields]
         metadata_names = {m.name for m in dataset.settings.metadata}
         questions = {q.name: q for q in dataset.settings.questions}
-        multi = isinstance(questions.get(QUESTION), rg.MultiLabelQuestion)
+        review = project in self._review or (OUTCOME in questions and QUESTION not in questions
+                                             and project not in self._questions)
         items = list(items)
         mapping: dict[str, str] = {}
         for start in range(0, len(items), MAX_PER_REQUEST):
@@ -165,12 +213,12 @@ class ArgillaTool:
                 metadata.update(getattr(it, "metadata", None) or {})
                 metadata = {k: v for k, v in metadata.items() if v is not None}
                 suggestions = []
-                if QUESTION not in questions:  # a review kind: the editable texts, pre-filled
+                if review:  # a review kind: the editable texts, pre-filled
                     suggestions = [rg.Suggestion(name, text, score=it.score, agent=it.model_version)
                                    for name, text in suggested_texts(it.result).items() if name in questions]
-                elif labels := suggested_labels(it.result):
-                    suggestions.append(rg.Suggestion(QUESTION, labels if multi else labels[0], score=it.score,
-                                                     agent=it.model_version))
+                else:
+                    suggestions = [rg.Suggestion(name, value, score=score, agent=it.model_version)
+                                   for name, value, score in label_suggestions(it.result, it.score, questions)]
                 fields = {name: data[name] for name in field_names if name in data}
                 fields[field_names[0]] = data[field_names[0]]  # the text: required
                 record = rg.Record(id=it.external_id, fields=fields, metadata=metadata, suggestions=suggestions)
@@ -262,27 +310,36 @@ class ArgillaTool:
 
     def ensure_dataset(self, name: str, *, text_field: str, labels: list[str], multi_label: bool = False,
                        instructions: str = "", min_submitted: int = 1,
-                       extra_fields: Mapping[str, str] | None = None) -> Any:
+                       extra_fields: Mapping[str, str] | None = None,
+                       controls: Sequence[tuple[str, list[str], bool, str]] | None = None) -> Any:
         """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
 
         Settings: one text field (then ``extra_fields``: name -> title, more text fields), one
         required question ``label`` (single or multi label), no metadata (annotators see metadata:
         why a record was sent stays in our store), and a task distribution that completes a record
-        after ``min_submitted`` submitted responses.
-        An existing dataset is reused as it is, after checking that it has the ``label`` question;
+        after ``min_submitted`` submitted responses. ``controls`` (a task of several controls:
+        ``(name, labels, multi_label, instructions)``, the primary first) asks one question per
+        control instead, named as the control; the first is required, the others are not (an
+        annotator may leave one out; a multi-label one left empty means no label applies).
+        An existing dataset is reused as it is, after checking that it has the first question;
         one left unpublished by an interrupted creation is deleted and made again.
         """
         import argilla as rg
 
-        question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
+        specs = list(controls) if controls else [(QUESTION, list(labels), multi_label, instructions)]
+
+        def question(k: int, name: str, labels: list[str], multi: bool, note: str) -> Any:
+            cls = rg.MultiLabelQuestion if multi else rg.LabelQuestion
+            return cls(name=name, labels=list(labels), description=note or instructions or None, required=k == 0)
+
+        self._questions[name] = (specs[0][0], [c[0] for c in specs[1:]])
         return self._ensure(name, lambda: rg.Settings(
             guidelines=instructions or None,
             fields=[rg.TextField(name=text_field),
                     *(rg.TextField(name=n, title=title) for n, title in (extra_fields or {}).items())],
-            questions=[question_cls(name=QUESTION, labels=list(labels), description=instructions or None,
-                                    required=True)],
+            questions=[question(k, *c) for k, c in enumerate(specs)],
             distribution=rg.TaskDistribution(min_submitted=min_submitted),
-        ), QUESTION)
+        ), specs[0][0])
 
     def _ensure(self, name: str, settings: Callable[[], Any], question: str) -> Any:
         """The dataset ``name``, created with ``settings()`` if absent; an existing one must have ``question``."""
@@ -320,7 +377,8 @@ class ArgillaTool:
 
         dataset = self.dataset(project)
         review = self._review.get(project)
-        if review is None and QUESTION not in [q.name for q in dataset.settings.questions]:
+        primary, others = self._questions.get(project, (QUESTION, []))
+        if review is None and primary not in [q.name for q in dataset.settings.questions]:
             raise RuntimeError(f"Argilla dataset {project!r} is a review dataset: ensure_project(spec) first, so "
                                "that its responses are read by the task's form")
         query = rg.Query(filter=rg.Filter([("response.status", "in", list(PULLED_STATUSES))]))
@@ -337,7 +395,10 @@ class ArgillaTool:
                 if seen is not None and updated <= seen:
                     continue
                 if review is None:
-                    value, extra = suggested_labels(((resp.get("values") or {}).get(QUESTION) or {}).get("value")), None
+                    values = resp.get("values") or {}
+                    value = suggested_labels((values.get(primary) or {}).get("value"))
+                    extra = {"controls": {name: suggested_labels((values.get(name) or {}).get("value"))
+                                          for name in others}} if others else None
                 else:
                     value, extra = parse_argilla(review, resp.get("values"), raw.get("fields"))
                 answers.append(RemoteAnswer(

@@ -149,6 +149,7 @@ class LabelStudioTool:
         self._call = retrying(attempts)
         self._users = UserNames(lambda uid: self._call(self._ls.users.get, int(uid)).email, tolerate=(Exception,))
         self._review: dict[str, TaskSpec] = {}  # project id -> the task of a review kind, whose answers it reads
+        self._controls: dict[str, tuple[str, list[str]]] = {}  # project id -> (primary control, the others)
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -219,16 +220,24 @@ class LabelStudioTool:
         return Pull(answers, items, {"updated_at": newest, "settled": "1" if lag > self.overlap_s + 2.0 else "0"})
 
     def _known(self, project: int, spec: TaskSpec) -> str:
-        """The project key, noting the task's kind: a review kind's answers are read by its form."""
+        """The project key, noting the task's kind: a review kind's answers are read by its form, and
+        a task of several controls has each answer read control by control."""
         if spec.kind != "label":
             self._review[str(project)] = spec
+        elif spec.controls:
+            self._controls[str(project)] = (spec.primary.name, [c.name for c in spec.secondary])
         return str(project)
 
     def answer_of(self, project: int | str, result: list[dict[str, Any]] | None,
                   data: Mapping[str, Any] | None) -> tuple[list[str], dict[str, Any] | None]:
         """An annotation's ``(value, extra)``: the labels chosen (``from_name``'s, or every
-        ``<Choices>``'s), or for a review kind the outcome and the rest of the answer."""
+        ``<Choices>``'s), or for a review kind the outcome and the rest of the answer. In a project
+        of several controls: the primary control's labels, and the others' in ``extra["controls"]``
+        (control name -> labels)."""
         spec = self._review.get(str(project))
+        if spec is None and str(project) in self._controls:
+            primary, others = self._controls[str(project)]
+            return choices_of(result, primary), {"controls": {name: choices_of(result, name) for name in others}}
         if spec is None:
             return choices_of(result, self.from_name), None
         return parse_label_studio(spec, result, data)

@@ -36,7 +36,7 @@ import numpy as np
 from connector.calibration import expected_calibration_error
 from connector.consolidation import SEND_BACK_REASONS, agreement_snapshot, answer_table
 from connector.datasets import LabeledTexts
-from connector.model_store import ModelStore
+from connector.model_store import ModelStore, model_ref
 from connector.retraining import EmbeddingCache, encoder_key
 from connector.snapshots import RetrainSnapshot, StoppingSnapshot, ThresholdsSnapshot, read_history, read_latest
 from connector.store import StateStore, content_hash
@@ -123,7 +123,7 @@ class InProcessPredictor:
     def __init__(self, models: ModelStore, cache: EmbeddingCache) -> None:
         self.models, self.cache = models, cache
         self._loaded: tuple[str, Any] | None = None
-        self._versions: dict[str, tuple[Any, EmbeddingCache]] = {}
+        self._versions: dict[str, tuple[Any, EmbeddingCache, bool]] = {}
         self.reembed_s, self.reembedded = 0.0, 0
 
     def serving_version(self) -> str | None:
@@ -135,8 +135,8 @@ class InProcessPredictor:
             clf, meta = self.models.load(version, encoder=self.cache.encoder)
             key = encoder_key(meta.encoder)
             cache = self.cache if key == self.cache.key else EmbeddingCache(self.cache.store, clf.encoder, key)
-            self._versions[version] = (clf, cache)
-        return self._versions[version]
+            self._versions[version] = (clf, cache, bool(meta.encoder.get("weights")))
+        return self._versions[version][:2]
 
     def model(self) -> tuple[str, Any]:
         """The current version and its classifier (loaded once per version)."""
@@ -150,7 +150,7 @@ class InProcessPredictor:
         cache = self.version(version)[1]
         t0 = time.perf_counter()
         x, n = cache.encode(list(texts), [content_hash(t) for t in texts])
-        if cache is not self.cache:
+        if self._versions[version][2]:  # a fine-tuned encoder of the version's own
             self.reembed_s += time.perf_counter() - t0
             self.reembedded += n
         return x
@@ -305,7 +305,7 @@ def run(data: LabeledTexts, cfg: SimulationConfig, *, cache_store: StateStore, e
         store = StateStore(f"sqlite:///{tmp}/state.db")
         store.migrate()
         models = ModelStore(Path(tmp) / "models")
-        cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": "default", "max_length": encoder.max_length,
+        cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": model_ref(encoder), "max_length": encoder.max_length,
                                                                   "normalize": encoder.normalize,
                                                                   "chunk": getattr(encoder, "chunk", False)}))
         predictor = InProcessPredictor(models, cache)

@@ -1,0 +1,59 @@
+"""One stored label, or one stored label *set*: how a multi-label answer lives in a string column.
+
+A settled label of a multi-label control (``labels.label``), and a multi-label model's prediction
+(``predictions.label``), is stored as a JSON array of its labels, sorted, without spaces:
+``["politics","sport"]`` (``[]``: no label applies). Sorted, two equal sets are equal strings, so
+code that compares stored labels as strings (spot checks, the threshold's evidence) compares sets
+exactly. :func:`decode_label` reads either form back; nothing else parses the column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+#: the longest stored label (``labels.label`` and ``predictions.label`` are ``VARCHAR(255)``)
+MAX_STORED = 255
+
+
+def encode_label_set(labels: Iterable[str]) -> str:
+    """A label set as stored: a sorted JSON array of distinct labels, without spaces. Raises
+    ``ValueError`` when it would not fit the column (``MAX_STORED`` characters)."""
+    if isinstance(labels, str):
+        raise TypeError(f"a label set must be an iterable of labels, got the string {labels!r}")
+    text = json.dumps(sorted({str(label) for label in labels}), ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_STORED:
+        raise ValueError(f"label set {text[:60]}... is {len(text)} characters stored; the column holds {MAX_STORED}")
+    return text
+
+
+def is_label_set(value: object) -> bool:
+    """Whether a stored label is an encoded set (a JSON array of strings)."""
+    if not isinstance(value, str) or not value.startswith("["):
+        return False
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(decoded, list) and all(isinstance(v, str) for v in decoded)
+
+
+def decode_label(value: str | None) -> str | list[str] | None:
+    """A stored label read back: a list of labels for an encoded set, the string itself otherwise
+    (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    return json.loads(value) if is_label_set(value) else value
+
+
+def decode_label_set(value: str | None) -> list[str] | None:
+    """A stored label as a set: an encoded set decoded, a single label as a one-label list."""
+    decoded = decode_label(value)
+    if decoded is None:
+        return None
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def longest_encoding(labels: Iterable[str]) -> int:
+    """Characters the set of every label takes stored: the most any of its subsets takes."""
+    return len(json.dumps(sorted(set(labels)), ensure_ascii=False, separators=(",", ":")))

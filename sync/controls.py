@@ -1,0 +1,192 @@
+"""A task's controls in the sync: what is stored of each control's prediction, what is pushed as a
+suggestion, and each control's answers and settled labels.
+
+The primary control's prediction is the prediction row (``label``: one label, or a label set
+encoded by :func:`connector.label_sets.encode_label_set`; ``confidence``: its calibrated
+probability, or the set's task score; ``probabilities``: per label). The other controls' go in the
+same row's ``probabilities`` under :data:`connector.task_spec.CONTROLS_KEY`, one entry per control:
+``{"labels": [...], "probabilities": {...}, "score": s, "model_version": "v3"}``.
+
+The primary control's answer is an annotation's ``value``; the others' are in its ``extra`` under
+``"controls"`` (control name -> labels), as the tools read them. Only the primary control's
+settled label is stored (``labels``); the others settle from the stored answers whenever they are
+needed (:func:`settle_control`), by the same consensus policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from connector.consolidation import ConsensusPolicy, answer_table, consolidate
+from connector.consolidation_sets import consolidate_sets, set_answer_table
+from connector.label_sets import decode_label_set, encode_label_set
+from connector.labeling_config import ChoicesControl
+from connector.prediction import ControlPrediction, ls_prediction
+from connector.task_spec import CONTROLS_KEY, ControlSpec, TaskSpec
+
+
+class NoControlModel(RuntimeError):
+    """The ML backend has no model for a control the task needs predicted."""
+
+
+def prediction_row(spec: TaskSpec, output: Mapping[str, Any]) -> dict[str, Any]:
+    """The store's prediction row (less ``item_id``) for one text, from the backend's
+    ``/v1/predict`` answer (its main model's fields and its ``controls``)."""
+    primary = spec.primary
+    controls = output.get("controls") or {}
+    if spec.model_dir(primary) is None:
+        if output.get("label") is None:
+            raise NoControlModel(f"the ML backend has no main model, which serves control {primary.name!r}")
+        row = {"model_version": output["model_version"], "label": output["label"],
+               "confidence": float(output["confidence"]), "probabilities": dict(output["probabilities"])}
+    else:
+        own = controls.get(primary.name)
+        if own is None:
+            raise NoControlModel(f"the ML backend has no model for control {primary.name!r} yet (it serves "
+                                 f"{sorted(controls) or 'no control model'})")
+        labels = [str(label) for label in own["labels"]]
+        row = {"model_version": own["model_version"],
+               "label": encode_label_set(labels) if primary.multi_label else labels[0],
+               "confidence": float(own["score"]), "probabilities": dict(own["probabilities"])}
+    others = {c.name: {"labels": list(controls[c.name]["labels"]),
+                       "probabilities": dict(controls[c.name]["probabilities"]),
+                       "score": float(controls[c.name]["score"]), "model_version": controls[c.name]["model_version"]}
+              for c in spec.secondary if c.name in controls}
+    if others:
+        row["probabilities"][CONTROLS_KEY] = others
+    return row
+
+
+def primary_probabilities(probabilities: Mapping[str, Any]) -> dict[str, float]:
+    """A stored prediction's probabilities of the primary control (the other controls' left out)."""
+    return {k: float(v) for k, v in probabilities.items() if k != CONTROLS_KEY}
+
+
+def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl], pred: Any) -> tuple[list[dict[str, Any]], float] | None:
+    """What to pre-annotate from a stored prediction: one result item per control the prediction
+    covers (``config``: the labeling config's controls by name), each with its score and per-label
+    scores (a label set the model thinks empty as an empty ``choices`` item, which Label Studio takes
+    and Argilla is not sent), and the task score (its least sure control's)."""
+    primary = spec.primary
+    probs = primary_probabilities(pred.probabilities or {})
+    chosen = decode_label_set(pred.label) or []
+    parts = [_part(config[primary.name], chosen, probs, float(pred.confidence))]
+    for c in spec.secondary:
+        entry = ((pred.probabilities or {}).get(CONTROLS_KEY) or {}).get(c.name)
+        if entry is not None and c.name in config:
+            parts.append(_part(config[c.name], entry["labels"], entry["probabilities"], float(entry["score"])))
+    made = ls_prediction(parts, pred.model_version, keep_empty=True)  # an empty set is the model's answer too
+    if not made["result"]:
+        return None
+    return made["result"], made["score"]
+
+
+def _part(control: ChoicesControl, chosen: Iterable[str], probs: Mapping[str, Any], score: float) -> ControlPrediction:
+    wanted = set(chosen)
+    return ControlPrediction(control, tuple(label for label in control.labels if label in wanted),
+                             {label: float(probs[label]) for label in control.labels if label in probs}, score)
+
+
+# -- answers and settled labels per control ------------------------------------------------------
+
+class _Answer:
+    """An annotation row seen through one control: its ``value`` is that control's labels."""
+
+    __slots__ = ("annotator", "item_id", "remote_updated_at", "status", "value")
+
+    def __init__(self, a: Any, value: Any) -> None:
+        self.item_id, self.annotator, self.status = a.item_id, a.annotator, a.status
+        self.remote_updated_at, self.value = a.remote_updated_at, value
+
+
+def control_answers(annotations: Iterable[Any], spec: TaskSpec, control: ControlSpec) -> list[_Answer]:
+    """The answers to ``control``: the primary control's as they are, another's from each answer's
+    ``extra["controls"]`` (an answer that did not give one is left out for a one-label control: an
+    empty ``<Choices>`` is no answer; for a multi-label control it is the empty set)."""
+    out = []
+    for a in annotations:
+        if control.name == spec.primary.name:
+            out.append(_Answer(a, a.value))
+            continue
+        given = ((a.extra or {}).get("controls") or {}).get(control.name) if isinstance(a.extra, dict) else None
+        if a.status == "skipped":
+            out.append(_Answer(a, []))
+        elif given is None:
+            continue
+        elif control.multi_label or given:
+            out.append(_Answer(a, list(given)))
+    return out
+
+
+def settle_control(annotations: Iterable[Any], spec: TaskSpec, control: ControlSpec,
+                   policy: ConsensusPolicy) -> dict[int, str | list[str]]:
+    """Item id -> the label (a one-label control) or label set (multi-label) ``control`` settles on,
+    by ``policy`` (``crowdlab`` settles as ``dawid_skene``: the stored prediction is the primary
+    control's); unsettled items are left out."""
+    answers = control_answers(annotations, spec, control)
+    if control.multi_label:
+        method = policy.method if policy.method in ("majority", "dawid_skene") else "dawid_skene"
+        result = consolidate_sets(set_answer_table(answers, control.labels), policy.model_copy(update={"method": method}))
+    else:
+        method = "dawid_skene" if policy.method == "crowdlab" else policy.method
+        result = consolidate(answer_table(answers, control.labels), policy.model_copy(update={"method": method}))
+    return {int(r["item_id"]): r["label"] for r in result.rows if r["status"] == "settled"}
+
+
+def stored_label(control: ControlSpec, label: str | list[str]) -> str:
+    """A settled label as the ``labels`` table stores it."""
+    return encode_label_set(label) if control.multi_label else str(label)
+
+
+# -- adjudication of label sets -------------------------------------------------------------------
+
+def apply_set_verdicts(rows: Sequence[Mapping[str, Any]], verdicts: Mapping[int, Any],
+                       labels: Sequence[str]) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+    """:func:`connector.consolidation.apply_verdicts` for a label set: an adjudicator's answer of
+    known labels (possibly none) settles its item on that set (stored encoded), method ``adjudicated``."""
+    from connector.consolidation import ADJUDICATED
+
+    known = set(labels)
+    out: list[dict[str, Any]] = []
+    invalid: list[tuple[int, str, str]] = []
+    for row in rows:
+        verdict = verdicts.get(int(row["item_id"]))
+        if verdict is None or row["method"] == "gold":
+            out.append(dict(row))
+            continue
+        value = verdict.value if isinstance(verdict.value, list) else [] if verdict.value is None else [verdict.value]
+        if verdict.status == "skipped":
+            out.append({**row, "reason": f"{row['reason']}; skipped by the adjudicator"}
+                       if row["status"] == "unsettled" else dict(row))
+        elif not {str(v) for v in value} <= known:
+            invalid.append((int(row["item_id"]), str(verdict.annotator), f"unknown labels in {value!r}"))
+            out.append(dict(row))
+        else:
+            out.append({**row, "label": encode_label_set(str(v) for v in value), "status": "settled",
+                        "method": ADJUDICATED, "confidence": None, "reason": f"adjudicated by {verdict.annotator}",
+                        "actor": str(verdict.annotator)})
+    return out, invalid
+
+
+def set_conflict_summaries(table: Any, item_ids: Iterable[int]) -> dict[int, str]:
+    """Item id -> its answers for the adjudicator, one distinct set a line, most given first:
+    ``politics, sport: 2 (alice, bob)`` (``(none)`` for the empty set); skips counted."""
+    import numpy as np
+
+    rows = table.row_of()
+    out: dict[int, str] = {}
+    for item_id in item_ids:
+        lines = []
+        if item_id in rows:
+            by_set: dict[tuple[str, ...], list[str]] = {}
+            for a, cell in enumerate(table.Y[rows[item_id]]):
+                if (cell >= 0).all():
+                    chosen = tuple(table.labels[j] for j in np.flatnonzero(cell == 1))
+                    by_set.setdefault(chosen, []).append(table.annotators[a])
+            for chosen, names in sorted(by_set.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+                lines.append(f"{', '.join(chosen) or '(none)'}: {len(names)} ({', '.join(names)})")
+        if skips := table.skipped.get(item_id):
+            lines.append(f"skipped: {skips}")
+        out[item_id] = "\n".join(lines) or "no answers"
+    return out
