@@ -52,6 +52,7 @@ def simulate_structured(name: str, *, console: Console, encoder: Any, cache_stor
     """Run the sweep, print the tables and write ``out`` (HTML) and its ``.json``; returns the runs."""
     from rich.progress import Progress
 
+    from connector.model_store import model_ref
     from connector.retraining import EmbeddingCache, encoder_key
 
     kind = DATASETS[name]
@@ -64,7 +65,7 @@ def simulate_structured(name: str, *, console: Console, encoder: Any, cache_stor
     if kind == "spans":
         with console.status(f"token states of {len(ds.texts)} texts"):
             features = token_features(encoder, ds, context=SpanSimulationConfig().context)
-    cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": "default", "max_length": encoder.max_length,
+    cache = EmbeddingCache(cache_store, encoder, encoder_key({"model": model_ref(encoder), "max_length": encoder.max_length,
                                                               "normalize": encoder.normalize,
                                                               "chunk": getattr(encoder, "chunk", False)}))
     with Progress(console=console, transient=True) as progress, one_torch_thread():
