@@ -168,15 +168,15 @@ def summary(results: Sequence[Result], kind: str) -> list[str]:
             if rnd.rounds and held in rnd.rounds[-1]:
                 goal = rnd.rounds[-1][held]
                 need = labels_to_reach(al.rounds, goal, key=held)
-                saved.append(0.0 if need is None else 1 - need / rnd.reviewed)
-                line += (f"; the model's held-out {NAMES[held]} {_pct(al.rounds[-1][held])} vs {_pct(goal)}, random's "
-                         f"reached with {'never' if need is None else f'{need} vs {rnd.reviewed} labels'}")
+                saved.append(None if need is None else 1 - need / rnd.reviewed)
+                line += (f"; the model's held-out {NAMES[held]} {_pct(al.rounds[-1][held])} vs {_pct(goal)} ("
+                         f"{'random’s never reached' if need is None else f'random’s reached with {need} vs {rnd.reviewed} labels'})")
             lines.append(line)
         if len(gains) > 1:
             g = np.array(gains)
             lines.append(f"{strategy} over {len(gains)} seeds: {NAMES[head]} {100 * g[:, 0].mean():+.1f} points, "
                          f"{NAMES[second]} {100 * g[:, 1].mean():+.1f} points against random"
-                         + (f"; {np.mean(saved):.0%} fewer labels to random's held-out figure" if saved else ""))
+                         + (_reached(saved) if saved else ""))
     for r in results:
         if isinstance(r, SetRunResult):
             worst = max(r.per_label_ece.items(), key=lambda kv: kv[1]) if r.per_label_ece else ("-", 0.0)
@@ -193,6 +193,13 @@ def summary(results: Sequence[Result], kind: str) -> list[str]:
                          f"chance {r.mean_missed_score:.3f} against {_pct(r.missed_rate)} of the items missing one "
                          f"(ECE {r.missed_ece:.4f}); human spans F1 {_pct(r.reviewed_figures['f1_exact'])} on the reviewed items")
     return lines
+
+
+def _reached(saved: list[float | None]) -> str:
+    """How often active learning reached random's final held-out figure, and with how many fewer labels."""
+    got = [x for x in saved if x is not None]
+    text = f"; its model reached random's final held-out figure in {len(got)} of {len(saved)} seeds"
+    return text + (f" ({np.mean(got):.0%} fewer labels on average there)" if got else "")
 
 
 def write_html(results: Sequence[Result], path: Path, *, title: str, kind: str) -> Path:
