@@ -206,7 +206,7 @@ class SpanRunResult:
     config: dict[str, Any]
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-    features_s: float = 0.0
+    features_s: float = 0.0  # seconds computing token states in this run (0 when they were passed in)
     reviewed_items: list[int] = field(default_factory=list)  # data set indices, in the order they were reviewed
     pool: list[int] = field(default_factory=list, repr=False)  # data set index of each pool item
     final: list[list[Span]] = field(default_factory=list, repr=False)  # each pool item's final spans
