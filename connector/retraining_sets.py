@@ -28,13 +28,12 @@ import numpy as np
 from connector.calibration import per_label_ece
 from connector.control_models import LoadedModel, load_version, save_multilabel_version
 from connector.encoder import TextEncoder
-from connector.model_store import ModelStore
+from connector.model_store import ModelStore, model_ref
 from connector.multilabel import MultiLabelClassifier, label_matrix
 from connector.retraining import (
     EmbeddingCache,
     RetrainPolicy,
     RetrainResult,
-    _model_ref,
     encoder_key,
     in_test_split,
     is_better,
@@ -89,7 +88,7 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
         enc_meta = current.meta.encoder
     else:
         encoder = encoder or TextEncoder()
-        enc_meta = {"model": _model_ref(encoder), "max_length": encoder.max_length, "normalize": encoder.normalize,
+        enc_meta = {"model": model_ref(encoder), "max_length": encoder.max_length, "normalize": encoder.normalize,
                     "chunk": bool(getattr(encoder, "chunk", False))}
     classes = list(classes)
     Y = label_matrix(label_sets, classes).astype(np.int64)  # raises on a label outside the task's
