@@ -12,19 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-#: the longest stored label (``labels.label`` and ``predictions.label`` are ``VARCHAR(255)``)
-MAX_STORED = 255
-
 
 def encode_label_set(labels: Iterable[str]) -> str:
-    """A label set as stored: a sorted JSON array of distinct labels, without spaces. Raises
-    ``ValueError`` when it would not fit the column (``MAX_STORED`` characters)."""
+    """A label set as stored: a sorted JSON array of distinct labels, without spaces (``labels.label``
+    and ``predictions.label`` are ``TEXT`` since migration 0008)."""
     if isinstance(labels, str):
         raise TypeError(f"a label set must be an iterable of labels, got the string {labels!r}")
-    text = json.dumps(sorted({str(label) for label in labels}), ensure_ascii=False, separators=(",", ":"))
-    if len(text) > MAX_STORED:
-        raise ValueError(f"label set {text[:60]}... is {len(text)} characters stored; the column holds {MAX_STORED}")
-    return text
+    return json.dumps(sorted({str(label) for label in labels}), ensure_ascii=False, separators=(",", ":"))
 
 
 def is_label_set(value: object) -> bool:
@@ -52,8 +46,3 @@ def decode_label_set(value: str | None) -> list[str] | None:
     if decoded is None:
         return None
     return decoded if isinstance(decoded, list) else [decoded]
-
-
-def longest_encoding(labels: Iterable[str]) -> int:
-    """Characters the set of every label takes stored: the most any of its subsets takes."""
-    return len(json.dumps(sorted(set(labels)), ensure_ascii=False, separators=(",", ":")))

@@ -43,7 +43,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from connector.consolidation import ConsensusPolicy
 from connector.decisions import DecisionPolicy
-from connector.label_sets import MAX_STORED, longest_encoding
 from connector.labeling_config import (
     build_choices_config,
     build_controls_config,
@@ -188,9 +187,6 @@ class TaskSpec(BaseModel):
             if "multi_label" in self.model_fields_set and self.multi_label != first.multi_label:
                 raise ValueError("multi_label: with [[controls]], it is the first control's; leave it out")
             self.labels, self.multi_label = list(first.labels), first.multi_label
-        if self.kind == "label" and self.multi_label and longest_encoding(self.labels) > MAX_STORED:
-            raise ValueError(f"labels: a multi-label control's settled set is stored in {MAX_STORED} characters, and "
-                             f"the set of all its labels takes {longest_encoding(self.labels)}: shorten the labels")
         if CONTROLS_KEY in self.labels:
             raise ValueError(f"labels: {CONTROLS_KEY!r} is a reserved name")
         if self.kind == "label":

@@ -463,6 +463,7 @@ def simulate(
     stop_kappa: float = typer.Option(0.99, help="stopping rule: kappa between successive models that counts as stable"),
     stop_window: int = typer.Option(3, help="stopping rule: successive kappas in a row at or above it"),
     stop_set_size: int = typer.Option(500, help="stopping rule: items in the stop set"),
+    finetune: bool = typer.Option(True, help="fine-tuned encoder candidates in retraining ([retraining.finetune])"),
     label_error: float = typer.Option(0.02, help="label sets: chance an annotator gets each label's yes/no wrong"),
     span_drop: float = typer.Option(0.05, help="spans: chance an annotator leaves out a span"),
     span_shift: float = typer.Option(0.05, help="spans: chance an annotator moves a boundary by a word"),
@@ -528,7 +529,7 @@ def simulate(
                                            seed=seed, features=features, anchoring=anchoring,
                                            show_suggestion=show_suggestion, stop_early=stop_early,
                                            stop_kappa=stop_kappa, stop_window=stop_window,
-                                           stop_set_size=stop_set_size)
+                                           stop_set_size=stop_set_size, finetune=finetune)
                     task = progress.add_task(f"{ds.name} {strategy} seed {seed}", total=budget)
                     results.append(run(ds, cfg, cache_store=cache_store, encoder=encoder, label_studio=label_studio,
                                        progress=lambda p, t=task: progress.update(t, completed=p.get("review_share", 0))))

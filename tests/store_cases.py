@@ -76,7 +76,7 @@ class FacadeCases(_Cases):
         assert empty_store.schema_revision() is None
         assert set(inspect(empty_store.engine).get_table_names()) == set()
         empty_store.migrate()
-        assert empty_store.schema_revision() == head == "0007"
+        assert empty_store.schema_revision() == head == "0008"
         assert set(inspect(empty_store.engine).get_table_names()) == TABLES
         with empty_store.engine.connect() as conn:  # the revision and the models agree, column by column
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -84,9 +84,9 @@ class FacadeCases(_Cases):
     def test_a_second_migrate_is_a_no_op_that_keeps_the_data(self, store):
         store.items.ingest([{"id": "a", "text": "alpha"}])
         store.migrate()
-        assert store.schema_revision() == "0007"
+        assert store.schema_revision() == "0008"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0007"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0008"]
         assert [i.external_id for i in store.items.list()] == ["a"]
 
     def test_every_repository_shares_the_facades_engine_and_sessions(self, store):
@@ -422,7 +422,7 @@ class EmbeddingCases(_Cases):
         v = np.ones(2, dtype=np.float32).tobytes()
         with EmbeddingRepository.open(empty_store.url) as cache:  # migrates the empty database
             assert cache.put("enc", {"h": v}) == 1
-        assert empty_store.schema_revision() == "0007"
+        assert empty_store.schema_revision() == "0008"
         with EmbeddingRepository.open(empty_store.url) as again:  # a second open: the migration is a no-op
             assert again.get("enc", ["h"]) == {"h": v}
         assert empty_store.embeddings.get("enc", ["h"]) == {"h": v}

@@ -126,7 +126,7 @@ class Prediction(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     model_version: Mapped[str] = mapped_column(String(64))
-    label: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(Text)  # a class name, or a label set as a JSON array
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -223,7 +223,7 @@ class Label(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    label: Mapped[str | None] = mapped_column(String(255))
+    label: Mapped[str | None] = mapped_column(Text)  # a class name, or a label set as a JSON array
     status: Mapped[str] = mapped_column(String(16), index=True)
     method: Mapped[str] = mapped_column(String(32))
     confidence: Mapped[float | None] = mapped_column(Float)

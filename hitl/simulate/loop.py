@@ -86,6 +86,7 @@ class SimulationConfig:
     stop_window: int = 3
     stop_set_size: int = 500
     stop_early: bool = False
+    finetune: bool = True  # [retraining.finetune] enabled: fine-tuned encoder candidates (the defaults)
     seed: int = 0
 
 
@@ -281,7 +282,7 @@ def task_spec(data: LabeledTexts, cfg: SimulationConfig) -> TaskSpec:
         retraining={"min_new_labels": 1, "min_test": 5, "C": cfg.C, "features": cfg.features,
                     "C_lexical": cfg.C_lexical, "folds": cfg.folds, "test_fraction": cfg.test_fraction,
                     "calibration_labels": cfg.calibration_labels,
-                    "accuracy_drop_alpha": cfg.accuracy_drop_alpha},
+                    "accuracy_drop_alpha": cfg.accuracy_drop_alpha, "finetune": {"enabled": cfg.finetune}},
         stopping={"kappa": cfg.stop_kappa, "window": cfg.stop_window, "stop_set_size": cfg.stop_set_size},
         # the review capacity is the budget: a certified threshold is raised so that the budget's share
         # of the items stays below it (a subset of the certified items is accepted), and review goes on
