@@ -190,3 +190,12 @@ def test_a_fine_tuning_not_kept_is_not_repeated_until_refresh_labels_more_arrive
     second, _ = _retrain(texts, labels, models, store, tiny_encoder, _policy(refresh_labels=50))
     choice = models.meta(second.candidate).metrics["choice"]
     assert choice.startswith(f"frozen: {first.candidate} fine-tuned on") and "refresh_labels=50" in choice
+
+
+def test_long_documents_keep_the_frozen_encoder(tmp_path, store, tiny_encoder):
+    texts, labels = _corpus(60)
+    long = [t + " and" * 200 for t in texts]  # past the 128 tokens fine-tuning sees
+    models = ModelStore(tmp_path / "models")
+    result, _ = _retrain(long, labels, models, store, tiny_encoder, _policy())
+    choice = models.meta(result.candidate).metrics["choice"]
+    assert "longer than the 128 tokens fine-tuning sees" in choice and "100%" in choice
