@@ -72,8 +72,9 @@ class SyncService:
         if self.per_control:
             missing = [c.name for c in spec.control_specs if c.name not in self.config_controls]
             if missing:
-                raise ValueError(f"the labeling config has no <Choices> or <Labels> named {missing} (it has "
-                                 f"{sorted(self.config_controls)}): name each [[controls]] as its control tag")
+                raise ValueError(f"the labeling config has no <Choices> named {missing} (it has "
+                                 f"{sorted(self.config_controls)}): name each [[controls]] as its <Choices> "
+                                 f"(a spans control as its <Labels>)")
             self.control = self.config_controls[spec.primary.name]
         if spec.multi_label and (self.router.policy.label_overrides or self.router.policy.reject_label):
             raise ValueError("routing: a multi-label task routes on its task score; label_overrides and "
