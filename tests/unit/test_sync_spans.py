@@ -96,7 +96,7 @@ def _setup(tmp_path, n=12):
 
 
 def test_predictions_and_pushed_suggestions_carry_each_span_with_its_score(tmp_path):
-    store, tool, spec, sync = _setup(tmp_path)
+    store, tool, _, sync = _setup(tmp_path)
     sync.predict_pass()
     pred = store.predictions.list([store.items.list()[0].id])[0]
     entry = pred.probabilities[CONTROLS_KEY]["entities"]
