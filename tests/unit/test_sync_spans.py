@@ -246,3 +246,35 @@ def test_a_span_candidate_is_promoted_only_when_its_held_out_f1_is_higher(tmp_pa
     none = retrain_spans(texts, [[[0, 1, "ORG"]]] * 40, ext, labels=["PER", "LOC"], models=models,
                          encoder=tiny_encoder)
     assert none.candidate is None and not none.promoted and models.versions() == ["v1", "v2"]
+
+
+def test_hitl_export_control_writes_the_settled_spans_as_jsonl(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hitl.cli import app
+
+    store, tool, _, sync = _setup(tmp_path, n=6)
+    sync.predict_pass()
+    sync.route_pass()
+    sync.push_pass()
+    (key,) = tool.projects
+    for it in list(tool.projects[key].items.values())[:4]:
+        i = int(it.external_id[1:])
+        for who in ("a", "b", "c"):
+            tool.annotate(key, it.external_id, who, ["positive"], extra={"controls": {"entities": _truth(i)}})
+    sync.pull_pass()
+    task = tmp_path / "task.toml"
+    task.write_text('name = "ents"\noverlap = 3\n[[controls]]\nname = "sentiment"\nlabels = ["positive", "negative"]\n'
+                    '[[controls]]\nname = "entities"\nkind = "spans"\nlabels = ["PER", "LOC"]\n')
+    monkeypatch.setenv("HITL_DB_URL", store.url)
+    monkeypatch.setenv("HITL_TASK", str(task))
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", "--control", "entities", "--out", str(tmp_path / "ents.jsonl")])
+    assert done.exit_code == 0, done.output
+    assert "4 items" in done.output
+    rows = [json.loads(line) for line in (tmp_path / "ents.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == 4
+    assert all([list(e) for e in r["entities"]] == _truth(int(r["id"][1:])) for r in rows)
+    bad = runner.invoke(app, ["export", "--control", "sentiment", "--out", str(tmp_path / "x.jsonl")],
+                        env={"COLUMNS": "200"})
+    assert bad.exit_code != 0 and "not a spans" in bad.output
