@@ -46,3 +46,23 @@ def decode_label_set(value: str | None) -> list[str] | None:
     if decoded is None:
         return None
     return decoded if isinstance(decoded, list) else [decoded]
+
+
+def encode_spans(spans: Iterable[object]) -> str:
+    """A settled span set as stored: a sorted JSON array of ``[start, end, label]`` (code-point
+    offsets on the item's text), without spaces; ``[]``: no entity. Accepts spans, tuples or mappings
+    (:func:`connector.spans.as_spans`)."""
+    from connector.spans import as_spans
+
+    triples = sorted({s.key() for s in as_spans(spans)})  # type: ignore[arg-type]
+    return json.dumps([list(t) for t in triples], ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_spans(value: str | None) -> list[tuple[int, int, str]] | None:
+    """A stored span set read back as ``(start, end, label)`` tuples (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    decoded = json.loads(value)
+    if not isinstance(decoded, list) or not all(isinstance(t, list) and len(t) == 3 for t in decoded):
+        raise ValueError(f"not a stored span set: {value[:80]!r}")
+    return [(int(s), int(e), str(lab)) for s, e, lab in decoded]

@@ -387,10 +387,11 @@ def build_choices_config(*, text_field: str, labels: list[str], multiple: bool =
 
 
 def build_controls_config(*, text_field: str, controls: list[tuple[str, list[str], bool, str]],
-                          instructions: str = "", to_name: str = "text") -> str:
+                          instructions: str = "", to_name: str = "text",
+                          spans: list[tuple[str, list[str], str]] | None = None) -> str:
     """A Label Studio labeling config with one ``<Choices>`` per control on one text: ``controls``
     are ``(name, labels, multiple, instructions)``, in order (a control's instructions as a header
-    above it)."""
+    above it); ``spans``: ``(name, labels, instructions)`` of ``<Labels>`` controls on the same text."""
     from xml.sax.saxutils import quoteattr
 
     if not controls:
@@ -406,4 +407,11 @@ def build_controls_config(*, text_field: str, controls: list[tuple[str, list[str
         parts.append(f"  <Choices name={quoteattr(name)} toName={quoteattr(to_name)} "
                      f"choice=\"{'multiple' if multiple else 'single-radio'}\" showInLine=\"true\">\n{choices}\n"
                      f"  </Choices>")
+    for name, labels, note in spans or []:
+        if not labels:
+            raise LabelingConfigError(f"control {name!r} needs at least one label")
+        if note:
+            parts.append(f"  <Header value={quoteattr(note)}/>")
+        entries = "\n".join(f"    <Label value={quoteattr(label)}/>" for label in labels)
+        parts.append(f"  <Labels name={quoteattr(name)} toName={quoteattr(to_name)}>\n{entries}\n  </Labels>")
     return "\n".join(parts) + "\n</View>"

@@ -30,6 +30,11 @@ thresholds and stopping follow it), the others are predicted, pulled, consolidat
     name = "topics"
     labels = ["politics", "sport", "tech"]
     multi_label = true
+
+    [[controls]]                     # entity spans (a <Labels> / an Argilla SpanQuestion); never the first
+    name = "entities"
+    kind = "spans"
+    labels = ["PER", "ORG", "LOC"]
 """
 
 from __future__ import annotations
@@ -120,13 +125,17 @@ class ControlSpec(BaseModel):
     name: str
     labels: list[str]
     multi_label: bool = False
-    kind: Literal["choices"] = "choices"
+    kind: Literal["choices", "spans"] = Field("choices", description="'choices' (a <Choices> / label question) or "
+                                                                       "'spans' (entity spans: a <Labels> / SpanQuestion)")
     instructions: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> ControlSpec:
         check_control_name(self.name)
-        if len(set(self.labels)) != len(self.labels) or len(self.labels) < (1 if self.multi_label else 2):
+        if self.kind == "spans" and self.multi_label:
+            raise ValueError(f"control {self.name!r}: a spans control is not multi_label (each span has one label)")
+        least = 1 if self.multi_label or self.kind == "spans" else 2
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < least:
             raise ValueError(f"control {self.name!r}: labels must be distinct, at least "
                              f"{'one' if self.multi_label else 'two'}")
         if CONTROLS_KEY in self.labels:
@@ -182,6 +191,9 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"controls: a '{self.kind}' task has no classification controls")
             if len({c.name for c in self.controls}) != len(self.controls):
                 raise ValueError("controls: each control needs a name of its own")
+            if first.kind != "choices":
+                raise ValueError("controls: the first control is routed on and must be a choices control; put the "
+                                 "spans control after it")
             if self.labels and self.labels != first.labels:
                 raise ValueError("labels: with [[controls]], the labels are the first control's; leave them out")
             if "multi_label" in self.model_fields_set and self.multi_label != first.multi_label:
@@ -243,8 +255,9 @@ class TaskSpec(BaseModel):
             return build_review_config(self)
         if self.controls:
             return build_controls_config(text_field=self.text_field, controls=[
-                (c.name, c.labels, c.multi_label, c.instructions) for c in self.controls],
-                instructions=self.instructions)
+                (c.name, c.labels, c.multi_label, c.instructions) for c in self.controls if c.kind == "choices"],
+                instructions=self.instructions,
+                spans=[(c.name, c.labels, c.instructions) for c in self.controls if c.kind == "spans"])
         return build_choices_config(
             text_field=self.text_field, labels=self.labels, multiple=self.multi_label, instructions=self.instructions)
 

@@ -380,6 +380,8 @@ def export(
                                             "chosen = the correction, rejected = the model output) per 'correct' "
                                             "outcome. Deadline fallbacks (reviewer 'timeout') are no human outcome "
                                             "and automatic decisions nobody audited have none: both are left out."),
+    control: str | None = typer.Option(None, help="a span control of the task file: its settled spans as JSONL "
+                                                  "(offsets, their text, spaCy-style (start, end, label) tuples)"),
 ) -> None:
     """Write the labelled set (one row per item: label, where it came from, answers, model score),
     or people's outcomes on on-line decisions for training (--kind corrections / preferences)."""
@@ -405,11 +407,34 @@ def export(
     if kind != "labels":
         _export_outcomes(kind, out, fmt, after)
         return
+    if control is not None:
+        _export_spans(control, out)
+        return
     with open_store(SyncSettings()) as store:
         rows = export_rows(store, only=only, since=after)  # type: ignore[arg-type]
     for path in write(rows, out, fmt):
         typer.echo(str(path))
     console.print(f"{len(rows)} items: " + (", ".join(f"{k} {v}" for k, v in counts(rows).items()) or "none"))
+
+
+def _export_spans(name: str, out: Path) -> None:
+    from connector.task_spec import TaskSpec
+    from sync.jobs import consensus_policy
+    from sync.runner import open_store
+    from sync.settings import SyncSettings
+    from sync.span_export import export_spans
+
+    settings = SyncSettings()
+    spec = TaskSpec.load(settings.task)
+    if out.suffix != ".jsonl":
+        out = out.with_suffix(".jsonl")
+    with open_store(settings) as store:
+        try:
+            n = export_spans(store, spec, name, out, consensus_policy(spec))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--control") from None
+    typer.echo(str(out))
+    console.print(f"{n} items with settled spans of {name!r}")
 
 
 def _export_outcomes(kind: str, out: Path, fmt: str | None, since: datetime | None) -> None:

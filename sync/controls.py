@@ -5,10 +5,13 @@ The primary control's prediction is the prediction row (``label``: one label, or
 encoded by :func:`connector.label_sets.encode_label_set`; ``confidence``: its calibrated
 probability, or the set's task score; ``probabilities``: per label). The other controls' go in the
 same row's ``probabilities`` under :data:`connector.task_spec.CONTROLS_KEY`, one entry per control:
-``{"labels": [...], "probabilities": {...}, "score": s, "model_version": "v3"}``.
+``{"labels": [...], "probabilities": {...}, "score": s, "model_version": "v3"}``; a span control's
+``{"kind": "spans", "spans": [{"start", "end", "label", "score"}], "score": s, "missed": m,
+"model_version": "v2"}`` (offsets on the item's text, ``s = min(least confident span, 1 - m)``).
 
 The primary control's answer is an annotation's ``value``; the others' are in its ``extra`` under
-``"controls"`` (control name -> labels), as the tools read them. Only the primary control's
+``"controls"`` (control name -> labels; a span control's: ``[[start, end, label], ...]``, offsets checked
+against the text and repaired by the tool), as the tools read them. Only the primary control's
 settled label is stored (``labels``); the others settle from the stored answers whenever they are
 needed (:func:`settle_control`), by the same consensus policy.
 """
@@ -20,9 +23,11 @@ from typing import Any
 
 from connector.consolidation import ConsensusPolicy, answer_table, consolidate
 from connector.consolidation_sets import consolidate_sets, set_answer_table
-from connector.label_sets import decode_label_set, encode_label_set
-from connector.labeling_config import ChoicesControl
+from connector.label_sets import decode_label_set, encode_label_set, encode_spans
+from connector.labeling_config import ChoicesControl, LabelsControl
 from connector.prediction import ControlPrediction, ls_prediction
+from connector.span_consensus import MatchMode, consolidate_spans
+from connector.spans import Span, to_label_studio
 from connector.task_spec import CONTROLS_KEY, ControlSpec, TaskSpec
 
 
@@ -49,13 +54,22 @@ def prediction_row(spec: TaskSpec, output: Mapping[str, Any]) -> dict[str, Any]:
         row = {"model_version": own["model_version"],
                "label": encode_label_set(labels) if primary.multi_label else labels[0],
                "confidence": float(own["score"]), "probabilities": dict(own["probabilities"])}
-    others = {c.name: {"labels": list(controls[c.name]["labels"]),
-                       "probabilities": dict(controls[c.name]["probabilities"]),
-                       "score": float(controls[c.name]["score"]), "model_version": controls[c.name]["model_version"]}
-              for c in spec.secondary if c.name in controls}
+    others = {c.name: _control_entry(controls[c.name]) for c in spec.secondary if c.name in controls}
     if others:
         row["probabilities"][CONTROLS_KEY] = others
     return row
+
+
+def _control_entry(out: Mapping[str, Any]) -> dict[str, Any]:
+    """What is stored of one other control's ``/v1/predict`` output."""
+    if out.get("kind") == "spans":
+        return {"kind": "spans", "spans": [{"start": int(sp["start"]), "end": int(sp["end"]), "label": str(sp["label"]),
+                                            "score": None if sp.get("score") is None else float(sp["score"])}
+                                           for sp in out.get("spans") or []],
+                "score": float(out["score"]), "missed": float(out.get("missed") or 0.0),
+                "model_version": out["model_version"]}
+    return {"labels": list(out["labels"]), "probabilities": dict(out["probabilities"]), "score": float(out["score"]),
+            "model_version": out["model_version"]}
 
 
 def primary_probabilities(probabilities: Mapping[str, Any]) -> dict[str, float]:
@@ -63,23 +77,40 @@ def primary_probabilities(probabilities: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in probabilities.items() if k != CONTROLS_KEY}
 
 
-def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl], pred: Any) -> tuple[list[dict[str, Any]], float] | None:
+def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl | LabelsControl], pred: Any,
+               text: str | None = None) -> tuple[list[dict[str, Any]], float] | None:
     """What to pre-annotate from a stored prediction: one result item per control the prediction
     covers (``config``: the labeling config's controls by name), each with its score and per-label
     scores (a label set the model thinks empty as an empty ``choices`` item, which Label Studio takes
-    and Argilla is not sent), and the task score (its least sure control's)."""
+    and Argilla is not sent), and the task score (its least sure control's). A span control (given
+    the item's ``text``) adds one ``labels`` item per span, its ``text`` quoting ``text[start:end]``
+    and its ``score`` the span's; its task score counts too."""
     primary = spec.primary
     probs = primary_probabilities(pred.probabilities or {})
     chosen = decode_label_set(pred.label) or []
     parts = [_part(config[primary.name], chosen, probs, float(pred.confidence))]
+    span_items: list[dict[str, Any]] = []
+    scores: list[float] = []
     for c in spec.secondary:
         entry = ((pred.probabilities or {}).get(CONTROLS_KEY) or {}).get(c.name)
-        if entry is not None and c.name in config:
+        if entry is None or c.name not in config:
+            continue
+        if entry.get("kind") == "spans":
+            control = config[c.name]
+            if text is None or not isinstance(control, LabelsControl):
+                continue
+            known = set(control.labels)
+            spans = [Span(sp["start"], sp["end"], sp["label"], sp.get("score")) for sp in entry["spans"]
+                     if sp["label"] in known]
+            span_items.extend(to_label_studio(text, spans, from_name=control.from_name, to_name=control.to_name))
+            scores.append(float(entry["score"]))
+        else:
             parts.append(_part(config[c.name], entry["labels"], entry["probabilities"], float(entry["score"])))
     made = ls_prediction(parts, pred.model_version, keep_empty=True)  # an empty set is the model's answer too
-    if not made["result"]:
+    result = made["result"] + span_items
+    if not result:
         return None
-    return made["result"], made["score"]
+    return result, float(min([made["score"], *scores]))
 
 
 def _part(control: ChoicesControl, chosen: Iterable[str], probs: Mapping[str, Any], score: float) -> ControlPrediction:
@@ -106,6 +137,11 @@ def control_answers(annotations: Iterable[Any], spec: TaskSpec, control: Control
     empty ``<Choices>`` is no answer; for a multi-label control it is the empty set)."""
     out = []
     for a in annotations:
+        if control.kind == "spans":  # a skip or an answer without the control says nothing about the spans
+            given = ((a.extra or {}).get("controls") or {}).get(control.name) if isinstance(a.extra, dict) else None
+            if a.status == "submitted" and given is not None:
+                out.append(_Answer(a, [tuple(t) for t in given]))
+            continue
         if control.name == spec.primary.name:
             out.append(_Answer(a, a.value))
             continue
@@ -125,6 +161,8 @@ def settle_control(annotations: Iterable[Any], spec: TaskSpec, control: ControlS
     by ``policy`` (``crowdlab`` settles as ``dawid_skene``: the stored prediction is the primary
     control's); unsettled items are left out."""
     answers = control_answers(annotations, spec, control)
+    if control.kind == "spans":
+        return settle_spans(answers, min_answers=policy.min_answers or 1)
     if control.multi_label:
         method = policy.method if policy.method in ("majority", "dawid_skene") else "dawid_skene"
         result = consolidate_sets(set_answer_table(answers, control.labels), policy.model_copy(update={"method": method}))
@@ -134,8 +172,31 @@ def settle_control(annotations: Iterable[Any], spec: TaskSpec, control: ControlS
     return {int(r["item_id"]): r["label"] for r in result.rows if r["status"] == "settled"}
 
 
-def stored_label(control: ControlSpec, label: str | list[str]) -> str:
-    """A settled label as the ``labels`` table stores it."""
+def settle_spans(answers: Iterable[Any], *, min_answers: int = 1, mode: MatchMode = "overlap",
+                 min_share: float = 0.5) -> dict[int, list[list[Any]]]:
+    """Item id -> its settled spans ``[[start, end, label], ...]`` from the span answers (each
+    annotator's latest; an answer's ``value`` is its ``(start, end, label)`` spans): majority per span
+    (:func:`connector.span_consensus.consolidate_spans`: a span kept when more than ``min_share`` of
+    the item's annotators drew it, offsets the ones most of them drew); items with fewer than
+    ``min_answers`` answers are left out (an empty list is an item settled on no entity)."""
+    latest: dict[int, dict[str, Any]] = {}
+    for a in answers:
+        mine = latest.setdefault(int(a.item_id), {})
+        if a.annotator not in mine or str(a.remote_updated_at) >= str(mine[a.annotator].remote_updated_at):
+            mine[a.annotator] = a
+    out: dict[int, list[list[Any]]] = {}
+    for item_id, by_annotator in latest.items():
+        if len(by_annotator) < min_answers:
+            continue
+        drawn = [[Span(int(s), int(e), str(lab)) for s, e, lab in by_annotator[k].value] for k in sorted(by_annotator)]
+        out[item_id] = [[s.start, s.end, s.label] for s in consolidate_spans(drawn, mode=mode, min_share=min_share)]
+    return out
+
+
+def stored_label(control: ControlSpec, label: str | list[Any]) -> str:
+    """A settled label as the ``labels`` table stores it (a span set: sorted ``[start, end, label]``)."""
+    if control.kind == "spans":
+        return encode_spans(label)
     return encode_label_set(label) if control.multi_label else str(label)
 
 

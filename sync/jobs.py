@@ -410,7 +410,12 @@ def _retrain_controls(ctx: JobContext, corpus: list[str] | None, random: set[str
         texts, labels, ext, hashes = control_training_set(store, spec, control, consensus_policy(spec))
         models = control_store(ctx.models.root, control.name)
         try:
-            if control.multi_label:
+            if control.kind == "spans":  # a span tagger, promoted on held-out span F1 (connector/retraining_spans.py)
+                from connector.retraining_spans import retrain_spans
+
+                result = retrain_spans(texts, labels, ext, labels=control.labels, models=models, encoder=ctx.encoder,
+                                       test_fraction=policy.test_fraction)
+            elif control.multi_label:
                 result = retrain_label_sets(texts, labels, ext, hashes, classes=control.labels, models=models,
                                             cache_store=ctx.cache_store or store, policy=policy, encoder=ctx.encoder,
                                             corpus=corpus, calibrate_on=[e in random for e in ext])

@@ -65,14 +65,16 @@ class SyncService:
         self.predictor = predictor
         self.router = Router(spec.routing)
         self.control = parse_labeling_config(spec.label_config())[0]
-        self.config_controls = {c.from_name: c for c in parse_config(spec.label_config()).choices}
+        # the <Choices> and the <Labels> (span controls) by name
+        self.config_controls = {c.from_name: c for c in parse_config(spec.label_config()).controls}
         #: several controls, or a label set: predictions and suggestions go through ``sync/controls.py``
         self.per_control = spec.kind == "label" and (bool(spec.controls) or spec.multi_label)
         if self.per_control:
             missing = [c.name for c in spec.control_specs if c.name not in self.config_controls]
             if missing:
                 raise ValueError(f"the labeling config has no <Choices> named {missing} (it has "
-                                 f"{sorted(self.config_controls)}): name each [[controls]] as its <Choices>")
+                                 f"{sorted(self.config_controls)}): name each [[controls]] as its <Choices> "
+                                 f"(a spans control as its <Labels>)")
             self.control = self.config_controls[spec.primary.name]
         if spec.multi_label and (self.router.policy.label_overrides or self.router.policy.reject_label):
             raise ValueError("routing: a multi-label task routes on its task score; label_overrides and "
@@ -291,7 +293,7 @@ class SyncService:
         if pred is None or not self.shows_suggestion(item, decision):
             return PushItem(key, data)
         if self.per_control:
-            made = suggestion(self.spec, self.config_controls, pred)
+            made = suggestion(self.spec, self.config_controls, pred, item.text)
             return PushItem(key, data) if made is None else PushItem(key, data, made[0], made[1], SUGGESTION_SOURCE)
         return PushItem(key, data, [self.control.result([pred.label])], float(pred.confidence), SUGGESTION_SOURCE)
 

@@ -94,10 +94,12 @@ def label_suggestions(result: Any, score: float | None,
     if result is None:
         return []
     items = [r for r in result if isinstance(r, dict) and r.get("type") == "choices"] if isinstance(result, list) else []
+    if not items and isinstance(result, list) and any(isinstance(r, dict) and r.get("type") == "labels" for r in result):
+        return span_suggestions(result, questions)
     if not items:  # plain labels: the ``label`` question's
         labels = suggested_labels(result)
         items = [{"from_name": QUESTION, "value": {"choices": labels}}] if labels else []
-    out = []
+    out = span_suggestions(result, questions)
     for r in items:
         name = r.get("from_name")
         if name not in questions:
@@ -117,11 +119,45 @@ def label_suggestions(result: Any, score: float | None,
     return out
 
 
-def _controls(spec: TaskSpec) -> list[tuple[str, list[str], bool, str]] | None:
-    """A task's controls as questions (``None`` for a task of one control: its question is ``label``)."""
+def span_suggestions(result: Any, questions: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(question, value, scores)`` of each span question's suggestion in a pushed ``result``: its
+    Label Studio ``labels`` items gathered by ``from_name``, the value ``[{"start", "end", "label"}]``
+    and the scores one per span, aligned (argilla-server 2.8 takes a list of scores for a list value,
+    of the same length; ``None`` when a span has none). A question without spans gets none."""
+    import argilla as rg
+
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in result if isinstance(result, list) else []:
+        if isinstance(r, dict) and r.get("type") == "labels" and isinstance(questions.get(r.get("from_name")),
+                                                                            rg.SpanQuestion):
+            by_name.setdefault(r["from_name"], []).append(r)
+    out = []
+    for name, rs in by_name.items():
+        value, scores = [], []
+        for r in rs:
+            v = r.get("value") or {}
+            for label in v.get("labels") or []:
+                value.append({"start": int(v["start"]), "end": int(v["end"]), "label": str(label)})
+                scores.append(r.get("score"))
+        if value:
+            out.append((name, value, None if any(x is None for x in scores) else [float(x) for x in scores]))
+    return out
+
+
+def span_answer(text: str, value: Any) -> list[list[Any]]:
+    """A span question's response as ``[[start, end, label], ...]``: spans outside the record's
+    ``text`` dropped (Argilla's offsets are code points into the field, as Python's)."""
+    from connector.spans import from_argilla
+
+    return [[s.start, s.end, s.label] for s in from_argilla(text, value if isinstance(value, list) else [])]
+
+
+def _controls(spec: TaskSpec) -> list[tuple[str, list[str], bool, str, str]] | None:
+    """A task's controls as questions (``None`` for a task of one control: its question is ``label``):
+    ``(name, labels, multi_label, instructions, kind)``."""
     if not spec.controls:
         return None
-    return [(c.name, list(c.labels), c.multi_label, c.instructions) for c in spec.controls]
+    return [(c.name, list(c.labels), c.multi_label, c.instructions, c.kind) for c in spec.controls]
 
 
 class ArgillaTool:
@@ -143,6 +179,7 @@ class ArgillaTool:
         self._datasets: dict[str, Any] = {}
         self._review: dict[str, TaskSpec] = {}  # dataset name -> the task of a review kind, whose answers it reads
         self._questions: dict[str, tuple[str, list[str]]] = {}  # dataset -> (primary question, the others)
+        self._span_questions: dict[str, tuple[str, set[str]]] = {}  # dataset -> (text field, span questions)
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -311,7 +348,8 @@ class ArgillaTool:
     def ensure_dataset(self, name: str, *, text_field: str, labels: list[str], multi_label: bool = False,
                        instructions: str = "", min_submitted: int = 1,
                        extra_fields: Mapping[str, str] | None = None,
-                       controls: Sequence[tuple[str, list[str], bool, str]] | None = None) -> Any:
+                       controls: Sequence[tuple[str, list[str], bool, str] | tuple[str, list[str], bool, str, str]]
+                       | None = None) -> Any:
         """The dataset called ``name`` in the workspace, created (and the workspace too) if absent.
 
         Settings: one text field (then ``extra_fields``: name -> title, more text fields), one
@@ -320,7 +358,8 @@ class ArgillaTool:
         after ``min_submitted`` submitted responses. ``controls`` (a task of several controls:
         ``(name, labels, multi_label, instructions)``, the primary first) asks one question per
         control instead, named as the control; the first is required, the others are not (an
-        annotator may leave one out; a multi-label one left empty means no label applies).
+        annotator may leave one out; a multi-label one left empty means no label applies); a fifth
+        element ``"spans"`` makes it a ``SpanQuestion`` on the text field (no overlapping spans).
         An existing dataset is reused as it is, after checking that it has the first question;
         one left unpublished by an interrupted creation is deleted and made again.
         """
@@ -328,11 +367,15 @@ class ArgillaTool:
 
         specs = list(controls) if controls else [(QUESTION, list(labels), multi_label, instructions)]
 
-        def question(k: int, name: str, labels: list[str], multi: bool, note: str) -> Any:
+        def question(k: int, name: str, labels: list[str], multi: bool, note: str, kind: str = "choices") -> Any:
+            if kind == "spans":
+                return rg.SpanQuestion(name=name, field=text_field, labels=list(labels), allow_overlapping=False,
+                                       description=note or instructions or None, required=k == 0)
             cls = rg.MultiLabelQuestion if multi else rg.LabelQuestion
             return cls(name=name, labels=list(labels), description=note or instructions or None, required=k == 0)
 
         self._questions[name] = (specs[0][0], [c[0] for c in specs[1:]])
+        self._span_questions[name] = (text_field, {c[0] for c in specs if len(c) > 4 and c[4] == "spans"})
         return self._ensure(name, lambda: rg.Settings(
             guidelines=instructions or None,
             fields=[rg.TextField(name=text_field),
@@ -397,7 +440,11 @@ class ArgillaTool:
                 if review is None:
                     values = resp.get("values") or {}
                     value = suggested_labels((values.get(primary) or {}).get("value"))
-                    extra = {"controls": {name: suggested_labels((values.get(name) or {}).get("value"))
+                    field, span_names = self._span_questions.get(project, ("", set()))
+                    text = str((raw.get("fields") or {}).get(field) or "")
+                    extra = {"controls": {name: span_answer(text, (values.get(name) or {}).get("value"))
+                                          if name in span_names else
+                                          suggested_labels((values.get(name) or {}).get("value"))
                                           for name in others}} if others else None
                 else:
                     value, extra = parse_argilla(review, resp.get("values"), raw.get("fields"))

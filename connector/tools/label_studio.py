@@ -102,6 +102,16 @@ def choices_of(result: list[dict[str, Any]] | None, from_name: str | None = None
     return out
 
 
+def spans_of(result: list[dict[str, Any]] | None, from_name: str, text: str) -> list[list[Any]]:
+    """The spans of control ``from_name`` in a Label Studio ``result`` as ``[[start, end, label], ...]``,
+    each checked against ``text`` (the quoted ``value.text`` must be ``text[start:end]``; offsets a
+    browser counted in UTF-16 units are converted; a span whose text is not found is dropped:
+    :func:`connector.spans.from_label_studio`)."""
+    from connector.spans import from_label_studio
+
+    return [[s.start, s.end, s.label] for s in from_label_studio(text, result or [], from_name=from_name)]
+
+
 def adjudication_config(label_config: str) -> str:
     """The task's labeling config with the answers in conflict (``$hitl_answers``) shown, read-only,
     right after the text the task's first ``<Choices>`` labels."""
@@ -149,7 +159,8 @@ class LabelStudioTool:
         self._call = retrying(attempts)
         self._users = UserNames(lambda uid: self._call(self._ls.users.get, int(uid)).email, tolerate=(Exception,))
         self._review: dict[str, TaskSpec] = {}  # project id -> the task of a review kind, whose answers it reads
-        self._controls: dict[str, tuple[str, list[str]]] = {}  # project id -> (primary control, the others)
+        # project id -> (primary control, the others, span control -> its text's data key)
+        self._controls: dict[str, tuple[str, list[str], dict[str, str]]] = {}
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -225,7 +236,12 @@ class LabelStudioTool:
         if spec.kind != "label":
             self._review[str(project)] = spec
         elif spec.controls:
-            self._controls[str(project)] = (spec.primary.name, [c.name for c in spec.secondary])
+            from connector.labeling_config import parse_config
+
+            keys = {c.from_name: c.data_key for c in parse_config(spec.label_config()).spans}
+            self._controls[str(project)] = (spec.primary.name, [c.name for c in spec.secondary],
+                                            {c.name: keys.get(c.name, spec.text_field) for c in spec.secondary
+                                             if c.kind == "spans"})
         return str(project)
 
     def answer_of(self, project: int | str, result: list[dict[str, Any]] | None,
@@ -233,11 +249,14 @@ class LabelStudioTool:
         """An annotation's ``(value, extra)``: the labels chosen (``from_name``'s, or every
         ``<Choices>``'s), or for a review kind the outcome and the rest of the answer. In a project
         of several controls: the primary control's labels, and the others' in ``extra["controls"]``
-        (control name -> labels)."""
+        (control name -> labels; a span control's ``[[start, end, label], ...]``, offsets checked
+        against the task's text and repaired: :func:`spans_of`)."""
         spec = self._review.get(str(project))
         if spec is None and str(project) in self._controls:
-            primary, others = self._controls[str(project)]
-            return choices_of(result, primary), {"controls": {name: choices_of(result, name) for name in others}}
+            primary, others, span_keys = self._controls[str(project)]
+            return choices_of(result, primary), {"controls": {
+                name: spans_of(result, name, str((data or {}).get(span_keys[name]) or ""))
+                if name in span_keys else choices_of(result, name) for name in others}}
         if spec is None:
             return choices_of(result, self.from_name), None
         return parse_label_studio(spec, result, data)
