@@ -86,7 +86,8 @@ class SimulationConfig:
     stop_window: int = 3
     stop_set_size: int = 500
     stop_early: bool = False
-    finetune: bool = True  # [retraining.finetune] enabled: fine-tuned encoder candidates (the defaults)
+    finetune: bool = False  # [retraining.finetune] enabled (`hitl simulate` turns it on: --finetune, its default);
+    # off here, since budget-bound fine-tuning makes a run depend on the machine's speed
     seed: int = 0
 
 

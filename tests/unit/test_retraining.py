@@ -32,7 +32,9 @@ def labelled(tmp_path_factory, rt_sample, encoder):
     weak = [i for i in range(len(texts)) if not in_test_split(f"rt{i}", 0.2)][:16]
     clf = TextClassifier(encoder, calibration="none").fit([texts[i] for i in weak], [labels[i] for i in weak])
     models.save(clf, encoder_ref="default", promote=True)
-    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 100, "min_test": 20},
+    # the frozen head's path (fine-tuned candidates: tests/unit/test_retraining_finetune.py)
+    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 100, "min_test": 20,
+                                                          "finetune": {"enabled": False}},
                     thresholds={"target_error": 0.1, "delta": 0.1, "min_evidence": 30})
     yield JobContext(store, spec, models)
     store.close()
@@ -121,7 +123,7 @@ def test_a_word_feature_head_is_trained_saved_loaded_and_averaged_with_the_embed
 
     texts, labels, ext, hashes = training_set(labelled.store, labelled.spec)
     models = ModelStore(tmp_path / "models")
-    policy = RetrainPolicy(features="embeddings+tfidf", C_lexical=100.0, min_test=10)
+    policy = RetrainPolicy(features="embeddings+tfidf", C_lexical=100.0, min_test=10, finetune={"enabled": False})
     result = retrain(texts, labels, ext, hashes, classes=LABELS, models=models, cache_store=labelled.store,
                      policy=policy, encoder=encoder)
     assert result.promoted
@@ -171,7 +173,8 @@ def test_a_candidate_is_compared_on_every_label_the_current_model_never_saw(tmp_
     store.items.ingest([{"id": f"rt{i}", "text": t} for i, t in enumerate(texts)])
     ids = {it.external_id: it.id for it in store.items.list()}
     models = ModelStore(tmp_path / "models")
-    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 1, "min_test": 5, "test_fraction": 0.2})
+    spec = TaskSpec(name="rt", labels=LABELS, retraining={"min_new_labels": 1, "min_test": 5, "test_fraction": 0.2,
+                                                          "finetune": {"enabled": False}})
     ctx = JobContext(store, spec, models, encoder=encoder)
 
     def settle(rows: range) -> None:
