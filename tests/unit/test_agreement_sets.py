@@ -4,8 +4,15 @@ Cohen's kappa and statsmodels' Fleiss' kappa per label."""
 
 from __future__ import annotations
 
+# references (dev extra, always installed): a missing one fails the test rather than skipping it
+import importlib
+
+import krippendorff
 import numpy as np
 import pytest
+from nltk.metrics.distance import masi_distance
+
+nltk_agreement = importlib.import_module("nltk.metrics.agreement")  # the module, not nltk.metrics' re-export
 
 from connector.agreement_sets import (
     answered_mask,
@@ -15,9 +22,6 @@ from connector.agreement_sets import (
     set_agreement_report,
     validate_sets,
 )
-
-nltk_agreement = pytest.importorskip("nltk.metrics.agreement")
-masi_distance = pytest.importorskip("nltk.metrics.distance").masi_distance
 
 
 def random_sets(seed: int, *, n: int = 40, annotators: int = 4, k: int = 5, p_label: float = 0.35,
@@ -58,7 +62,6 @@ def test_masi_with_empty_sets():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_alpha_with_masi_equals_nltk_and_the_krippendorff_package(seed):
-    krippendorff = pytest.importorskip("krippendorff")
     Y = random_sets(seed, agree=[0.2, 0.5, 0.8, 0.9, 0.6, 0.0][seed])
     ours = krippendorff_alpha_masi(Y)
     assert ours == pytest.approx(nltk_task(Y).alpha(), abs=1e-9)
@@ -79,7 +82,6 @@ def test_alpha_with_masi_equals_nltk_and_the_krippendorff_package(seed):
 
 
 def test_alpha_with_empty_sets_matches_the_package_and_perfect_agreement_is_one():
-    krippendorff = pytest.importorskip("krippendorff")
     Y = random_sets(7, nonempty=False, p_label=0.2)
     assert (Y.sum(axis=2) == 0).any()  # empty answers are there
     values = np.unique(Y.reshape(-1, Y.shape[2])[Y.reshape(-1, Y.shape[2])[:, 0] != -1], axis=0)
