@@ -161,14 +161,13 @@ class ModelStore:
             meta.lexical = {"temperature": state.lex_temperature, "vocabulary": state.lexical.size,
                             "features": "tfidf"}
         save_file(tensors, str(tmp / "head.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
-        if trained_on is not None:
-            (tmp / "trained_on.json").write_text(json.dumps(sorted(trained_on)))
         if encoder_dir is not None:
             shutil.move(str(encoder_dir), tmp / OWN_ENCODER)
             meta.encoder |= {"base": meta.encoder["model"], "weights": OWN_ENCODER,
                              "sha256": weights_digest(tmp / OWN_ENCODER), "finetune": encoder_info or {}}
-            (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
+        (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
+        if trained_on is not None:
+            (tmp / "trained_on.json").write_text(json.dumps(sorted(trained_on)))
         tmp.rename(self.versions_dir / name)
         if promote:
             self.promote(name)

@@ -486,6 +486,7 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
     final_of = dict(zip(ids.values(), final))
     retrains = read_history(store, RetrainSnapshot)
     fired = next((p for p in rounds if p.get("stopping_fired") and "label_accuracy" in p), None)
+    metas = [models.meta(v) for v in models.versions()]
     return RunResult(
         dataset=data.name, strategy=cfg.strategy, seed=cfg.seed, items=len(y), reviewed=int(reviewed.sum()),
         answers=len(answers), label_accuracy=float((final == y).mean()), no_review_accuracy=no_review,
@@ -510,10 +511,8 @@ def _measure(data: LabeledTexts, cfg: SimulationConfig, store: StateStore, model
         stop_reviewed=None if fired is None else int(fired["reviewed"]),
         stop_review_share=None if fired is None else float(fired["review_share"]),
         stop_label_accuracy=None if fired is None else float(fired["label_accuracy"]),
-        finetuned_tried=sum(1 for v in models.versions()
-                            if "finetuned" in (models.meta(v).metrics.get("candidates") or {})),
-        finetuned_promoted=sum(1 for v in models.versions()
-                               if models.meta(v).metrics.get("promoted") and models.meta(v).encoder.get("weights")),
+        finetuned_tried=sum(1 for m in metas if "finetuned" in (m.metrics.get("candidates") or {})),
+        finetuned_promoted=sum(1 for m in metas if m.metrics.get("promoted") and m.encoder.get("weights")),
         reembed_s=round(predictor.reembed_s, 2), reembedded=predictor.reembedded,
         stopped_early=bool(cfg.stop_early and fired is not None and fired is rounds[-1]
                            and fired["reviewed"] < int(cfg.budget * len(y))))
