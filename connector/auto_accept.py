@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -37,6 +38,38 @@ class AutoAccept:
     @property
     def accepts(self) -> bool:
         return self.state != "off"
+
+    @property
+    def label_thresholds(self) -> dict[str, float] | None:
+        """A label set's per-label thresholds, when the certified review chose them."""
+        return self.review.label_thresholds if self.state == "certified" and self.review is not None else None
+
+    def clears(self, score: float, *, probabilities: Mapping[str, float] | None = None,
+               chosen: Iterable[str] | None = None) -> bool:
+        """Whether an item is accepted by this rule (:func:`clears`)."""
+        return self.accepts and clears(self.threshold, self.label_thresholds, score,
+                                       probabilities=probabilities, chosen=chosen)
+
+
+def label_confidences(probabilities: Mapping[str, float], chosen: Iterable[str]) -> dict[str, float]:
+    """Per label, the calibrated confidence of a label set's decision on it: ``p`` when the label
+    was chosen, ``1 - p`` when not."""
+    picked = set(chosen)
+    return {label: float(p) if label in picked else 1.0 - float(p) for label, p in probabilities.items()}
+
+
+def clears(threshold: float | None, label_thresholds: Mapping[str, float] | None, score: float, *,
+           probabilities: Mapping[str, float] | None = None, chosen: Iterable[str] | None = None) -> bool:
+    """Whether an item clears an auto-accept rule: its task score at or over ``threshold`` (below
+    1.0, which accepts nothing); with ``label_thresholds`` (a label set's certified rule) instead
+    every label's decision confidence (:func:`label_confidences` of ``probabilities`` and the
+    ``chosen`` labels) at or over its own threshold, a label the item lacks failing the rule."""
+    if label_thresholds is None:
+        return threshold is not None and threshold < 1.0 and score >= threshold
+    if probabilities is None or chosen is None:
+        raise ValueError("a per-label rule needs the item's label probabilities and chosen labels")
+    conf = label_confidences(probabilities, chosen)
+    return all(label in conf and conf[label] >= t and t <= 1.0 for label, t in label_thresholds.items())
 
 
 def certifies(review: ThresholdsSnapshot | None) -> bool:

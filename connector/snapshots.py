@@ -143,6 +143,9 @@ class Evidence(_Part):
     confidence: list[float] = []
     correct: list[float] = []
     external_id: list[str] = []
+    # a label set's: per item, each label's decision confidence (columns in ``labels`` order)
+    labels: list[str] = []
+    label_confidence: list[list[float]] = []
 
 
 class Reliability(_Part):
@@ -238,6 +241,9 @@ class ThresholdsSnapshot(SnapshotModel):
     delta: float | None = None
     evidence: str | None = None
     n_evidence: int | None = None
+    # a label set's rule: each label's decision confidence at or over its own threshold
+    # (:mod:`connector.thresholds_sets`); ``threshold`` is then the rule's level on its path
+    label_thresholds: dict[str, float] | None = None
 
 
 class CheckPart(_Part):
