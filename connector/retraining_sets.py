@@ -14,7 +14,9 @@ the set metrics below under the names it reads:
 - ``ece``: the mean over labels of each label's ECE (:func:`connector.calibration.per_label_ece`).
 
 No fine-tuned candidate is tried for a label set. The threshold's evidence is each honest
-prediction's task score (the least confident label decision) and whether its whole set was right.
+prediction's task score (the least confident label decision), each label's decision confidence
+(what the per-label thresholds of :mod:`connector.thresholds_sets` are chosen on) and whether its
+whole set was right.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from connector.retraining import (
     in_test_split,
     is_better,
 )
-from connector.uncertainty import least_confident_label
+from connector.uncertainty import label_decision_confidence, least_confident_label
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
     served = clf if promote else (current.model if current is not None else None)
     if served is not None:
         p, thr = aligned(served, test, test_texts) if test.any() else (held_p, held_thr)
+        per_label = label_decision_confidence(p, thr).tolist() if len(p) else []
         conf = least_confident_label(p, thr).tolist() if len(p) else []
         correct = ((p >= thr) == Y[test].astype(bool)).all(axis=1).tolist() if len(p) else []
         ids = ext[test].tolist()
@@ -157,10 +160,13 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
             oof, own = clf.oof_proba_, [str(c) for c in clf.classes_]
             order = [own.index(c) for c in classes]
             oof = oof[:, order]
+            per_label += label_decision_confidence(oof, clf.thresholds_[order]).tolist()
             conf += least_confident_label(oof, clf.thresholds_[order]).tolist()
             correct += ((oof >= clf.thresholds_[order]) == Y[train].astype(bool)).all(axis=1).tolist()
             ids += ext[train].tolist()
-        evidence = {"confidence": conf, "correct": [float(c) for c in correct], "external_id": ids}
+        # each label's decision confidence too: the per-label thresholds are chosen on them
+        evidence = {"confidence": conf, "correct": [float(c) for c in correct], "external_id": ids,
+                    "labels": list(classes), "label_confidence": per_label}
     log.info("retrained label sets %s on %d sets (%d held out): %s", meta.version, int(train.sum()),
              int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,

@@ -164,13 +164,16 @@ class Batch:
 
     ``top_labels``: each row's label when it is not a column's name (a multi-label item: its label
     set, with ``probs`` the rows ``[score, 1 - score]`` of its task score); its confidence is still
-    the row's largest probability."""
+    the row's largest probability. ``clears``: per row, whether the auto-accept rule in force
+    accepts it, when that rule is not one threshold on the confidence (a label set's per-label
+    thresholds, :func:`connector.auto_accept.clears`); the policy's threshold is then not read."""
 
     item_ids: Sequence[str]
     probs: np.ndarray
     labels: Sequence[str]
     metadata: Sequence[Mapping[str, Any]] | None = None
     top_labels: Sequence[str] | None = None
+    clears: Sequence[bool] | None = None
 
     def __post_init__(self) -> None:
         probs = np.asarray(self.probs, dtype=np.float64)
@@ -184,6 +187,8 @@ class Batch:
             raise ValueError(f"metadata has {len(meta)} entries for {len(self.item_ids)} items")
         if self.top_labels is not None and len(self.top_labels) != len(self.item_ids):
             raise ValueError(f"top_labels has {len(self.top_labels)} entries for {len(self.item_ids)} items")
+        if self.clears is not None and len(self.clears) != len(self.item_ids):
+            raise ValueError(f"clears has {len(self.clears)} entries for {len(self.item_ids)} items")
         object.__setattr__(self, "probs", probs)
         object.__setattr__(self, "metadata", meta)
 
@@ -237,7 +242,9 @@ class Router:
         if pol.reject_threshold is not None:
             rejected &= conf >= pol.reject_threshold
         thresholds = np.array([pol.threshold_for(lab) for lab in labels])
-        accepted = ~forced & ~rejected & (conf >= thresholds) & (thresholds < 1.0)  # 1.0: accept nothing
+        clear = (conf >= thresholds) & (thresholds < 1.0) if batch.clears is None \
+            else np.asarray(batch.clears, dtype=bool)  # threshold 1.0: accept nothing
+        accepted = ~forced & ~rejected & clear
         spot = accepted & (spot_draw < pol.spot_check_rate)
         uncertain = np.flatnonzero(~forced & ~rejected & ~accepted)
 

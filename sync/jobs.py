@@ -531,22 +531,34 @@ def threshold_job(ctx: JobContext, *, evidence: dict[str, list[float]] | None = 
         honest = Evidence.model_validate(evidence)
     conf = np.asarray(honest.confidence, dtype=float)
     correct = np.asarray(honest.correct, dtype=float).astype(bool)
+    per_label = _per_label_evidence(ctx.spec, honest)
     if policy.evidence == "random":
         ext = honest.external_id
         if len(ext) != len(conf):
             return {"skipped": "the evidence does not name its items (retrain again to review the threshold)"}
         keep = np.isin(np.asarray(ext, dtype=object), list(drawn_at_random(store)))
         conf, correct = conf[keep], correct[keep]
+        per_label = None if per_label is None else per_label[keep]
     if len(conf) < policy.min_evidence:
         return {"skipped": f"{len(conf)} labeled predictions ({policy.evidence} evidence), "
                            f"fewer than min_evidence={policy.min_evidence}"}
-    pool = np.array([p.confidence for p in _latest_predictions(store)], dtype=float)
-    choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
-                                     pool_confidence=pool if len(pool) else None,
-                                     review_band=tuple(policy.review_band), min_n=policy.min_n)
+    latest = _latest_predictions(store)
+    pool = np.array([p.confidence for p in latest], dtype=float)
+    if per_label is not None and len(latest):  # a label set: a threshold per label (connector/thresholds_sets.py)
+        from connector.thresholds_sets import choose_label_thresholds
+
+        chosen = choose_label_thresholds(honest.labels, per_label, correct, _pool_label_confidence(latest, honest.labels),
+                                         target_error=policy.target_error, delta=policy.delta,
+                                         review_band=tuple(policy.review_band), min_n=policy.min_n)
+        choice, fields = chosen.choice, chosen.to_dict()
+    else:
+        choice = choose_accept_threshold(conf, correct, target_error=policy.target_error, delta=policy.delta,
+                                         pool_confidence=pool if len(pool) else None,
+                                         review_band=tuple(policy.review_band), min_n=policy.min_n)
+        fields = choice.to_dict()
     write_snapshot(store, ThresholdsSnapshot.model_validate(
-        choice.to_dict() | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
-                            "evidence": policy.evidence, "n_evidence": len(conf)}))
+        fields | {"adapt": policy.adapt, "target_error": policy.target_error, "delta": policy.delta,
+                  "evidence": policy.evidence, "n_evidence": len(conf)}))
     log.info("threshold review: %s", choice.note)
     return {"threshold": choice.threshold, "review_rate": choice.review_rate, "meets_target": choice.meets_target,
             "within_band": choice.within_band, "note": choice.note}
@@ -566,6 +578,28 @@ def drawn_at_random(store: StateStore) -> set[str]:
     ids = {lb.item_id for lb in labels
            if lb.method == "seed" or (lb.item_id in decisions and decisions[lb.item_id].reason in RANDOM_REASONS)}
     return {it.external_id for it in store.items.get_many(ids).values()}
+
+
+def _per_label_evidence(spec: TaskSpec, honest: Evidence) -> np.ndarray | None:
+    """A label set's per-label decision confidences ``(n, k)`` from the evidence, when the task's
+    primary control is a label set and the evidence has them for every item (older payloads do not)."""
+    if not (spec.kind == "label" and spec.multi_label and honest.labels) \
+            or len(honest.label_confidence) != len(honest.confidence):
+        return None
+    return np.asarray(honest.label_confidence, dtype=float).reshape(len(honest.confidence), len(honest.labels))
+
+
+def _pool_label_confidence(predictions: list[Any], labels: list[str]) -> np.ndarray:
+    """``(n, k)``: each latest prediction's decision confidence per label (``p`` when its set has the
+    label, ``1 - p`` when not; a label it lacks counts as unsure, 0.5)."""
+    from connector.auto_accept import label_confidences
+    from sync.controls import primary_probabilities
+
+    rows = []
+    for p in predictions:
+        conf = label_confidences(primary_probabilities(p.probabilities), decode_label_set(p.label) or [])
+        rows.append([conf.get(lb, 0.5) for lb in labels])
+    return np.asarray(rows, dtype=float).reshape(len(predictions), len(labels))
 
 
 def _latest_predictions(store: StateStore) -> list[Any]:

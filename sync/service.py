@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from connector.auto_accept import in_force
+from connector.auto_accept import clears, in_force
+from connector.label_sets import decode_label_set
 from connector.labeling_config import parse_config, parse_labeling_config
 from connector.redaction import history_detail, redact_pushed
 from connector.review_kinds import suggestion_result
@@ -30,7 +31,7 @@ from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.base import SUGGESTION_VERSION, AnnotationTool, PushItem, item_key
 from sync.adjudication import AdjudicationQueue
-from sync.controls import prediction_row, suggestion
+from sync.controls import prediction_row, primary_probabilities, suggestion
 from sync.predictor import HttpPredictor, Predictor
 from sync.pulls import annotation_rows, settle_absent
 
@@ -64,6 +65,7 @@ class SyncService:
         self.tool = tool
         self.predictor = predictor
         self.router = Router(spec.routing)
+        self._label_thresholds: dict[str, float] | None = None  # a label set's certified per-label rule
         self.control = parse_labeling_config(spec.label_config())[0]
         # the <Choices> and the <Labels> (span controls) by name
         self.config_controls = {c.from_name: c for c in parse_config(spec.label_config()).controls}
@@ -183,6 +185,7 @@ class SyncService:
         applies as it is (uncertified, and the report and ``/metrics`` say so).
         """
         rule = in_force(self.store, self.spec)
+        self._label_thresholds = rule.label_thresholds if self.spec.multi_label else None
         if rule.state == "uncertified":
             return False
         policy = self.router.policy
@@ -204,8 +207,13 @@ class SyncService:
         if self.spec.multi_label:
             score = np.array([max(float(preds[it.id].confidence), 0.5) for it in items]).reshape(-1)
             metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
+            rule = self._label_thresholds  # a certified per-label rule: each label against its own threshold
+            passed = None if rule is None else [
+                clears(None, rule, 0.0, probabilities=primary_probabilities(preds[it.id].probabilities),
+                       chosen=decode_label_set(preds[it.id].label) or []) for it in items]
             return Batch([str(it.id) for it in items], np.stack([score, 1.0 - score], axis=1).reshape(len(items), 2),
-                         ["label set", "not sure"], metadata, top_labels=[preds[it.id].label for it in items])
+                         ["label set", "not sure"], metadata, top_labels=[preds[it.id].label for it in items],
+                         clears=passed)
         labels = list(self.spec.labels)
         probs = np.array([[preds[it.id].probabilities.get(label, 0.0) for label in labels] for it in items])
         metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
