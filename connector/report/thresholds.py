@@ -20,6 +20,9 @@ def threshold_text(t: ThresholdsSnapshot) -> str:
         return "–"
     if threshold > 1.0:
         return "none: nothing is auto-accepted"
+    if t.label_thresholds:
+        return (f"every label at or over its own threshold (path level {1.0 - threshold:.3g}): "
+                + ", ".join(f"{label} ≥ {value:.4g}" for label, value in sorted(t.label_thresholds.items())))
     return f"confidence ≥ {threshold:.4g}"
 
 

@@ -164,3 +164,12 @@ def test_a_label_threshold_over_a_labels_confidence_sends_the_set_to_review(tmp_
     assert decisions and not any(d.action == "auto_accept" for d in decisions.values())
     scores = {p.item_id: p.confidence for p in store.predictions.list(list(decisions))}
     assert any(scores[i] >= 0.95 for i in decisions)  # a task score over the level, still not accepted
+
+
+def test_the_report_names_each_labels_threshold():
+    from connector.report.thresholds import threshold_text
+
+    text = threshold_text(ThresholdsSnapshot(threshold=0.97, meets_target=True,
+                                             label_thresholds={"tech": 0.95, "sport": 0.9}))
+    assert "sport ≥ 0.9" in text and "tech ≥ 0.95" in text and "0.03" in text
+    assert threshold_text(ThresholdsSnapshot(threshold=0.97)) == "confidence ≥ 0.97"
