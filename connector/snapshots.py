@@ -55,12 +55,57 @@ S = TypeVar("S", bound=SnapshotModel)
 # ------------------------------------------------------------------------------------------------ metrics job
 
 
+class LabelAgreement(_Part):
+    """One label of a label-set control, as the yes/no question "does it apply?"
+    (:func:`connector.agreement_sets.per_label_agreement`): ``n_items`` are the items with two
+    answers or more, ``n_yes`` the answers giving the label."""
+
+    label: str
+    fleiss_kappa: float | None = None
+    mean_cohen_kappa: float | None = None
+    krippendorff_alpha: float | None = None
+    percent_agreement: float | None = None
+    n_items: int = 0
+    n_yes: int = 0
+
+
+class ControlAgreement(_Part):
+    """Agreement on one of the task's other controls (``kind``: ``labels`` one label per answer,
+    ``sets`` a label set, ``spans`` entity spans). ``n_items``: the items answered; ``n_pairable_items``
+    those with two answers or more. ``labels``: the one-label statistics of
+    :func:`connector.agreement.agreement_report`; ``sets``: ``masi_alpha`` (Krippendorff's alpha,
+    MASI distance), ``exact_agreement`` (agreeing pairs, whole sets) and ``per_label``; ``spans``:
+    ``span_f1`` (label and ``micro`` -> mean pairwise span F1, exact match,
+    :func:`connector.span_consensus.pairwise_span_agreement`) and ``pairs`` (annotator pairs with a
+    shared item)."""
+
+    kind: str
+    n_items: int = 0
+    n_annotators: int = 0
+    n_answers: int | None = None
+    n_pairable_items: int | None = None
+    percent_agreement: float | None = None
+    fleiss_kappa: float | None = None
+    krippendorff_alpha: float | None = None
+    mean_cohen_kappa: float | None = None
+    masi_alpha: float | None = None
+    exact_agreement: float | None = None
+    per_label: list[LabelAgreement] = []
+    span_f1: dict[str, float | None] = {}
+    pairs: int | None = None
+
+
 class AgreementSnapshot(SnapshotModel):
     """:func:`connector.consolidation.agreement_snapshot`: agreement over the submitted answers.
 
     An empty answer table writes only ``n_items``/``n_annotators`` (0), ``annotators`` and ``labels``;
     a statistic that is undefined (NaN) is ``None``. ``cohen_kappa`` and ``pair_counts`` are
-    annotator × annotator matrices in the order of ``annotators``."""
+    annotator × annotator matrices in the order of ``annotators``.
+
+    A label-set primary control (``multi_label``) fills ``masi_alpha``, ``exact_agreement`` and
+    ``per_label`` instead of the one-label statistics (those stay ``None``/empty); ``control`` names
+    the primary control; ``controls`` holds the task's other controls' agreement by name (see
+    :mod:`sync.control_agreement`). Snapshots older than these fields read with them empty."""
 
     kind: ClassVar[str] = "agreement"
 
@@ -77,6 +122,11 @@ class AgreementSnapshot(SnapshotModel):
     cohen_kappa: list[list[float | None]] = []
     mean_cohen_kappa: float | None = None
     pair_counts: list[list[int]] | None = None
+    control: str | None = None
+    masi_alpha: float | None = None
+    exact_agreement: float | None = None
+    per_label: list[LabelAgreement] = []
+    controls: dict[str, ControlAgreement] = {}
 
 
 class AnnotatorQuality(_Part):

@@ -19,7 +19,6 @@ from connector.checks import assess, outcomes, summarize
 from connector.consolidation import (
     ADJUDICATED,
     ConsensusPolicy,
-    agreement_snapshot,
     annotator_quality,
     answer_table,
     apply_verdicts,
@@ -34,7 +33,6 @@ from connector.model_store import ModelStore
 from connector.retraining import FinetunePolicy, RetrainResult, retrain
 from connector.retraining_sets import retrain_label_sets
 from connector.snapshots import (
-    AgreementSnapshot,
     AnnotatorQuality,
     CheckPart,
     ChecksSnapshot,
@@ -53,6 +51,7 @@ from connector.store import StateStore
 from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
 from sync.adjudication import adjudication_events, conflict_summaries, record_adjudicated, split_answers
+from sync.control_agreement import task_agreement
 from sync.controls import apply_set_verdicts, set_conflict_summaries, settle_control
 
 log = logging.getLogger(__name__)
@@ -304,10 +303,10 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
-    # the one-label table (a label set's agreement is connector.agreement_sets', not in this snapshot yet)
-    table, items, gold = _answers(store, spec, sets=False)
+    ordinary, _ = split_answers(store, store.annotations.list())  # the adjudicators' answers are no votes
+    table, items, gold = _answers(store, spec, ordinary, sets=False)  # the one-label table, for the quality
     result = consolidate(table, policy, gold=gold, probabilities=_model_probabilities(store, policy, items))
-    agreement = AgreementSnapshot.model_validate(agreement_snapshot(table))
+    agreement = task_agreement(store, spec, ordinary)  # every control's, a label set's too; current items only
     quality = [AnnotatorQuality.model_validate(q) for q in annotator_quality(result, policy)]
     flagged = [q.annotator for q in quality if q.flagged]
     if flagged:

@@ -10,6 +10,12 @@ several sync processes or a restart report the same numbers) and yields:
   decided without a human (``auto_accept`` + ``auto_reject``); 0 when no item has a decision
 - ``hitl_fleiss_kappa``, ``hitl_krippendorff_alpha``, ``hitl_percent_agreement``: from the latest
   ``agreement`` snapshot (each left out when missing)
+- ``hitl_agreement_masi_alpha{control}`` and ``hitl_agreement_label_fleiss_kappa{control,label}``: a
+  label-set control's agreement (the primary one's or another's: Krippendorff's alpha with the MASI
+  distance, Fleiss' kappa per label); ``hitl_agreement_fleiss_kappa{control}`` and
+  ``hitl_agreement_krippendorff_alpha{control}``: another one-label control's;
+  ``hitl_agreement_span_f1{control,label}``: a span control's mean pairwise span F1 per label and
+  ``label="micro"``; all from the latest ``agreement`` snapshot, each left out when undefined
 - ``hitl_model_info{version}``: 1, from the latest ``model`` snapshot's ``current``
 - ``hitl_auto_accept{state}``: 1 for the auto-accept rule in force (``certified``: a threshold the
   latest review certified; ``off``: none certified, nothing accepted; ``uncertified``: the task
@@ -143,6 +149,8 @@ class SyncMetricsCollector(Collector):
             value = _number(getattr(agreement.snapshot, key)) if agreement else None
             if value is not None:
                 out.append(GaugeMetricFamily(f"hitl_{key}", doc, value=value))
+        if agreement is not None:
+            out.extend(_control_agreement(agreement.snapshot))
         model = read_latest(self.store, ModelSnapshot)
         if model is not None and model.snapshot.current is not None:
             info = GaugeMetricFamily("hitl_model_info", "The promoted model version (value 1).", labels=["version"])
@@ -247,6 +255,41 @@ class SyncMetricsCollector(Collector):
             if run.status == "ok" and run.finished_at is not None:
                 return run.finished_at
         return None
+
+
+def _control_agreement(a: AgreementSnapshot) -> list[Metric]:
+    """The label-set and per-control families of an agreement snapshot (only those with a value)."""
+    masi = GaugeMetricFamily("hitl_agreement_masi_alpha", "Krippendorff's alpha with the MASI distance of a "
+                             "label-set control in the latest agreement snapshot.", labels=["control"])
+    per_label = GaugeMetricFamily("hitl_agreement_label_fleiss_kappa", "Fleiss' kappa of one label of a label-set "
+                                  "control (does it apply?) in the latest agreement snapshot.",
+                                  labels=["control", "label"])
+    fleiss = GaugeMetricFamily("hitl_agreement_fleiss_kappa", "Fleiss' kappa of another one-label control in the "
+                               "latest agreement snapshot.", labels=["control"])
+    alpha = GaugeMetricFamily("hitl_agreement_krippendorff_alpha", "Krippendorff's alpha (nominal) of another "
+                              "one-label control in the latest agreement snapshot.", labels=["control"])
+    span_f1 = GaugeMetricFamily("hitl_agreement_span_f1", "Mean pairwise span F1 (exact match) of a span control "
+                                "per label (micro: all labels) in the latest agreement snapshot.",
+                                labels=["control", "label"])
+    sets = [(a.control or "", a.masi_alpha, a.per_label)] if a.per_label else []
+    sets += [(name, c.masi_alpha, c.per_label) for name, c in a.controls.items() if c.kind == "sets"]
+    for name, value, labels in sets:
+        _add(masi, [name], value)
+        for part in labels:
+            _add(per_label, [name, part.label], part.fleiss_kappa)
+    for name, c in a.controls.items():
+        if c.kind == "labels":
+            _add(fleiss, [name], c.fleiss_kappa)
+            _add(alpha, [name], c.krippendorff_alpha)
+        elif c.kind == "spans":
+            for label, f1 in c.span_f1.items():
+                _add(span_f1, [name, label], f1)
+    return [f for f in (masi, per_label, fleiss, alpha, span_f1) if f.samples]
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: Any) -> None:
+    if (number := _number(value)) is not None:
+        family.add_metric(labels, number)
 
 
 def _number(value: Any) -> float | None:

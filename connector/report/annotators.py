@@ -1,6 +1,8 @@
 """Sections 6 and 7, from the metrics job's snapshots: agreement between annotators (Cohen's kappa
-per pair, Fleiss' kappa, Krippendorff's alpha, percent agreement) and each annotator's quality
-(gold accuracy, agreement with the consensus), flagged annotators highlighted."""
+per pair, Fleiss' kappa, Krippendorff's alpha, percent agreement; for label sets Krippendorff's alpha
+with the MASI distance and a per-label table; each other control's agreement, span F1 per label for
+entity spans) and each annotator's quality (gold accuracy, agreement with the consensus), flagged
+annotators highlighted."""
 
 from __future__ import annotations
 
@@ -10,22 +12,77 @@ import numpy as np
 
 from connector.report.figures import embed
 from connector.report.markup import NO_DATA, esc, finite, mpl_text, nodata, num, or_dash, pct, stamp, table
-from connector.snapshots import AgreementSnapshot, Dated, QualitySnapshot
+from connector.snapshots import AgreementSnapshot, ControlAgreement, Dated, LabelAgreement, QualitySnapshot
+
+CONTROL_KINDS = {"labels": "one label", "sets": "label sets", "spans": "entity spans"}  # ControlAgreement.kind
 
 
 def agreement_section(plt: Any, latest: Dated[AgreementSnapshot] | None) -> str:
-    """The agreement statistics, then the pairwise kappa matrix (with the items each pair shares)."""
-    if latest is None or not latest.snapshot.n_items:
+    """The agreement statistics, then the pairwise kappa matrix (with the items each pair shares); for
+    a label-set primary control its MASI alpha and a per-label table instead; then each other
+    control's agreement."""
+    if latest is None or not (latest.snapshot.n_items or any(c.n_items for c in latest.snapshot.controls.values())):
         return nodata(NO_DATA["agreement"])
     a = latest.snapshot
+    out = f'<p class="meta">Metrics run of {esc(stamp(latest.at))}.</p>'
+    if a.per_label:
+        out += _set_agreement(a.n_items, a.n_annotators, a.n_answers, a.masi_alpha, a.exact_agreement, a.per_label)
+    elif a.n_items:
+        out += _one_label_agreement(plt, a)
+    else:
+        out += nodata(NO_DATA["agreement"])
+    for name, control in a.controls.items():
+        out += f"<h3>Control {esc(name)} ({esc(CONTROL_KINDS.get(control.kind, control.kind))})</h3>"
+        out += _control_agreement(control)
+    return out
+
+
+def _counts(n_items: int, n_annotators: int, n_answers: int | None) -> tuple[str, str]:
+    return "items / annotators / answers", f"{n_items} / {n_annotators} / {or_dash(n_answers)}"
+
+
+def _set_agreement(n_items: int, n_annotators: int, n_answers: int | None, masi: float | None,
+                   exact: float | None, per_label: list[LabelAgreement]) -> str:
+    """Agreement on label sets: the counts, MASI alpha and exact agreement, then one row per label."""
+    stats = [_counts(n_items, n_annotators, n_answers),
+             ("Krippendorff's alpha (MASI distance, whole sets)", num(masi)),
+             ("exact agreement (whole sets)", pct(exact))]
+    rows = [(esc(p.label), esc(p.n_items), esc(p.n_yes), num(p.fleiss_kappa), num(p.mean_cohen_kappa),
+             num(p.krippendorff_alpha), pct(p.percent_agreement)) for p in per_label]
+    return (table(["what", "value"], [(esc(k), esc(v)) for k, v in stats])
+            + table(["label (applies or not)", "items", "answers giving it", "Fleiss' kappa", "mean Cohen's kappa",
+                     "Krippendorff's alpha", "percent agreement"], rows, numeric=(1, 2, 3, 4, 5, 6)))
+
+
+def _control_agreement(c: ControlAgreement) -> str:
+    """One other control's agreement: by its kind, the one-label statistics, the set agreement, or
+    the span F1 per label."""
+    if not c.n_items:
+        return nodata("no answers to this control yet")
+    if c.kind == "sets":
+        return _set_agreement(c.n_items, c.n_annotators, c.n_answers, c.masi_alpha, c.exact_agreement, c.per_label)
+    if c.kind == "spans":
+        stats = [_counts(c.n_items, c.n_annotators, c.n_answers), ("annotator pairs with a shared item", or_dash(c.pairs))]
+        rows = [(esc(label), num(f1)) for label, f1 in c.span_f1.items()]
+        return (table(["what", "value"], [(esc(k), esc(v)) for k, v in stats])
+                + table(["label", "mean pairwise span F1 (exact match)"], rows, numeric=(1,)))
+    stats = [_counts(c.n_items, c.n_annotators, c.n_answers),
+             ("percent agreement", pct(c.percent_agreement)),
+             ("Fleiss' kappa", num(c.fleiss_kappa)),
+             ("Krippendorff's alpha (nominal)", num(c.krippendorff_alpha)),
+             ("mean pairwise Cohen's kappa", num(c.mean_cohen_kappa))]
+    return table(["what", "value"], [(esc(k), esc(v)) for k, v in stats])
+
+
+def _one_label_agreement(plt: Any, a: AgreementSnapshot) -> str:
+    """The one-label statistics and the pairwise kappa matrix."""
     names = list(a.annotators)
-    stats = [("items / annotators / answers", f"{a.n_items} / {a.n_annotators} / {or_dash(a.n_answers)}"),
+    stats = [_counts(a.n_items, a.n_annotators, a.n_answers),
              ("percent agreement", pct(a.percent_agreement)),
              ("Fleiss' kappa", num(a.fleiss_kappa)),
              ("Krippendorff's alpha (nominal)", num(a.krippendorff_alpha)),
              ("mean pairwise Cohen's kappa", num(a.mean_cohen_kappa))]
-    out = (f'<p class="meta">Metrics run of {esc(stamp(latest.at))}.</p>'
-           + table(["what", "value"], [(esc(k), esc(v)) for k, v in stats]))
+    out = table(["what", "value"], [(esc(k), esc(v)) for k, v in stats])
     try:
         K = np.array([[np.nan if v is None else float(v) for v in row] for row in a.cohen_kappa])
         P = np.array(a.pair_counts, dtype=float) if a.pair_counts is not None else None
