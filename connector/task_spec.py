@@ -110,6 +110,9 @@ class ThresholdPolicy(BaseModel):
         "random", description="'random': only labels of items drawn uniformly at random (the seed set and the "
                               "router's audits), an unbiased sample of the items a threshold accepts; 'all': every "
                               "honest prediction on a human label (biased towards hard items when a strategy picks)")
+    per_label: bool = Field(False, description="a label set: a threshold per label (connector/thresholds_sets.py) "
+                                               "instead of one on the least sure label; same bound, measured to "
+                                               "accept no more sets on calibrated labels (benchmarks/RESULTS.md)")
 
 
 #: a reserved key of a prediction's ``probabilities``: the task's other controls (``sync.service``)

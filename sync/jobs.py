@@ -581,8 +581,9 @@ def drawn_at_random(store: StateStore) -> set[str]:
 
 def _per_label_evidence(spec: TaskSpec, honest: Evidence) -> np.ndarray | None:
     """A label set's per-label decision confidences ``(n, k)`` from the evidence, when the task's
-    primary control is a label set and the evidence has them for every item (older payloads do not)."""
-    if not (spec.kind == "label" and spec.multi_label and honest.labels) \
+    primary control is a label set with ``[thresholds] per_label`` and the evidence has them for
+    every item (older payloads do not)."""
+    if not (spec.kind == "label" and spec.multi_label and spec.thresholds.per_label and honest.labels) \
             or len(honest.label_confidence) != len(honest.confidence):
         return None
     return np.asarray(honest.label_confidence, dtype=float).reshape(len(honest.confidence), len(honest.labels))

@@ -115,7 +115,8 @@ def test_the_review_chooses_per_label_thresholds_and_the_router_applies_them(tmp
     from tests.unit.test_sync_controls import ROUTING, FakePredictor, _setup
 
     spec = TaskSpec(name="topics", labels=["sport", "politics", "tech"], multi_label=True, routing=ROUTING,
-                    thresholds={"target_error": 0.05, "evidence": "all", "min_evidence": 10, "delta": 0.1},
+                    thresholds={"target_error": 0.05, "evidence": "all", "min_evidence": 10, "delta": 0.1,
+                                "per_label": True},
                     overlap=1)
     store, _, sync, ctx = _setup(tmp_path, spec, FakePredictor(["label"]), n=24)
     sync.predict_pass()
@@ -134,6 +135,11 @@ def test_the_review_chooses_per_label_thresholds_and_the_router_applies_them(tmp
     assert rule.state == "certified" and rule.label_thresholds == review.label_thresholds
     # the pool's predictions: each chosen topic at 0.9, each other at 0.1 (every label 0.9 sure)
     lt = review.label_thresholds
+    # without per_label the same evidence gives one threshold, as for one label
+    one = spec.model_copy(update={"thresholds": spec.thresholds.model_copy(update={"per_label": False})})
+    threshold_job(type(ctx)(store, one, ctx.models))
+    assert read_latest(store, ThresholdsSnapshot).snapshot.label_thresholds is None
+    threshold_job(ctx)
     sure = all(t <= 0.9 for t in lt.values())
     sync.route_pass()
     decisions = store.decisions.latest()
