@@ -55,11 +55,13 @@ class DecisionPolicy(BaseModel):
 # -- what a caller sends and gets -----------------------------------------------------------------
 
 class LabelOutput(BaseModel):
-    """A label another model gave, with its own confidence (calibrated on our human outcomes)."""
+    """A label another model gave, with its own confidence (calibrated on our human outcomes); for a
+    task whose labels are sets (``multi_label``), ``label`` is the set, a list of labels (``[]``: none
+    applies; one label alone is the set of that label)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str
+    label: str | list[str]
     confidence: float | None = Field(None, ge=0.0, le=1.0)
     model: str = Field("caller", min_length=1, max_length=120)
 

@@ -24,6 +24,16 @@ evidence: answers, agreement) changed at or after that time (``updated_at``).
 and structured fields as JSON strings) or Parquet (a pyarrow schema: answers
 ``list<struct<annotator, label, status, answered_at>>``, times ``timestamp[us, UTC]``), each
 loadable by pandas and ``datasets.load_dataset("parquet", ...)`` as is.
+
+With the task (``spec``), a task whose primary control takes a label set (``multi_label``) exports
+its labels as lists: the final ``label``, the ``model_label`` and each answer's ``label`` (JSONL a
+JSON list, CSV a JSON string, Parquet ``list<string>``); an auto-accepted set is ``certified`` only
+when the review's rule clears it (:func:`connector.auto_accept.clears`, per-label thresholds where
+the review chose them). A task with other controls (``spec.secondary``) adds a ``controls`` column
+after ``label``: the item's settled value per control (a label, a list of labels, or spans
+``[[start, end, label], ...]``), given as ``controls`` (item id -> {control: value}, settled from
+the stored answers by :mod:`sync.export_controls`), ``None`` when it has none (Parquet: JSON text).
+Without the task, or for a one-label task without other controls, the export is as it always was.
 """
 
 from __future__ import annotations
@@ -37,12 +47,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from connector.auto_accept import certifies, clears
+from connector.label_sets import decode_label_set
 from connector.snapshots import Dated, ThresholdsSnapshot, read_history
+from connector.task_spec import CONTROLS_KEY
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pyarrow as pa
 
     from connector.store import Annotation, Item, Label, Prediction, RoutingDecision, StateStore
+    from connector.task_spec import TaskSpec
 
 SOURCES = ("gold", "human_consensus", "adjudicated", "seed", "auto_accepted", "auto_rejected", "model_suggestion",
            "unlabelled")
@@ -55,6 +71,8 @@ SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 COLUMNS = ("item_id", "version", "text", "label", "source", "settled", "model_label", "model_version", "score",
            "agreement", "n_answers", "answers", "threshold", "bound", "certified", "settled_at", "updated_at")
 ANSWER_STATUSES = ("submitted", "skipped")  # deleted answers are left out
+#: the column of the other controls' settled values (a task with other controls only), after ``label``
+CONTROLS_COLUMN = "controls"
 
 Only = Literal["settled", "all"]
 
@@ -64,7 +82,7 @@ class Answer:
     """One annotator's answer to the item (its latest, as stored)."""
 
     annotator: str
-    label: str | None
+    label: str | list[str] | None
     status: str
     answered_at: datetime
 
@@ -77,9 +95,9 @@ class ExportRow:
     version: int
     text: str
     fields: dict[str, Any]
-    label: str | None
+    label: str | list[str] | None
     source: str
-    model_label: str | None = None
+    model_label: str | list[str] | None = None
     model_version: str | None = None
     score: float | None = None
     agreement: float | None = None
@@ -89,6 +107,12 @@ class ExportRow:
     bound: float | None = None
     certified: bool | None = None
     updated_at: datetime | None = None
+    #: the other controls' settled values (control name -> value), ``None`` when the item has none
+    controls: dict[str, Any] | None = None
+    #: the task's primary control takes a label set: labels are lists
+    label_set: bool = False
+    #: the task has other controls: the row has a ``controls`` column
+    with_controls: bool = False
 
     @property
     def settled(self) -> bool:
@@ -110,13 +134,18 @@ class StoreView:
     predictions: dict[int, list[Prediction]]
     answers: dict[int, list[Annotation]]
     thresholds: list[Dated[ThresholdsSnapshot]]
+    label_set: bool = False
+    control_names: tuple[str, ...] = ()
+    controls: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ store -> rows
 
 
-def read_store(store: StateStore) -> StoreView:
-    """Everything :func:`build_rows` needs, in a handful of queries."""
+def read_store(store: StateStore, *, spec: TaskSpec | None = None,
+               controls: Mapping[int, Mapping[str, Any]] | None = None) -> StoreView:
+    """Everything :func:`build_rows` needs, in a handful of queries; with the task (``spec``),
+    whether its labels are sets and its other controls' settled values (``controls``)."""
     items = store.items.list()
     ids = [it.id for it in items]
     predictions: dict[int, list[Prediction]] = {}
@@ -126,14 +155,22 @@ def read_store(store: StateStore) -> StoreView:
     for a in store.annotations.list(ids):
         if a.status in ANSWER_STATUSES:
             answers.setdefault(a.item_id, []).append(a)
+    labelled = spec is not None and spec.kind == "label"
     return StoreView(items=items, labels={lb.item_id: lb for lb in store.labels.list(status=None, item_ids=ids)},
                      decisions=store.decisions.latest(ids), predictions=predictions, answers=answers,
-                     thresholds=read_history(store, ThresholdsSnapshot))
+                     thresholds=read_history(store, ThresholdsSnapshot),
+                     label_set=labelled and spec.primary.multi_label,  # type: ignore[union-attr]
+                     control_names=tuple(c.name for c in spec.secondary) if labelled else (),  # type: ignore[union-attr]
+                     controls=dict(controls or {}))
 
 
-def export_rows(store: StateStore, *, only: Only = "settled", since: datetime | None = None) -> list[ExportRow]:
-    """The store's items as export rows (see the module docstring), by external id."""
-    return filter_rows(build_rows(read_store(store)), only=only, since=since)
+def export_rows(store: StateStore, *, only: Only = "settled", since: datetime | None = None,
+                spec: TaskSpec | None = None, controls: Mapping[int, Mapping[str, Any]] | None = None
+                ) -> list[ExportRow]:
+    """The store's items as export rows (see the module docstring), by external id; ``spec``: the
+    task (label sets as lists, the other controls' column), ``controls``: item id -> the other
+    controls' settled values (:func:`sync.export_controls.settled_controls`)."""
+    return filter_rows(build_rows(read_store(store, spec=spec, controls=controls)), only=only, since=since)
 
 
 def build_rows(view: StoreView) -> list[ExportRow]:
@@ -156,35 +193,54 @@ def _row(view: StoreView, item: Item) -> ExportRow:
     label = view.labels.get(item.id)
     decision = view.decisions.get(item.id)
     preds = view.predictions.get(item.id, [])
-    answers = _answers(view.answers.get(item.id, []))
+    sets = view.label_set
+    answers = _answers(view.answers.get(item.id, []), sets=sets)
     latest = preds[-1] if preds else None
-    row = ExportRow(item_id=item.external_id, version=item.version, text=item.text, fields=_fields(item),
+    row = ExportRow(item_id=item.external_id, version=item.version, text=item.text,
+                    fields=_fields(item, reserved=(CONTROLS_COLUMN,) if view.control_names else ()),
                     label=None, source="unlabelled", answers=answers,
                     n_answers=label.n_answers if label is not None else _submitted(answers),
-                    agreement=label.agreement if label is not None else None, updated_at=item.updated_at)
+                    agreement=label.agreement if label is not None else None, updated_at=item.updated_at,
+                    label_set=sets, with_controls=bool(view.control_names))
+    if view.control_names:
+        settled = view.controls.get(item.id) or {}
+        row.controls = {name: settled[name] for name in view.control_names if name in settled} or None
     _model(row, latest)
     gold = (item.meta or {}).get("gold_label") if item.is_gold else None
     if gold is not None:
-        row.label, row.source, row.updated_at = str(gold), "gold", item.created_at
+        row.label, row.source, row.updated_at = _gold_set(gold) if sets else str(gold), "gold", item.created_at
     elif label is not None and label.status == "settled" and label.label is not None:
-        row.label, row.source, row.updated_at = label.label, HUMAN_METHODS.get(label.method, "human_consensus"), \
-            label.updated_at
+        row.label, row.source, row.updated_at = _label_of(label.label, sets), \
+            HUMAN_METHODS.get(label.method, "human_consensus"), label.updated_at
     elif decision is not None and decision.action in ("auto_accept", "auto_reject"):
-        _model(row, _prediction_of(preds, decision.model_version) or latest)
+        decided = _prediction_of(preds, decision.model_version) or latest
+        _model(row, decided)
         row.label, row.updated_at, row.certified = row.model_label, decision.created_at, False
         row.source = "auto_accepted" if decision.action == "auto_accept" else "auto_rejected"
         if decision.action == "auto_accept":
-            _certify(row, threshold_in_force(view.thresholds, decision.created_at))
+            _certify(row, threshold_in_force(view.thresholds, decision.created_at), decided)
     elif latest is not None:
-        row.label, row.source, row.updated_at, row.certified = latest.label, "model_suggestion", latest.created_at, \
-            False
+        row.label, row.source, row.updated_at, row.certified = _label_of(latest.label, sets), "model_suggestion", \
+            latest.created_at, False
     return row
+
+
+def _label_of(stored: str | None, sets: bool) -> str | list[str] | None:
+    """A stored label as exported: as it is, or for a label-set task the set as a sorted list."""
+    return decode_label_set(stored) if sets else stored
+
+
+def _gold_set(gold: Any) -> list[str]:
+    """A gold item's known label set: a list of labels, or an encoded set (or one label) as a string."""
+    if isinstance(gold, list | tuple | set):
+        return sorted({str(g) for g in gold})
+    return decode_label_set(str(gold)) or []
 
 
 def _model(row: ExportRow, prediction: Prediction | None) -> None:
     if prediction is not None:
-        row.model_label, row.model_version, row.score = prediction.label, prediction.model_version, \
-            prediction.confidence
+        row.model_label, row.model_version, row.score = _label_of(prediction.label, row.label_set), \
+            prediction.model_version, prediction.confidence
 
 
 def _prediction_of(preds: Sequence[Prediction], model_version: str | None) -> Prediction | None:
@@ -197,18 +253,35 @@ def threshold_in_force(history: Sequence[Dated[ThresholdsSnapshot]], at: datetim
     return history[k - 1].snapshot if k else None
 
 
-def _certify(row: ExportRow, review: ThresholdsSnapshot | None) -> None:
-    """An auto-accepted row's threshold, bound, and whether the review certified it."""
+def _certify(row: ExportRow, review: ThresholdsSnapshot | None, prediction: Prediction | None = None) -> None:
+    """An auto-accepted row's threshold, bound, and whether the review certified it (a label set:
+    whether the review's rule clears the prediction, per-label thresholds included)."""
     if review is None:
         return
     row.threshold, row.bound = review.threshold, review.error_ucb
+    if row.label_set:
+        row.certified = bool(certifies(review) and row.score is not None and prediction is not None and clears(
+            review.threshold, review.label_thresholds, float(row.score),
+            probabilities={k: float(v) for k, v in (prediction.probabilities or {}).items() if k != CONTROLS_KEY},
+            chosen=decode_label_set(prediction.label) or []))
+        return
     row.certified = bool(review.meets_target and review.threshold is not None and review.threshold <= 1.0
                          and row.score is not None and row.score >= review.threshold)
 
 
-def _answers(annotations: Sequence[Annotation]) -> list[Answer]:
+def _answers(annotations: Sequence[Annotation], *, sets: bool = False) -> list[Answer]:
     ordered = sorted(annotations, key=lambda a: (a.remote_updated_at, a.id))
-    return [Answer(a.annotator, _answer_label(a.value, a.status), a.status, a.remote_updated_at) for a in ordered]
+    read = _answer_set if sets else _answer_label
+    return [Answer(a.annotator, read(a.value, a.status), a.status, a.remote_updated_at) for a in ordered]
+
+
+def _answer_set(value: Any, status: str) -> list[str] | None:
+    """A label-set answer as a sorted list (``[]``: no label applies); a skip ``None``."""
+    if status != "submitted":
+        return None
+    if isinstance(value, list | tuple):
+        return sorted({str(v) for v in value})
+    return decode_label_set(value) or [] if isinstance(value, str) else []
 
 
 def _answer_label(value: Any, status: str) -> str | None:
@@ -224,14 +297,14 @@ def _submitted(answers: Sequence[Answer]) -> int:
     return len({a.annotator for a in answers if a.status == "submitted"})
 
 
-def _fields(item: Item) -> dict[str, Any]:
+def _fields(item: Item, reserved: Sequence[str] = ()) -> dict[str, Any]:
     """The item's data fields as columns: its ``text`` is the text column already; a field named like
-    one of the export's columns becomes ``field_<name>``."""
+    one of the export's columns (or ``reserved``) becomes ``field_<name>``."""
     out: dict[str, Any] = {}
     for key, value in (item.data or {}).items():
         if key == "text" and value == item.text:
             continue
-        out[f"field_{key}" if key in COLUMNS or key.startswith("field_") else key] = value
+        out[f"field_{key}" if key in COLUMNS or key in reserved or key.startswith("field_") else key] = value
     return out
 
 
@@ -245,7 +318,10 @@ def records(rows: Sequence[ExportRow]) -> list[dict[str, Any]]:
     for r in rows:
         rec: dict[str, Any] = {"item_id": r.item_id, "version": r.version, "text": r.text}
         rec.update({name: r.fields.get(name) for name in names})
-        rec.update({"label": r.label, "source": r.source, "settled": r.settled, "model_label": r.model_label,
+        rec["label"] = r.label
+        if r.with_controls:
+            rec[CONTROLS_COLUMN] = r.controls
+        rec.update({"source": r.source, "settled": r.settled, "model_label": r.model_label,
                     "model_version": r.model_version, "score": r.score, "agreement": r.agreement,
                     "n_answers": r.n_answers,
                     "answers": [{"annotator": a.annotator, "label": a.label, "status": a.status,
@@ -325,16 +401,20 @@ def parquet_schema(rows: Sequence[ExportRow]) -> pa.Schema:
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")
-    answer = pa.struct([("annotator", pa.string()), ("label", pa.string()), ("status", pa.string()),
+    label = pa.list_(pa.string()) if any(r.label_set for r in rows) else pa.string()
+    answer = pa.struct([("annotator", pa.string()), ("label", label), ("status", pa.string()),
                         ("answered_at", ts)])
-    fixed = {"item_id": pa.string(), "version": pa.int64(), "text": pa.string(), "label": pa.string(),
-             "source": pa.string(), "settled": pa.bool_(), "model_label": pa.string(), "model_version": pa.string(),
+    fixed = {"item_id": pa.string(), "version": pa.int64(), "text": pa.string(), "label": label,
+             CONTROLS_COLUMN: pa.string(),
+             "source": pa.string(), "settled": pa.bool_(), "model_label": label, "model_version": pa.string(),
              "score": pa.float64(), "agreement": pa.float64(), "n_answers": pa.int64(), "answers": pa.list_(answer),
              "threshold": pa.float64(), "bound": pa.float64(), "certified": pa.bool_(), "settled_at": ts,
              "updated_at": ts}
     names = field_names(rows)
     fields = {n: _arrow_type([r.fields.get(n) for r in rows]) for n in names}
     order = ["item_id", "version", "text", *names, *[c for c in COLUMNS if c not in ("item_id", "version", "text")]]
+    if any(r.with_controls for r in rows):
+        order.insert(order.index("label") + 1, CONTROLS_COLUMN)
     return pa.schema([(n, fields[n] if n in fields else fixed[n]) for n in order])
 
 
@@ -367,7 +447,7 @@ def write_parquet(rows: Sequence[ExportRow], path: Path) -> None:
     import pyarrow.parquet as pq
 
     schema = parquet_schema(rows)
-    names = set(field_names(rows))
+    names = set(field_names(rows)) | {CONTROLS_COLUMN}  # the other controls' values as JSON text
     recs = [{k: _arrow_value(v, schema.field(k).type) if k in names else v for k, v in rec.items()}
             for rec in records(rows)]
     pq.write_table(pa.Table.from_pylist(recs, schema=schema), path)

@@ -385,8 +385,10 @@ def export(
 ) -> None:
     """Write the labelled set (one row per item: label, where it came from, answers, model score),
     or people's outcomes on on-line decisions for training (--kind corrections / preferences)."""
-    from connector.export import counts, export_rows, format_of, parse_since, write
+    from connector.export import counts, format_of, parse_since, write
     from connector.export_corrections import KINDS
+    from connector.task_spec import TaskSpec
+    from sync.export_controls import task_export_rows
     from sync.runner import open_store
     from sync.settings import SyncSettings
 
@@ -410,8 +412,10 @@ def export(
     if control is not None:
         _export_spans(control, out)
         return
-    with open_store(SyncSettings()) as store:
-        rows = export_rows(store, only=only, since=after)  # type: ignore[arg-type]
+    settings = SyncSettings()
+    spec = TaskSpec.load(settings.task) if Path(settings.task).exists() else None  # label sets, other controls
+    with open_store(settings) as store:
+        rows = task_export_rows(store, spec, only=only, since=after)  # type: ignore[arg-type]
     for path in write(rows, out, fmt):
         typer.echo(str(path))
     console.print(f"{len(rows)} items: " + (", ".join(f"{k} {v}" for k, v in counts(rows).items()) or "none"))

@@ -10,12 +10,17 @@ store):
    nothing was certified), with the same bound (``connector.thresholds``), and its confidences are
    calibrated on those outcomes (isotonic). An extraction that fails the task's schema, or scores a
    field under ``min_field_confidence``, goes to review. A share of automatic decisions is
-   reviewed anyway (``audit_share``, blind), so the bound keeps being measured.
+   reviewed anyway (``audit_share``, blind), so the bound keeps being measured. A ``label`` task
+   whose primary control takes a label set decides a set: our model's (its per-label probabilities
+   and task score, the least confident label decision), accepted only when the rule in force
+   clears it (``connector.auto_accept.clears``: per-label thresholds where the review chose
+   them), or a caller's list of the task's labels.
 2. A held decision becomes an item routed to review at its priority (uncertainty, the caller's
    risk fields, the rule), pushed by the sync like any other, blind where the task says so.
 3. ``settle_reviews`` (a scheduler job) turns the settled answers into outcomes: the label kind's
-   approve (the person chose the suggested label) or correct; the review kinds' chosen outcome,
-   a correction that fails the schema refused (on record) and sent back for another answer.
+   approve (the person chose the suggested label, or exactly the suggested set) or correct; the
+   review kinds' chosen outcome, a correction that fails the schema refused (on record) and sent
+   back for another answer.
 4. ``apply_deadlines``: the fallback (``reject``, ``approve``, or ``escalate`` once) recorded like a
    person's outcome with reviewer ``timeout``; the task is taken out of the tool.
 5. The outcome's callback goes through the outbox (``sync.callbacks``).
@@ -29,7 +34,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from connector.auto_accept import in_force
+from connector.auto_accept import clears, in_force
 from connector.decisions import (
     AnswerOutput,
     DecisionRequest,
@@ -42,11 +47,13 @@ from connector.decisions import (
     first_match,
     risk,
 )
+from connector.label_sets import decode_label_set, encode_label_set
 from connector.review_kinds import item_fields, validate_output
 from connector.store import StateStore
 from connector.store.models import OnlineDecision, utcnow
 from connector.task_spec import TaskSpec
 from connector.thresholds import choose_accept_threshold
+from sync.controls import NoControlModel, prediction_row, primary_probabilities
 from sync.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -156,15 +163,50 @@ class DecisionService:
             if self.predictor is None:
                 raise DecisionError("no output to judge and no model to predict with")
             p = self.predictor.predict([text])[0]
+            if self.spec.primary.multi_label:
+                return self._by_threshold(req, self._our_set(p))
             suggestion = {"label": p["label"], "confidence": p["confidence"], "probabilities": p["probabilities"]}
             judged = _Judged(OUR_MODEL, {"label": p["label"], "model_version": p.get("model_version")}, suggestion,
                              float(p["confidence"]), float(p["confidence"]), "", "", "")
             return self._by_threshold(req, judged)
+        source = f"caller:{out.model}"
+        if self.spec.primary.multi_label:
+            chosen = self._known_set(out.label)
+            suggestion = {"label": encode_label_set(chosen), "confidence": out.confidence or 0.0, "probabilities": {}}
+            judged = _Judged(source, out.model_dump() | {"label": chosen}, suggestion, out.confidence, None, "", "", "")
+            judged.chosen = chosen
+            return self._by_threshold(req, judged)
+        if isinstance(out.label, list):
+            raise DecisionError(f"output.label: this task takes one label, not a list ({out.label!r}); one of "
+                                f"{self.spec.labels}")
         if out.label not in self.spec.labels:
             raise DecisionError(f"output.label {out.label!r} is not one of the task's labels {self.spec.labels}")
-        source = f"caller:{out.model}"
         suggestion = {"label": out.label, "confidence": out.confidence or 0.0, "probabilities": {}}
         return self._by_threshold(req, _Judged(source, out.model_dump(), suggestion, out.confidence, None, "", "", ""))
+
+    def _our_set(self, p: Mapping[str, Any]) -> _Judged:
+        """Our model's label set for one text (``/v1/predict``'s answer, read as the sync stores it)."""
+        try:
+            row = prediction_row(self.spec, p)
+        except NoControlModel as exc:
+            raise DecisionError(f"no model to predict the label set with: {exc}") from None
+        chosen = decode_label_set(row["label"]) or []
+        probabilities = primary_probabilities(row["probabilities"])
+        score = float(row["confidence"])
+        output = {"label": chosen, "probabilities": probabilities, "model_version": row["model_version"]}
+        suggestion = {"label": row["label"], "confidence": score, "probabilities": row["probabilities"]}
+        judged = _Judged(OUR_MODEL, output, suggestion, score, score, "", "", "")
+        judged.chosen, judged.probabilities = chosen, probabilities
+        return judged
+
+    def _known_set(self, label: str | list[str]) -> list[str]:
+        """A caller's label set, sorted; an unknown label is a :class:`DecisionError`."""
+        given = [label] if isinstance(label, str) else list(label)
+        unknown = sorted(set(given) - set(self.spec.labels))
+        if unknown:
+            raise DecisionError(f"output.label: {unknown} not among the task's labels {self.spec.labels} (a label set "
+                                "is a list of them)")
+        return sorted(set(given))
 
     def _by_threshold(self, req: DecisionRequest, j: _Judged) -> _Judged:
         """Rules, then the certified threshold; ``j`` has its source, output and raw score."""
@@ -173,23 +215,39 @@ class DecisionService:
             return j.set("auto_rejected", f"rule:{rule.name}", "rule")
         if (rule := first_match(self.policy.force_review, fields)) is not None:
             return j.set("pending_review", f"rule:{rule.name}", "rule")
-        threshold, state, calibrate = self._threshold(j.source)
+        threshold, state, calibrate, label_thresholds = self._threshold(j.source)
         if j.score is None and j.raw is not None:
             j.score = calibrate(j.raw)
         if threshold is None:
             return j.set("pending_review", f"threshold:{state}", "uncertified")
-        if j.raw is None or j.raw < threshold:
+        if j.chosen is None:  # one label: its raw score against the threshold
+            confident = j.raw is not None and j.raw >= threshold
+        else:
+            confident = self._clears_set(j, threshold, label_thresholds)
+        if not confident:
             return j.set("pending_review", f"threshold:{state}", "uncertain")
         j.set("auto_approved", f"threshold:{state}", "confident")
         j.audit = drawn(req.idempotency_key, self.policy.audit_share)
         return j
 
-    def _threshold(self, source: str) -> tuple[float | None, str, ScoreCalibration]:
-        """``(threshold, state, calibration)`` for ``source``: our model's from the loop's rule in
-        force; another model's certified on its unbiased human outcomes (read again after a while)."""
+    @staticmethod
+    def _clears_set(j: _Judged, threshold: float, label_thresholds: Mapping[str, float] | None) -> bool:
+        """Whether a label set clears the rule: its score (``clears``), or with the per-label
+        thresholds of our model's certified rule each label's decision on our probabilities."""
+        if j.raw is None:
+            return False
+        if label_thresholds is not None and j.probabilities is not None:
+            return clears(threshold, label_thresholds, j.raw, probabilities=j.probabilities, chosen=j.chosen)
+        return clears(threshold, None, j.raw)
+
+    def _threshold(self, source: str) -> tuple[float | None, str, ScoreCalibration, Mapping[str, float] | None]:
+        """``(threshold, state, calibration, per-label thresholds)`` for ``source``: our model's from
+        the loop's rule in force (per-label thresholds where a label set's certified review chose
+        them); another model's certified on its unbiased human outcomes (read again after a while)."""
         if source == OUR_MODEL:
             rule = in_force(self.store, self.spec)
-            return (rule.threshold if rule.accepts else None), rule.state, ScoreCalibration([], [], min_outcomes=2)
+            return ((rule.threshold if rule.accepts else None), rule.state, ScoreCalibration([], [], min_outcomes=2),
+                    rule.label_thresholds)
         cached = self._evidence.get(source)
         if cached is None or time.monotonic() - cached[0] > EVIDENCE_TTL_S:
             raw, approved = self.store.online.evidence(source)
@@ -206,7 +264,7 @@ class DecisionService:
             cached = self._evidence[source] = (time.monotonic(), calibration, threshold)
         _, calibration, threshold = cached
         state = "uncertified" if not self.spec.thresholds.adapt else ("certified" if threshold is not None else "off")
-        return threshold, state, calibration
+        return threshold, state, calibration, None
 
     def _record(self, key: str, request: dict[str, Any], j: _Judged, inputs: Mapping[str, Any], *,
                 deadline_s: float | None, callback_url: str | None) -> tuple[OnlineDecision, bool]:
@@ -301,6 +359,10 @@ class DecisionService:
         if label is None:
             return None, None, {}
         extra = dict((answer.extra or {}) if answer is not None else {})
+        if self.spec.kind == "label" and self.spec.primary.multi_label:  # a set: approved only as suggested
+            settled, suggested = decode_label_set(label) or [], (d.output or {}).get("label")
+            same = _as_set(suggested) == sorted(set(settled))
+            return ("approve", None, extra) if same else ("correct", {"label": sorted(set(settled))}, extra)
         if self.spec.kind == "label":
             suggested = (d.output or {}).get("label")
             return ("approve", None, extra) if label == suggested else ("correct", {"label": label}, extra)
@@ -365,6 +427,8 @@ class _Judged:
         self.source, self.output, self.suggestion, self.raw, self.score = source, output, suggestion, raw, score
         self.status, self.rule, self.reason, self.detail = status, rule, reason, detail
         self.audit = False
+        self.chosen: list[str] | None = None  # a label set's labels
+        self.probabilities: dict[str, float] | None = None  # our model's per-label probabilities of a set
 
     def set(self, status: str, rule: str, reason: str) -> _Judged:
         self.status, self.rule, self.reason = status, rule, reason
@@ -377,6 +441,15 @@ def _reviewed(out: StructuredOutput | AnswerOutput) -> Any:
     if isinstance(out, StructuredOutput):
         return out.data
     return {"question": out.question, "answer": out.answer, "context": list(out.context)}
+
+
+def _as_set(label: Any) -> list[str] | None:
+    """A decided label set as a sorted list (a list, or a stored label); ``None`` stays ``None``."""
+    if label is None:
+        return None
+    if isinstance(label, list | tuple):
+        return sorted({str(v) for v in label})
+    return decode_label_set(str(label))
 
 
 def _shown(value: Any) -> bool:
