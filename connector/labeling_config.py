@@ -92,6 +92,17 @@ def parse_labeling_config(config: str) -> list[ChoicesControl]:
     return _choices_or_raise(parse_config(config))
 
 
+def first_text_control(config: str) -> ChoicesControl | LabelsControl:
+    """The config's first ``<Choices>`` bound to a text, else its first ``<Labels>`` (a span-only
+    config); :class:`LabelingConfigError` when it has neither."""
+    parsed = parse_config(config)
+    if parsed.choices:
+        return parsed.choices[0]
+    if parsed.spans:
+        return parsed.spans[0]
+    return _choices_or_raise(parsed)[0]
+
+
 def _choices_or_raise(parsed: LabelingConfig) -> list[ChoicesControl]:
     if not parsed.choices:
         problems = [u.reason for u in parsed.unsupported if u.tag == "Choices"]
@@ -394,7 +405,7 @@ def build_controls_config(*, text_field: str, controls: list[tuple[str, list[str
     above it); ``spans``: ``(name, labels, instructions)`` of ``<Labels>`` controls on the same text."""
     from xml.sax.saxutils import quoteattr
 
-    if not controls:
+    if not controls and not spans:
         raise LabelingConfigError("a config of several controls needs at least one")
     header = f"  <Header value={quoteattr(instructions)}/>\n" if instructions else ""
     parts = [f"<View>\n{header}  <Text name={quoteattr(to_name)} value={quoteattr('$' + text_field)}/>"]

@@ -31,7 +31,8 @@ thresholds and stopping follow it), the others are predicted, pulled, consolidat
     labels = ["politics", "sport", "tech"]
     multi_label = true
 
-    [[controls]]                     # entity spans (a <Labels> / an Argilla SpanQuestion); never the first
+    [[controls]]                     # entity spans (a <Labels> / an Argilla SpanQuestion); first: an NER
+                                     # project, routed on its span task score
     name = "entities"
     kind = "spans"
     labels = ["PER", "ORG", "LOC"]
@@ -194,9 +195,6 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"controls: a '{self.kind}' task has no classification controls")
             if len({c.name for c in self.controls}) != len(self.controls):
                 raise ValueError("controls: each control needs a name of its own")
-            if first.kind != "choices":
-                raise ValueError("controls: the first control is routed on and must be a choices control; put the "
-                                 "spans control after it")
             if self.labels and self.labels != first.labels:
                 raise ValueError("labels: with [[controls]], the labels are the first control's; leave them out")
             if "multi_label" in self.model_fields_set and self.multi_label != first.multi_label:
@@ -237,6 +235,12 @@ class TaskSpec(BaseModel):
         return self.control_specs[0]
 
     @property
+    def spans_primary(self) -> bool:
+        """Whether the routed control is an entity-span one (an NER project): its items route on the
+        span task score, settle by span majority and retrain a span tagger."""
+        return self.kind == "label" and self.primary.kind == "spans"
+
+    @property
     def secondary(self) -> list[ControlSpec]:
         """The other controls: predicted, pulled, consolidated and retrained, never routed on."""
         return self.control_specs[1:]
@@ -245,7 +249,7 @@ class TaskSpec(BaseModel):
         """Where ``control``'s model versions live under the model root: ``None`` for the model
         root itself (a single-label primary control, the layout of a one-control task), else the
         control's name under ``controls/`` (:mod:`connector.control_models`)."""
-        if control.name == self.primary.name and not control.multi_label:
+        if control.name == self.primary.name and not control.multi_label and control.kind == "choices":
             return None
         return control.name
 

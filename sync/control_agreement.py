@@ -50,11 +50,16 @@ def task_agreement(store: StateStore, spec: TaskSpec, annotations: Iterable[Any]
     control's (a label set's in ``masi_alpha``/``per_label``) and each other control's in ``controls``."""
     answers = current_answers(store, annotations)
     primary = spec.primary
-    if spec.kind == "label" and spec.multi_label:
+    controls = {c.name: control_agreement(answers, spec, c) for c in spec.secondary}
+    if spec.spans_primary:  # an NER project: its spans' agreement under its own name, the counts at the top
+        own = control_agreement(answers, spec, primary)
+        payload = {"n_items": own.n_items, "n_annotators": own.n_annotators, "n_answers": own.n_answers,
+                   "n_pairable_items": own.n_pairable_items, "labels": list(spec.labels)}
+        controls = {primary.name: own, **controls}
+    elif spec.kind == "label" and spec.multi_label:
         payload = set_snapshot(set_answer_table(answers, spec.labels))
     else:
         payload = agreement_snapshot(answer_table(answers, spec.labels))
-    controls = {c.name: control_agreement(answers, spec, c) for c in spec.secondary}
     return AgreementSnapshot.model_validate({**payload, "control": primary.name, "controls": controls})
 
 

@@ -50,6 +50,14 @@ def prediction_row(spec: TaskSpec, output: Mapping[str, Any]) -> dict[str, Any]:
         if own is None:
             raise NoControlModel(f"the ML backend has no model for control {primary.name!r} yet (it serves "
                                  f"{sorted(controls) or 'no control model'})")
+        if primary.kind == "spans":  # an NER project: the spans as the label, the entry with the others
+            if own.get("kind") != "spans":
+                raise NoControlModel(f"the ML backend's model for control {primary.name!r} is not a span model")
+            entry = _control_entry(own)
+            return {"model_version": own["model_version"], "label": encode_spans(entry["spans"]),
+                    "confidence": float(entry["score"]),
+                    "probabilities": {CONTROLS_KEY: {primary.name: entry} | {
+                        c.name: _control_entry(controls[c.name]) for c in spec.secondary if c.name in controls}}}
         labels = [str(label) for label in own["labels"]]
         row = {"model_version": own["model_version"],
                "label": encode_label_set(labels) if primary.multi_label else labels[0],
@@ -86,12 +94,14 @@ def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl | LabelsContr
     the item's ``text``) adds one ``labels`` item per span, its ``text`` quoting ``text[start:end]``
     and its ``score`` the span's; its task score counts too."""
     primary = spec.primary
-    probs = primary_probabilities(pred.probabilities or {})
-    chosen = decode_label_set(pred.label) or []
-    parts = [_part(config[primary.name], chosen, probs, float(pred.confidence))]
+    parts: list[ControlPrediction] = []
+    if not spec.spans_primary:  # an NER project's spans are the entry under CONTROLS_KEY, as another span control's
+        probs = primary_probabilities(pred.probabilities or {})
+        chosen = decode_label_set(pred.label) or []
+        parts.append(_part(config[primary.name], chosen, probs, float(pred.confidence)))
     span_items: list[dict[str, Any]] = []
     scores: list[float] = []
-    for c in spec.secondary:
+    for c in spec.control_specs if spec.spans_primary else spec.secondary:
         entry = ((pred.probabilities or {}).get(CONTROLS_KEY) or {}).get(c.name)
         if entry is None or c.name not in config:
             continue
@@ -106,11 +116,11 @@ def suggestion(spec: TaskSpec, config: Mapping[str, ChoicesControl | LabelsContr
             scores.append(float(entry["score"]))
         else:
             parts.append(_part(config[c.name], entry["labels"], entry["probabilities"], float(entry["score"])))
-    made = ls_prediction(parts, pred.model_version, keep_empty=True)  # an empty set is the model's answer too
-    result = made["result"] + span_items
+    made = ls_prediction(parts, pred.model_version, keep_empty=True) if parts else {"result": []}
+    result = made["result"] + span_items  # an empty set is the model's answer too
     if not result:
         return None
-    return result, float(min([made["score"], *scores]))
+    return result, float(min([made["score"], *scores] if parts else scores))
 
 
 def _part(control: ChoicesControl, chosen: Iterable[str], probs: Mapping[str, Any], score: float) -> ControlPrediction:

@@ -135,6 +135,8 @@ class DecisionService:
         if not isinstance(out, expected[kind]):
             raise DecisionError(f"a {kind!r} task judges {' or '.join(t.__name__ for t in expected[kind])} outputs, "
                                 f"got {type(out).__name__}")
+        if kind == "label" and self.spec.spans_primary:
+            raise DecisionError("an entity-span task takes no decisions on line yet: its spans are labelled in the tool")
         if kind == "label":
             return self._judge_label(req, out)  # type: ignore[arg-type]
         assert out is not None

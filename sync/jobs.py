@@ -28,7 +28,7 @@ from connector.consolidation import (
 )
 from connector.consolidation_sets import consolidate_sets, set_answer_table
 from connector.control_models import control_store
-from connector.label_sets import decode_label_set, encode_label_set
+from connector.label_sets import decode_label_set, decode_spans, encode_label_set, encode_spans
 from connector.model_store import ModelStore
 from connector.retraining import FinetunePolicy, RetrainResult, retrain
 from connector.retraining_sets import retrain_label_sets
@@ -52,7 +52,7 @@ from connector.store.retention import RetentionPolicy
 from connector.task_spec import TaskSpec
 from sync.adjudication import adjudication_events, conflict_summaries, record_adjudicated, split_answers
 from sync.control_agreement import task_agreement
-from sync.controls import apply_set_verdicts, set_conflict_summaries, settle_control
+from sync.controls import apply_set_verdicts, control_answers, set_conflict_summaries, settle_control, settle_spans
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     instead of never asking. With ``send_back=False`` (or no sync service) nothing is asked of
     the tool."""
     store, spec = ctx.store, ctx.spec
+    if spec.spans_primary:
+        return _consolidate_spans(ctx)
     policy = consensus_policy(spec)
     sync = ctx.sync if send_back and ctx.make_sync is not None else None
     pull_error: Exception | None = None
@@ -298,6 +300,42 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     return out
 
 
+def _consolidate_spans(ctx: JobContext) -> dict[str, Any]:
+    """An NER project's consolidation: each item's spans by span majority (:func:`settle_spans`:
+    overlap matching, a span kept when more than half of the item's annotators drew it) once it has
+    ``min_answers`` annotators' answers (method ``span_majority``); an item with fewer waits
+    (unsettled). Adjudicators' answers and answers to older item versions do not count; no item is
+    sent back or to adjudication (a span disagreement is settled by the majority of its answers)."""
+    store, spec = ctx.store, ctx.spec
+    need = consensus_policy(spec).min_answers or 1
+    ordinary, _ = split_answers(store, store.annotations.list())
+    items = store.items.get_many({int(a.item_id) for a in ordinary})
+    current = [a for a in ordinary if (it := items.get(int(a.item_id))) is not None and it.is_current]
+    answers = control_answers(current, spec, spec.primary)
+    settled = settle_spans(answers, min_answers=need)
+    who: dict[int, set[str]] = {}
+    for a in answers:
+        who.setdefault(int(a.item_id), set()).add(str(a.annotator))
+    rows = [{"item_id": i, "label": encode_spans(settled[i]), "status": "settled", "method": "span_majority",
+             "n_answers": len(who[i]), "reason": ""} if i in settled else
+            {"item_id": i, "label": None, "status": "unsettled", "method": "span_majority",
+             "n_answers": len(who[i]), "reason": f"{len(who[i])} of {need} answers"} for i in sorted(who)]
+    before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in rows])}
+    changed = [r for r in rows if (old := before.get(r["item_id"])) is None
+               or (old.label, old.status, old.n_answers) != (r["label"], r["status"], r["n_answers"])]
+    store.labels.save(changed)
+    skipped = {int(a.item_id) for a in current if a.status == "skipped"} - set(who)
+    if waiting := [i for i in skipped if items[i].state == "pushed"]:
+        store.items.set_state(waiting, "annotated")  # answered (by a skip): no longer waiting for a first answer
+    n_settled = sum(r["status"] == "settled" for r in rows)
+    out = {"items": len(rows), "settled": n_settled, "unsettled": len(rows) - n_settled, "sent_back": 0,
+           "invalid_answers": 0, "adjudicated": 0, "to_adjudication": 0}
+    if spec.secondary:
+        policy = consensus_policy(spec)
+        out["controls"] = {c.name: {"settled": len(settle_control(ordinary, spec, c, policy))} for c in spec.secondary}
+    return out
+
+
 def metrics_job(ctx: JobContext) -> dict[str, Any]:
     """Agreement, annotator quality and routing counts, kept as dated snapshots; then the old
     rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
@@ -376,6 +414,12 @@ def training_set(store: StateStore, spec: TaskSpec) -> tuple[list[str], list[str
         preds = {p.item_id: p for p in store.predictions.list(accepted)}
         labels.update({i: preds[i].label for i in accepted if i in preds})
     items = store.items.get_many(labels)
+    if spec.spans_primary:  # an NER project's stored spans decoded (connector.label_sets); a span of an unknown label left out
+        known = set(spec.labels)
+        spans = {i: [list(t) for t in decode_spans(lb) or [] if t[2] in known] for i, lb in labels.items()}
+        keep = [i for i in sorted(labels) if i in items and items[i].is_current]
+        return ([items[i].text for i in keep], [spans[i] for i in keep], [items[i].external_id for i in keep],
+                [items[i].content_hash for i in keep])
     if spec.multi_label:  # stored sets decoded (connector.label_sets); a set with an unknown label left out
         known = set(spec.labels)
         sets = {i: decode_label_set(lb) for i, lb in labels.items()}
@@ -453,6 +497,8 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     corpus = [it.text for it in items] if spec.retraining.features != "embeddings" else None
     random = drawn_at_random(store)
     controls = _retrain_controls(ctx, corpus, random) if spec.secondary else None
+    if spec.spans_primary:
+        return _retrain_spans(ctx, texts, labels, ext, controls)
     if spec.multi_label:
         return _retrain_sets(ctx, texts, labels, ext, hashes, corpus, random, controls)
     previous = read_latest(store, StoppingSnapshot) if spec.stopping.enabled else None
@@ -500,6 +546,26 @@ def _retrain_sets(ctx: JobContext, texts: list[str], sets: list[Any], ext: list[
             "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
             "threshold": None if review is None else review.get("threshold"),
             **({} if controls is None else {"controls": controls})}
+
+
+def _retrain_spans(ctx: JobContext, texts: list[str], spans: list[Any], ext: list[str],
+                   controls: dict[str, Any] | None) -> dict[str, Any]:
+    """An NER project's retraining: a span tagger on the settled spans in the primary control's own
+    store, promoted when its span F1 on the held-out items beats the current version's
+    (:mod:`connector.retraining_spans`). No threshold review (span sets have no certified evidence
+    yet: nothing is auto-accepted) and no stopping rule."""
+    from connector.retraining_spans import retrain_spans
+
+    store, spec = ctx.store, ctx.spec
+    models = primary_models(ctx)
+    result = retrain_spans(texts, spans, ext, labels=spec.labels, models=models, encoder=ctx.encoder,
+                           test_fraction=spec.retraining.test_fraction)
+    write_snapshot(store, RetrainSnapshot(candidate=result.candidate, current=result.current, promoted=result.promoted,
+                                          reason=result.reason, n_train=result.n_train, n_test=result.n_test,
+                                          n_labels=len(spans)))
+    write_snapshot(store, ModelSnapshot(current=models.current()))
+    return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
+            "n_train": result.n_train, "n_test": result.n_test, **({} if controls is None else {"controls": controls})}
 
 
 def stop_set(store: StateStore, spec: TaskSpec, previous: StoppingSnapshot | None,

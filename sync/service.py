@@ -23,7 +23,7 @@ import numpy as np
 
 from connector.auto_accept import clears, in_force
 from connector.label_sets import decode_label_set
-from connector.labeling_config import parse_config, parse_labeling_config
+from connector.labeling_config import first_text_control, parse_config
 from connector.redaction import history_detail, redact_pushed
 from connector.review_kinds import suggestion_result
 from connector.routing import CHECK_REASONS, Batch, Router
@@ -66,7 +66,7 @@ class SyncService:
         self.predictor = predictor
         self.router = Router(spec.routing)
         self._label_thresholds: dict[str, float] | None = None  # a label set's certified per-label rule
-        self.control = parse_labeling_config(spec.label_config())[0]
+        self.control = first_text_control(spec.label_config())
         # the <Choices> and the <Labels> (span controls) by name
         self.config_controls = {c.from_name: c for c in parse_config(spec.label_config()).controls}
         #: several controls, or a label set: predictions and suggestions go through ``sync/controls.py``
@@ -78,9 +78,10 @@ class SyncService:
                                  f"{sorted(self.config_controls)}): name each [[controls]] as its <Choices> "
                                  f"(a spans control as its <Labels>)")
             self.control = self.config_controls[spec.primary.name]
-        if spec.multi_label and (self.router.policy.label_overrides or self.router.policy.reject_label):
-            raise ValueError("routing: a multi-label task routes on its task score; label_overrides and "
-                             "reject_label name one label and do not apply")
+        if (spec.multi_label or spec.spans_primary) and (self.router.policy.label_overrides
+                                                         or self.router.policy.reject_label):
+            raise ValueError(f"routing: a {'span' if spec.spans_primary else 'multi-label'} task routes on its task "
+                             "score; label_overrides and reject_label name one label and do not apply")
         self.push_batch = 2000
         self.remote_check_batch = 500  # pushed items checked per check_remote pass ...
         self.remote_check_interval_s = 600.0  # ... at most this often (a tool's find may read the whole project)
@@ -202,9 +203,10 @@ class SyncService:
         return rule.state == "certified"
 
     def _batch(self, items: list[Any], preds: dict[int, Any]) -> Batch:
-        """The router's batch: each item's probabilities over the labels; for a label set, the rows
-        ``[s, 1 - s]`` of its task score ``s`` (at least 0.5) with the set as the row's label."""
-        if self.spec.multi_label:
+        """The router's batch: each item's probabilities over the labels; for a label set (or a span
+        task's spans), the rows ``[s, 1 - s]`` of its task score ``s`` (at least 0.5) with the set as
+        the row's label."""
+        if self.spec.multi_label or self.spec.spans_primary:
             score = np.array([max(float(preds[it.id].confidence), 0.5) for it in items]).reshape(-1)
             metadata = [{**(it.meta or {}), "is_gold": it.is_gold} for it in items]
             rule = self._label_thresholds  # a certified per-label rule: each label against its own threshold

@@ -186,11 +186,11 @@ class ArgillaTool:
     def ensure_project(self, spec: TaskSpec) -> str:
         """The task's dataset (see ``ensure_dataset``; a review kind's: ``review_kinds.argilla_settings``),
         min_submitted = the task's overlap; its name."""
-        from connector.labeling_config import parse_labeling_config
+        from connector.labeling_config import first_text_control
 
         if spec.kind != "label":
             return self._ensure_review(spec, spec.project_name, min_submitted=spec.overlap)
-        control = parse_labeling_config(spec.label_config())[0]
+        control = first_text_control(spec.label_config())
         self.ensure_dataset(spec.project_name, text_field=control.data_key, labels=list(spec.labels),
                             multi_label=spec.multi_label, instructions=spec.instructions, min_submitted=spec.overlap,
                             controls=_controls(spec))
@@ -199,12 +199,12 @@ class ArgillaTool:
     def ensure_adjudication(self, spec: TaskSpec) -> str:
         """The task's adjudication dataset (``<dataset> · adjudication``): the text, the answers in
         conflict (``ANSWERS_FIELD``), the task's question, complete at one answer; its name."""
-        from connector.labeling_config import parse_labeling_config
+        from connector.labeling_config import first_text_control
 
         name = adjudication_name(spec.project_name)
         if spec.kind != "label":
             return self._ensure_review(spec, name, min_submitted=1, extra_fields={ANSWERS_FIELD: "Answers so far"})
-        control = parse_labeling_config(spec.label_config())[0]
+        control = first_text_control(spec.label_config())
         instructions = "The answers so far disagree: give the final label." + (
             f" {spec.instructions}" if spec.instructions else "")
         self.ensure_dataset(name, text_field=control.data_key, labels=list(spec.labels),
@@ -374,8 +374,10 @@ class ArgillaTool:
             cls = rg.MultiLabelQuestion if multi else rg.LabelQuestion
             return cls(name=name, labels=list(labels), description=note or instructions or None, required=k == 0)
 
-        self._questions[name] = (specs[0][0], [c[0] for c in specs[1:]])
-        self._span_questions[name] = (text_field, {c[0] for c in specs if len(c) > 4 and c[4] == "spans"})
+        span_names = {c[0] for c in specs if len(c) > 4 and c[4] == "spans"}
+        # a span question's answer is read into extra["controls"], the primary one's too (an NER dataset)
+        self._questions[name] = (specs[0][0], [c[0] for c in specs[1:]] + [specs[0][0]] * (specs[0][0] in span_names))
+        self._span_questions[name] = (text_field, span_names)
         return self._ensure(name, lambda: rg.Settings(
             guidelines=instructions or None,
             fields=[rg.TextField(name=text_field),
@@ -439,8 +441,8 @@ class ArgillaTool:
                     continue
                 if review is None:
                     values = resp.get("values") or {}
-                    value = suggested_labels((values.get(primary) or {}).get("value"))
                     field, span_names = self._span_questions.get(project, ("", set()))
+                    value = [] if primary in span_names else suggested_labels((values.get(primary) or {}).get("value"))
                     text = str((raw.get("fields") or {}).get(field) or "")
                     extra = {"controls": {name: span_answer(text, (values.get(name) or {}).get("value"))
                                           if name in span_names else

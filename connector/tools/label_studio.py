@@ -117,9 +117,9 @@ def adjudication_config(label_config: str) -> str:
     right after the text the task's first ``<Choices>`` labels."""
     import xml.etree.ElementTree as ET
 
-    from connector.labeling_config import parse_labeling_config
+    from connector.labeling_config import first_text_control
 
-    to_name = parse_labeling_config(label_config)[0].to_name  # refuses a DTD before ET reads it
+    to_name = first_text_control(label_config).to_name  # refuses a DTD before ET reads it
     root = ET.fromstring(label_config)
     for parent in root.iter():
         for position, child in enumerate(list(parent)):
@@ -239,8 +239,10 @@ class LabelStudioTool:
             from connector.labeling_config import parse_config
 
             keys = {c.from_name: c.data_key for c in parse_config(spec.label_config()).spans}
-            self._controls[str(project)] = (spec.primary.name, [c.name for c in spec.secondary],
-                                            {c.name: keys.get(c.name, spec.text_field) for c in spec.secondary
+            # every span control's answer goes to extra["controls"], the primary one's too (an NER project)
+            read = [c for c in spec.control_specs if c.name != spec.primary.name or c.kind == "spans"]
+            self._controls[str(project)] = (spec.primary.name, [c.name for c in read],
+                                            {c.name: keys.get(c.name, spec.text_field) for c in read
                                              if c.kind == "spans"})
         return str(project)
 

@@ -61,15 +61,14 @@ class FakePredictor:
         return out
 
 
-def test_a_spans_control_gets_a_labels_tag_and_cannot_be_routed_on():
+def test_a_spans_control_gets_a_labels_tag_and_can_be_routed_on_too():
     spec = _spec()
     parsed = parse_config(spec.label_config())
     (labels,) = parsed.spans
     assert labels.from_name == "entities" and labels.labels == ("PER", "LOC") and labels.to_name == "text"
     assert [c.from_name for c in parsed.choices] == ["sentiment"]
     assert spec.model_dir(spec.control_specs[1]) == "entities"
-    with pytest.raises(ValueError, match="first control"):
-        TaskSpec(name="x", controls=list(reversed(CONTROLS)))
+    assert TaskSpec(name="x", controls=list(reversed(CONTROLS))).spans_primary  # an NER project (test_sync_ner.py)
     with pytest.raises(ValueError, match="not multi_label"):
         TaskSpec(name="x", controls=[CONTROLS[0], {**CONTROLS[1], "multi_label": True}])
 
