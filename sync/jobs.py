@@ -353,7 +353,8 @@ def metrics_job(ctx: JobContext) -> dict[str, Any]:
     write_snapshot(store, QualitySnapshot(annotators=quality, flagged=flagged))
     labels = store.labels.list()
     write_snapshot(store, CountsSnapshot(states=store.items.counts_by_state(), decisions=store.decisions.counts(),
-                                         labels=_count([lb.label for lb in labels]), human_labels=len(labels)))
+                                         labels=label_counts(spec, [lb.label for lb in labels]),
+                                         human_labels=len(labels)))
     write_snapshot(store, ModelSnapshot(current=primary_models(ctx).current()))
     checks = read_checks(ctx)
     pruned = store.retention.prune(ctx.retention)
@@ -395,6 +396,23 @@ def read_checks(ctx: JobContext) -> ChecksSnapshot:
         log.warning("auto-accept paused: %s; reviewing the threshold", verdict.note)
         threshold_job(ctx)
     return snapshot
+
+
+#: how an empty label set / span set is counted
+NO_LABEL, NO_ENTITY = "(no label)", "(no entity)"
+
+
+def label_counts(spec: TaskSpec, stored: list[str | None]) -> dict[str, int]:
+    """Settled labels per class, from the stored labels: one label each; for a label set each of
+    its labels (an empty set as :data:`NO_LABEL`); for an NER project each span's label (an item
+    without an entity as :data:`NO_ENTITY`)."""
+    if spec.spans_primary:
+        spans = [decode_spans(v) or [] for v in stored if v is not None]
+        return _count([label for found in spans for _, _, label in found] + [NO_ENTITY] * sum(not f for f in spans))
+    if spec.kind == "label" and spec.multi_label:
+        sets = [decode_label_set(v) or [] for v in stored if v is not None]
+        return _count([label for found in sets for label in found] + [NO_LABEL] * sum(not f for f in sets))
+    return _count(stored)
 
 
 def _count(values: list[Any]) -> dict[str, int]:

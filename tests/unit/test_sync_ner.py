@@ -11,7 +11,7 @@ from connector.control_models import control_store, load_version
 from connector.label_sets import decode_spans
 from connector.labeling_config import first_text_control, parse_config
 from connector.model_store import ModelStore
-from connector.snapshots import AgreementSnapshot, read_latest
+from connector.snapshots import AgreementSnapshot, CountsSnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import TaskSpec
 from connector.tools.offline import OfflineTool
@@ -120,6 +120,7 @@ def test_ner_items_route_on_the_span_score_push_spans_settle_retrain_and_export(
     assert own.current() == "v1" and ctx.models.current() is None
     assert load_version(own, encoder=tiny_encoder).kind == "spans"
     metrics_job(ctx)
+    assert read_latest(store, CountsSnapshot).snapshot.labels == {"PER": 12, "LOC": 12}  # spans per class
     agreement = read_latest(store, AgreementSnapshot).snapshot
     ents = agreement.controls["entities"]
     # pairs (a, b) agree fully, (a, c) and (b, c) not at all: the mean pairwise span F1 is 1/3
@@ -152,3 +153,13 @@ def test_a_ner_item_waits_for_its_answers_and_a_skip_is_no_vote(tmp_path):
     tool.annotate(key, first.external_id, "b", [], extra={"controls": {"entities": _truth(int(first.external_id[1:]))}})
     sync.pull_pass()
     assert consolidate_job(ctx)["settled"] == 1
+
+
+def test_settled_labels_are_counted_per_class_for_spans_and_sets():
+    from sync.jobs import label_counts
+
+    assert label_counts(_spec(), ['[[0,3,"PER"],[5,9,"LOC"]]', "[]", '[[1,2,"PER"]]', None]) == {
+        "PER": 2, "LOC": 1, "(no entity)": 1}
+    sets = TaskSpec(name="t", labels=["a", "b"], multi_label=True)
+    assert label_counts(sets, ['["a","b"]', '["a"]', "[]"]) == {"a": 2, "b": 1, "(no label)": 1}
+    assert label_counts(TaskSpec(name="t", labels=["a", "b"]), ["a", "a", "b"]) == {"a": 2, "b": 1}
