@@ -180,6 +180,19 @@ class ItemCases(_Cases):
         assert items["3"].meta == {"gold_label": "pos"} and "gold_label" not in items["3"].data
         assert not items["1"].is_gold and "is_gold" not in items["1"].data
 
+    def test_gold_label_sets_and_spans_are_stored_as_the_labels_table_stores_them(self, store):
+        from connector.label_sets import decode_label_set, decode_spans
+
+        result = store.items.ingest([
+            {"id": "set", "text": "t", "is_gold": True, "gold_label": ["tech", "sport"]},
+            {"id": "none", "text": "u", "is_gold": True, "gold_label": []},
+            {"id": "spans", "text": "Ada in Oslo", "is_gold": True, "gold_label": [[7, 11, "LOC"], [0, 3, "PER"]]},
+            {"id": "bad", "text": "v", "is_gold": True, "gold_label": [{"x": 1}]}])
+        assert result.added == 3 and len(result.errors) == 1 and "neither a label set nor spans" in result.errors[0]
+        gold = {i.external_id: i.meta["gold_label"] for i in store.items.list()}
+        assert decode_label_set(gold["set"]) == ["sport", "tech"] and decode_label_set(gold["none"]) == []
+        assert decode_spans(gold["spans"]) == [(0, 3, "PER"), (7, 11, "LOC")]
+
     def test_api_records_bad_ones_are_errors_and_lose_nothing_else(self, store):
         result = store.items.ingest([{"id": "ok", "text": "t"}, "not a dict", {"id": 1.5, "text": "t"},
                                     {"id": "nan", "text": "t", "score": float("nan")}, {"id": "ok2", "text": "u"}])

@@ -145,6 +145,20 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _encoded_gold(value: list[Any] | tuple[Any, ...]) -> str:
+    """A gold label set (strings) or span set (``[start, end, label]`` triples) as stored
+    (:mod:`connector.label_sets`); anything else is refused."""
+    from connector.label_sets import encode_label_set, encode_spans
+
+    if all(isinstance(v, str) for v in value):
+        return encode_label_set(value)
+    try:
+        return encode_spans(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"gold label {value!r} is neither a label set nor spans [[start, end, label], ...]: {exc}") \
+            from None
+
+
 def _prepare(record: Any, text_field: str, id_field: str, meta_keys: tuple[str, ...], gold_field: str,
              skip_keys: set[str], gold_label_field: str = "gold_label") -> _Prepared:
     if not isinstance(record, Mapping):
@@ -174,7 +188,9 @@ def _prepare(record: Any, text_field: str, id_field: str, meta_keys: tuple[str, 
     data = {k: v for k, v in record.items() if k not in skip_keys}
     meta = {k: record[k] for k in meta_keys if k in record}
     gold_label = record.get(gold_label_field)
-    if gold_label is not None and str(gold_label).strip():
+    if isinstance(gold_label, list | tuple):  # a label set, or spans: stored as the labels table stores them
+        meta["gold_label"] = _encoded_gold(gold_label)
+    elif gold_label is not None and str(gold_label).strip():
         meta["gold_label"] = str(gold_label).strip()
     elif is_gold:
         raise ValueError(f"gold item without its answer in {gold_label_field!r}")
