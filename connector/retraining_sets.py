@@ -75,10 +75,13 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
                        hashes: Sequence[str], *, classes: Sequence[str], models: ModelStore, cache_store: Any,
                        policy: RetrainPolicy, encoder: TextEncoder | None = None, seed: int = 0,
                        corpus: Sequence[str] | None = None,
-                       calibrate_on: Sequence[bool] | None = None) -> RetrainResult:
+                       calibrate_on: Sequence[bool] | None = None,
+                       stop_set: tuple[Sequence[str], Sequence[str]] | None = None) -> RetrainResult:
     """Train a multi-label candidate on ``label_sets`` (one list of labels per item, possibly empty),
     compare it with the current version of ``models`` on the held-out sets, save it as a new
-    ``multi`` version and promote it only if it is better (see the module)."""
+    ``multi`` version and promote it only if it is better (see the module). ``stop_set``: texts and
+    content hashes of the stopping rule's stop set; the candidate, promoted or not, decides each of
+    their labels (``stop_predictions``: 0/1 per label, row after row, columns in ``classes`` order)."""
     current_name = models.current()
     current: LoadedModel | None = None
     if current_name is not None:
@@ -167,7 +170,19 @@ def retrain_label_sets(texts: Sequence[str], label_sets: Sequence[Sequence[str]]
         # each label's decision confidence too: the per-label thresholds are chosen on them
         evidence = {"confidence": conf, "correct": [float(c) for c in correct], "external_id": ids,
                     "labels": list(classes), "label_confidence": per_label}
+    stop_predictions, stop_encoded = None, 0
+    if stop_set is not None and len(stop_set[0]):
+        xs, stop_encoded = EmbeddingCache(cache_store, encoder, encoder_key(enc_meta)).encode(list(stop_set[0]),
+                                                                                            list(stop_set[1]))
+        own = {str(c): j for j, c in enumerate(clf.classes_)}
+        p = clf.predict_proba_from_embeddings(xs, texts=list(stop_set[0]))
+        chosen = np.zeros((len(xs), len(classes)), dtype=int)  # a label the candidate lacks: never chosen
+        for j, c in enumerate(classes):
+            if c in own:
+                chosen[:, j] = p[:, own[c]] >= clf.thresholds_[own[c]]
+        stop_predictions = chosen.reshape(-1).tolist()
     log.info("retrained label sets %s on %d sets (%d held out): %s", meta.version, int(train.sum()),
              int(test.sum()), reason)
     return RetrainResult(meta.version, current_name, promote, reason, int(train.sum()), int(test.sum()), encoded,
-                         candidate_metrics, current_metrics, evidence)
+                         candidate_metrics, current_metrics, evidence, stop_predictions=stop_predictions,
+                         stop_encoded=stop_encoded)

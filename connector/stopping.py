@@ -81,18 +81,23 @@ def stop_set_id(members: Sequence[tuple[str, str]], labels: Sequence[str]) -> st
 
 def advance(previous: StoppingSnapshot | None, *, candidate: str | None, members: Sequence[tuple[str, str]],
             predictions: Sequence[int], labels: Sequence[str], policy: StoppingPolicy,
-            n_labels: int = 0) -> StoppingSnapshot:
+            n_labels: int = 0, label_sets: bool = False) -> StoppingSnapshot:
     """The rule after one more candidate predicted the stop set: kappa against the previous
     candidate's predictions of the same set (none when there is none, or the set changed), the
-    recent kappas, how many in a row reach ``policy.kappa``, and whether ``policy.window`` do."""
-    if len(predictions) != len(members):
-        raise ValueError(f"{len(predictions)} predictions for a stop set of {len(members)} items")
+    recent kappas, how many in a row reach ``policy.kappa``, and whether ``policy.window`` do.
+
+    ``label_sets``: each member's prediction is a label set, given as ``len(labels)`` 0/1 decisions
+    (row after row, columns in ``labels`` order); the kappa is then pooled over every label decision."""
+    per_item = len(labels) if label_sets else 1
+    if len(predictions) != len(members) * per_item:
+        raise ValueError(f"{len(predictions)} predictions for a stop set of {len(members)} items"
+                         + (f" of {per_item} label decisions each" if label_sets else ""))
     set_id = stop_set_id(members, labels)
     kappa: float | None = None
     recent: list[float] = []
     run = 0
     if previous is not None and previous.set_id == set_id and len(previous.predictions) == len(predictions):
-        kappa = cohen_kappa(previous.predictions, predictions, n_classes=len(labels))
+        kappa = cohen_kappa(previous.predictions, predictions, n_classes=2 if label_sets else len(labels))
         recent = [*previous.kappas, kappa][-policy.window:]
         run = previous.run + 1 if kappa >= policy.kappa else 0
     return StoppingSnapshot(candidate=candidate, set_id=set_id, external_ids=[e for e, _ in members],

@@ -518,7 +518,7 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
     if spec.spans_primary:
         return _retrain_spans(ctx, texts, labels, ext, controls)
     if spec.multi_label:
-        return _retrain_sets(ctx, texts, labels, ext, hashes, corpus, random, controls)
+        return _retrain_sets(ctx, texts, labels, ext, hashes, corpus, random, controls, items)
     previous = read_latest(store, StoppingSnapshot) if spec.stopping.enabled else None
     members = stop_set(store, spec, None if previous is None else previous.snapshot, items) \
         if spec.stopping.enabled else []
@@ -548,21 +548,37 @@ def retrain_job(ctx: JobContext, *, force: bool = False,
 
 
 def _retrain_sets(ctx: JobContext, texts: list[str], sets: list[Any], ext: list[str], hashes: list[str],
-                  corpus: list[str] | None, random: set[str], controls: dict[str, Any] | None) -> dict[str, Any]:
+                  corpus: list[str] | None, random: set[str], controls: dict[str, Any] | None,
+                  items: list[Any]) -> dict[str, Any]:
     """The retraining of a multi-label primary control (:mod:`connector.retraining_sets`), in its own
-    model store; then, when promoted, the threshold review on its task scores. No stopping rule yet."""
+    model store; then, when promoted, the threshold review on its task scores. With ``[stopping]
+    enabled`` the candidate decides every label of the stop set's items and the rule's kappa is
+    pooled over those label decisions."""
     store, spec = ctx.store, ctx.spec
     models = primary_models(ctx)
+    previous = read_latest(store, StoppingSnapshot) if spec.stopping.enabled else None
+    members = stop_set(store, spec, None if previous is None else previous.snapshot, items) \
+        if spec.stopping.enabled else []
     result = retrain_label_sets(texts, sets, ext, hashes, classes=spec.labels, models=models,
                                 cache_store=ctx.cache_store or store, policy=spec.retraining, encoder=ctx.encoder,
-                                corpus=corpus, calibrate_on=[e in random for e in ext])
+                                corpus=corpus, calibrate_on=[e in random for e in ext],
+                                stop_set=([it.text for it in members], [it.content_hash for it in members]))
     write_snapshot(store, RetrainSnapshot.model_validate(result.to_dict() | {"n_labels": len(sets)}))
     write_snapshot(store, ModelSnapshot(current=models.current()))
+    stopping = None
+    if result.stop_predictions is not None:
+        stopping = advance(None if previous is None else previous.snapshot, candidate=result.candidate,
+                           members=[(it.external_id, it.content_hash) for it in members],
+                           predictions=result.stop_predictions, labels=spec.labels, policy=spec.stopping,
+                           n_labels=len(sets), label_sets=True)
+        write_snapshot(store, stopping)
     review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
         else None
     return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
             "n_train": result.n_train, "n_test": result.n_test, "encoded": result.encoded,
             "threshold": None if review is None else review.get("threshold"),
+            **({} if stopping is None else {"stopping": {"kappa": stopping.kappa, "run": stopping.run,
+                                                         "fired": stopping.fired}}),
             **({} if controls is None else {"controls": controls})}
 
 

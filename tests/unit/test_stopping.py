@@ -3,6 +3,8 @@ retrainings; kept by the retrain job, told by ``hitl status``."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
@@ -220,3 +222,36 @@ def test_hitl_status_tells_the_stopping_rule(tmp_path):
     fired = CliRunner().invoke(app, ["status"], env=env).output
     assert ("stopping rule: kappa 0.996, 0.998, 0.998 over the last 3 retrainings: more labels are unlikely to "
             "change the model") in fired
+
+
+def test_a_label_set_task_pools_the_kappa_over_every_label_decision_of_the_stop_set(tmp_path):
+    from connector.control_models import control_store, load_version
+    from tests.unit.test_sync_controls import TOPICS, _text, _truth
+
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    store.migrate()
+    store.items.ingest([{"id": f"it{i}", "text": _text(i)} for i in range(120)])
+    ids = {it.external_id: it.id for it in store.items.list()}
+    store.labels.save([{"item_id": ids[f"it{i}"], "label": json.dumps(sorted(_truth(i)), separators=(",", ":")),
+                        "status": "settled", "method": "seed", "n_answers": 2, "reason": "settled"} for i in range(48)])
+    spec = TaskSpec(name="sets", labels=TOPICS, multi_label=True, retraining={"min_test": 5, "folds": 3},
+                    stopping={"stop_set_size": 30, "kappa": 0.99, "window": 2})
+    from tests.support.stub_encoder import StubEncoder
+
+    ctx = JobContext(store, spec, ModelStore(tmp_path / "models"), encoder=StubEncoder())
+    first = retrain_job(ctx, force=True)
+    snap = read_latest(store, StoppingSnapshot).snapshot
+    assert first["stopping"] == {"kappa": None, "run": 0, "fired": False} and len(snap.external_ids) == 30
+    loaded = load_version(control_store(ctx.models.root, "label"), encoder=ctx.encoder)
+    texts = [store.items.versions(e)[-1].text for e in snap.external_ids]
+    probs = loaded.model.predict_proba(texts)
+    own = [str(c) for c in loaded.model.classes_]
+    expected = [int(probs[r, own.index(c)] >= loaded.model.thresholds_[own.index(c)])
+                for r in range(len(texts)) for c in TOPICS]
+    assert snap.predictions == expected  # one 0/1 decision per member and label, in the task's label order
+    again = retrain_job(ctx, force=True)  # the same labels: the same candidate, every decision the same
+    assert again["stopping"] == {"kappa": 1.0, "run": 1, "fired": False}
+    with pytest.raises(ValueError, match="label decisions each"):
+        advance(None, candidate="v9", members=[("a", "h")], predictions=[1], labels=TOPICS,
+                policy=StoppingPolicy(), label_sets=True)
+    store.close()
