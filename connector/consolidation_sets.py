@@ -183,6 +183,38 @@ def consolidate_sets(table: SetAnswerTable, policy: ConsensusPolicy, *,
     return SetConsolidation(table, per_label, rows, send_back, gold_sets, adjudicate)
 
 
+def set_annotator_quality(consolidation: SetConsolidation, policy: ConsensusPolicy) -> list[dict[str, Any]]:
+    """:func:`connector.consolidation.annotator_quality` for label sets, one row per annotator: an
+    answer is right when its whole set equals the gold set (``gold_*``) or the settled set
+    (``consensus_*``: settled non-gold items at least two people answered); ``flagged`` as there."""
+    table, gold = consolidation.table, consolidation.gold
+    Y = table.Y
+    answered = answered_mask(Y) if Y.size else np.zeros((len(table.item_ids), len(table.annotators)), dtype=bool)
+    rows = table.row_of()
+    settled = {int(r["item_id"]): r["label"] for r in consolidation.rows
+               if r["status"] == "settled" and r["method"] != "gold" and r["item_id"] in rows}
+    shared = [rows[i] for i in settled if answered[rows[i]].sum() >= 2]
+    truth = {rows[i]: np.isin(table.labels, gold[i]) for i in gold if i in rows}
+    truth |= {rows[i]: np.isin(table.labels, settled[i]) for i in settled}
+    out: list[dict[str, Any]] = []
+    for a, name in enumerate(table.annotators):
+        def right(r: int, annotator: int = a) -> bool:
+            return bool((Y[r, annotator].astype(bool) == truth[r]).all())
+
+        on_gold = [rows[i] for i in gold if i in rows and answered[rows[i], a]]
+        on_shared = [r for r in shared if answered[r, a]]
+        gold_correct = sum(right(r) for r in on_gold)
+        gold_accuracy = gold_correct / len(on_gold) if on_gold else None
+        out.append({
+            "annotator": name, "answers": int(answered[:, a].sum()), "gold_n": len(on_gold),
+            "gold_correct": gold_correct, "gold_accuracy": gold_accuracy, "consensus_n": len(on_shared),
+            "consensus_agreement": sum(right(r) for r in on_shared) / len(on_shared) if on_shared else None,
+            "flagged": bool(gold_accuracy is not None and len(on_gold) >= policy.gold_min_answers
+                            and gold_accuracy < policy.gold_min_accuracy),
+        })
+    return out
+
+
 def set_agreement_snapshot(table: SetAnswerTable) -> dict[str, Any]:
     """:func:`connector.agreement_sets.set_agreement_report` over the table, JSON-ready (NaN -> None)."""
     if not len(table.item_ids):

@@ -26,7 +26,7 @@ from connector.consolidation import (
     latest_verdicts,
     model_probabilities,
 )
-from connector.consolidation_sets import consolidate_sets, set_answer_table
+from connector.consolidation_sets import consolidate_sets, set_annotator_quality, set_answer_table
 from connector.control_models import control_store
 from connector.label_sets import decode_label_set, decode_spans, encode_label_set, encode_spans
 from connector.model_store import ModelStore
@@ -336,16 +336,31 @@ def _consolidate_spans(ctx: JobContext) -> dict[str, Any]:
     return out
 
 
+def _annotator_quality(store: StateStore, spec: TaskSpec, policy: ConsensusPolicy,
+                       answers: list[Any]) -> list[dict[str, Any]]:
+    """Each annotator's gold accuracy and agreement with the consensus: on one label, or on whole
+    label sets (:func:`connector.consolidation_sets.set_annotator_quality`); none for an NER project
+    yet (its agreement is the pairwise span F1 of the agreement snapshot)."""
+    if spec.spans_primary:
+        return []
+    if spec.kind == "label" and spec.multi_label:
+        table, _, gold = _answers(store, spec, answers, sets=True)
+        method = policy.method if policy.method in ("majority", "dawid_skene") else "dawid_skene"
+        return set_annotator_quality(consolidate_sets(table, policy.model_copy(update={"method": method}), gold=gold),
+                                     policy)
+    table, items, gold = _answers(store, spec, answers, sets=False)
+    result = consolidate(table, policy, gold=gold, probabilities=_model_probabilities(store, policy, items))
+    return annotator_quality(result, policy)
+
+
 def metrics_job(ctx: JobContext) -> dict[str, Any]:
     """Agreement, annotator quality and routing counts, kept as dated snapshots; then the old
     rows go (``ctx.retention``: job runs, snapshots, superseded predictions and decisions)."""
     store, spec = ctx.store, ctx.spec
     policy = consensus_policy(spec)
     ordinary, _ = split_answers(store, store.annotations.list())  # the adjudicators' answers are no votes
-    table, items, gold = _answers(store, spec, ordinary, sets=False)  # the one-label table, for the quality
-    result = consolidate(table, policy, gold=gold, probabilities=_model_probabilities(store, policy, items))
     agreement = task_agreement(store, spec, ordinary)  # every control's, a label set's too; current items only
-    quality = [AnnotatorQuality.model_validate(q) for q in annotator_quality(result, policy)]
+    quality = [AnnotatorQuality.model_validate(q) for q in _annotator_quality(store, spec, policy, ordinary)]
     flagged = [q.annotator for q in quality if q.flagged]
     if flagged:
         log.warning("annotators below %.0f%% on gold: %s", 100 * policy.gold_min_accuracy, ", ".join(flagged))

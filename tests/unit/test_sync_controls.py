@@ -10,12 +10,13 @@ import pytest
 from connector.control_models import control_store, load_version
 from connector.label_sets import decode_label
 from connector.model_store import ModelStore
+from connector.snapshots import QualitySnapshot, read_latest
 from connector.store import StateStore
 from connector.task_spec import CONTROLS_KEY, TaskSpec
 from connector.tools.argilla import label_suggestions
 from connector.tools.offline import OfflineTool
 from sync.controls import apply_set_verdicts, control_answers, set_conflict_summaries, settle_control
-from sync.jobs import JobContext, consolidate_job, retrain_job
+from sync.jobs import JobContext, consolidate_job, metrics_job, retrain_job
 from sync.service import SyncService
 from tests.support.stub_encoder import StubEncoder
 
@@ -116,6 +117,11 @@ def test_a_multi_label_task_stores_sets_routes_on_the_task_score_and_retrains_it
         assert lb.label == json.dumps(sorted(_truth(_index(store, lb.item_id))), separators=(",", ":"))
         # the least of its labels' agreements: "tech" splits 2-1 unless it truly applies
         assert lb.agreement == pytest.approx(1.0 if "tech" in _truth(_index(store, lb.item_id)) else 2 / 3)
+    metrics_job(ctx)  # each annotator's whole sets against the settled ones
+    quality = {q.annotator: q for q in read_latest(store, QualitySnapshot).snapshot.annotators}
+    with_tech = sum("tech" in _truth(_index(store, lb.item_id)) for lb in labels)
+    assert quality["a"].consensus_agreement == 1.0 and quality["a"].consensus_n == len(labels)
+    assert quality["c"].consensus_agreement == pytest.approx(with_tech / len(labels)) and with_tech < len(labels)
     result = retrain_job(ctx, force=True)
     assert result["promoted"] and result["candidate"] == "v1"
     own = control_store(ctx.models.root, "label")
