@@ -216,7 +216,7 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     the tool."""
     store, spec = ctx.store, ctx.spec
     if spec.spans_primary:
-        return _consolidate_spans(ctx)
+        return _consolidate_spans(ctx, send_back=send_back)
     policy = consensus_policy(spec)
     sync = ctx.sync if send_back and ctx.make_sync is not None else None
     pull_error: Exception | None = None
@@ -300,39 +300,107 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     return out
 
 
-def _consolidate_spans(ctx: JobContext) -> dict[str, Any]:
+def _consolidate_spans(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
     """An NER project's consolidation: each item's spans by span majority (:func:`settle_spans`:
     overlap matching, a span kept when more than half of the item's annotators drew it) once it has
-    ``min_answers`` annotators' answers (method ``span_majority``); an item with fewer waits
-    (unsettled). Adjudicators' answers and answers to older item versions do not count; no item is
-    sent back or to adjudication (a span disagreement is settled by the majority of its answers)."""
+    ``min_answers`` annotators' answers (method ``span_majority``; an item with fewer waits,
+    unsettled). A tie (a span drawn by exactly half of them) leaves the item unsettled: sent back
+    for one more answer below ``max_answers`` where the tool can ask one item (reason
+    ``span_tie``), else pushed to the adjudication project with each annotator's spans. An
+    adjudicator's answer settles its item on the adjudicator's spans (method ``adjudicated``; a skip
+    settles nothing). Answers to older item versions do not count. The bookkeeping of a request
+    (saved after it went) is :func:`consolidate_job`'s."""
     store, spec = ctx.store, ctx.spec
-    need = consensus_policy(spec).min_answers or 1
-    ordinary, _ = split_answers(store, store.annotations.list())
-    items = store.items.get_many({int(a.item_id) for a in ordinary})
+    policy = consensus_policy(spec)
+    need = policy.min_answers or 1
+    sync = ctx.sync if send_back and ctx.make_sync is not None else None
+    pull_error: Exception | None = None
+    if sync is not None:
+        try:
+            sync.adjudication.pull()
+        except Exception as exc:  # noqa: BLE001 - re-raised at the end, after settling from what is stored
+            log.warning("pulling the adjudicators' answers failed (%s: %s); settling from the stored ones",
+                        type(exc).__name__, exc)
+            pull_error = exc
+    ordinary, verdict_rows = split_answers(store, store.annotations.list())
+    items = store.items.get_many({int(a.item_id) for a in [*ordinary, *verdict_rows]})
     current = [a for a in ordinary if (it := items.get(int(a.item_id))) is not None and it.is_current]
     answers = control_answers(current, spec, spec.primary)
     settled = settle_spans(answers, min_answers=need)
+    at_half = settle_spans(answers, min_answers=need, min_share=0.5 - 1e-9)  # a tie is kept here, not there
     who: dict[int, set[str]] = {}
     for a in answers:
         who.setdefault(int(a.item_id), set()).add(str(a.annotator))
-    rows = [{"item_id": i, "label": encode_spans(settled[i]), "status": "settled", "method": "span_majority",
-             "n_answers": len(who[i]), "reason": ""} if i in settled else
-            {"item_id": i, "label": None, "status": "unsettled", "method": "span_majority",
-             "n_answers": len(who[i]), "reason": f"{len(who[i])} of {need} answers"} for i in sorted(who)]
+    latest = [v for v in latest_verdicts(verdict_rows).values() if items[int(v.item_id)].is_current]
+    verdicts = {int(v.item_id): v for v in control_answers(latest, spec, spec.primary)}
+    per_item = sync is None or sync.tool.per_item_overlap
+    rows: list[dict[str, Any]] = []
+    wanted: list[tuple[int, int, str]] = []
+    adjudicate: list[tuple[int, str]] = []
+    for i in sorted(set(who) | set(verdicts)):
+        n = len(who.get(i, ()))
+        row = {"item_id": i, "label": None, "status": "unsettled", "method": "span_majority", "n_answers": n}
+        if i in verdicts:
+            rows.append(row | {"label": encode_spans(verdicts[i].value), "status": "settled", "method": ADJUDICATED,
+                               "reason": f"adjudicated by {verdicts[i].annotator}",
+                               "actor": str(verdicts[i].annotator)})
+        elif i not in settled:
+            rows.append(row | {"reason": f"{n} of {need} answers"})
+        elif settled[i] == at_half[i]:
+            rows.append(row | {"label": encode_spans(settled[i]), "status": "settled", "reason": ""})
+        elif n < policy.max_answers and per_item:
+            wanted.append((i, n + 1, "span_tie"))
+            rows.append(row | {"reason": "span_tie"})
+        else:
+            adjudicate.append((i, f"needs_adjudication (span_tie after {n} answers)"))
+            rows.append(row | {"reason": adjudicate[-1][1]})
     before = {lb.item_id: lb for lb in store.labels.list(status=None, item_ids=[r["item_id"] for r in rows])}
-    changed = [r for r in rows if (old := before.get(r["item_id"])) is None
-               or (old.label, old.status, old.n_answers) != (r["label"], r["status"], r["n_answers"])]
-    store.labels.save(changed)
+    # asked already at this answer count: the saved label row is the only record of the request
+    wanted = [(i, n, why) for i, n, why in wanted
+              if not (i in before and before[i].status == "unsettled" and before[i].n_answers == n - 1)]
+    asking = {i for i, _, _ in wanted} if sync is not None else set()
+    changed = [r for r in rows if r["method"] == ADJUDICATED
+               and not (r["item_id"] in before and before[r["item_id"]].method == ADJUDICATED
+                        and before[r["item_id"]].label == r["label"])]
+    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
+    store.labels.save([r for r in rows if r["item_id"] not in asking])
     skipped = {int(a.item_id) for a in current if a.status == "skipped"} - set(who)
     if waiting := [i for i in skipped if items[i].state == "pushed"]:
         store.items.set_state(waiting, "annotated")  # answered (by a skip): no longer waiting for a first answer
+    sent = 0
+    if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
+        sent = ctx.sync.send_back(wanted)
+        store.labels.save([r for r in rows if r["item_id"] in asking], sent_back=wanted if sent else (),
+                          tool=ctx.sync.tool.name, project=ctx.sync.project)
+    pushed = 0
+    if sync is not None and pull_error is None and adjudicate:  # each item once: the pushes table remembers
+        shown = span_conflict_summaries(answers, items, [i for i, _ in adjudicate])
+        pushed = sync.adjudication.push([(items[i], shown[i], why) for i, why in adjudicate])["pushed"]
+    if pull_error is not None:
+        raise pull_error
     n_settled = sum(r["status"] == "settled" for r in rows)
-    out = {"items": len(rows), "settled": n_settled, "unsettled": len(rows) - n_settled, "sent_back": 0,
-           "invalid_answers": 0, "adjudicated": 0, "to_adjudication": 0}
+    out = {"items": len(rows), "settled": n_settled, "unsettled": len(rows) - n_settled, "sent_back": sent,
+           "invalid_answers": 0, "adjudicated": sum(r["method"] == ADJUDICATED for r in rows),
+           "to_adjudication": pushed}
     if spec.secondary:
-        policy = consensus_policy(spec)
         out["controls"] = {c.name: {"settled": len(settle_control(ordinary, spec, c, policy))} for c in spec.secondary}
+    return out
+
+
+def span_conflict_summaries(answers: list[Any], items: dict[int, Any], item_ids: list[int]) -> dict[int, str]:
+    """Item id -> each annotator's spans for the adjudicator, one annotator a line (their latest
+    answer): ``alice: Ada (PER), Oslo (LOC)``; ``bob: no entity``."""
+    latest: dict[tuple[int, str], Any] = {}
+    for a in answers:
+        key = (int(a.item_id), str(a.annotator))
+        if key not in latest or str(a.remote_updated_at) >= str(latest[key].remote_updated_at):
+            latest[key] = a
+    out: dict[int, str] = {}
+    for i in item_ids:
+        text = items[i].text
+        lines = [f"{who}: " + (", ".join(f"{text[s:e]} ({lab})" for s, e, lab in sorted(a.value)) or "no entity")
+                 for (item, who), a in sorted(latest.items()) if item == i]
+        out[i] = "\n".join(lines) or "no answers"
     return out
 
 

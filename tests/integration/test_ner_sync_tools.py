@@ -108,3 +108,36 @@ def test_an_argilla_ner_dataset_asks_one_span_question_and_settles_its_responses
     settled = {_index(store, lb.item_id): json.loads(lb.label) for lb in store.labels.list()}
     assert settled[first] == [] and all(settled[i] == gold[i] for i in settled if i != first)
     store.close()
+
+
+def test_a_label_studio_span_tie_goes_to_adjudication_and_the_adjudicators_spans_settle_it(
+        tmp_path, ls, controls_backend, encoder):  # noqa: F811
+    from connector.task_spec import TaskSpec
+
+    spec = TaskSpec(name=f"ner adj {time.time_ns()}"[:50], text_field="tweet", overlap=2, routing=ROUTING,
+                    consensus={"max_answers": 2}, show_suggestion="always",
+                    controls=[{"name": "entities", "kind": "spans", "labels": ENTITIES}])
+    texts, gold = _tweets(80, 86)
+    store, sync, ctx = _loop(tmp_path, ls, spec, controls_backend.url, texts, encoder)
+    ext, task = min(ls.find(sync.project).items())
+    i = int(ext.split("-")[1])
+    users = _users(ls, 3)
+
+    def spans(found):
+        return [{"from_name": "entities", "to_name": "text", "type": "labels",
+                 "value": {"start": s, "end": e, "text": texts[i][s:e], "labels": [lab]}} for s, e, lab in found]
+
+    ls.annotate(task, spans(gold[i]), completed_by=users[0].id)
+    ls.annotate(task, [], completed_by=users[1].id)  # "no entity": every span 1 of 2, a tie at max_answers
+    sync.pull_pass()
+    assert consolidate_job(ctx)["to_adjudication"] == 1
+    adjudication = sync.adjudication.key
+    (adj_task,) = ls.find(adjudication).values()
+    shown = ls._ls.tasks.get(int(adj_task)).data
+    assert shown["hitl_answers"].splitlines()[1].endswith("no entity") and shown["tweet"] == texts[i]
+    ls.annotate(adj_task, spans(gold[i][:1]), completed_by=users[2].id)
+    done = consolidate_job(ctx)
+    assert done["adjudicated"] == 1
+    (row,) = [lb for lb in store.labels.list() if _index(store, lb.item_id) == i]
+    assert json.loads(row.label) == gold[i][:1] and row.method == "adjudicated"
+    store.close()

@@ -163,3 +163,64 @@ def test_settled_labels_are_counted_per_class_for_spans_and_sets():
     sets = TaskSpec(name="t", labels=["a", "b"], multi_label=True)
     assert label_counts(sets, ['["a","b"]', '["a"]', "[]"]) == {"a": 2, "b": 1, "(no label)": 1}
     assert label_counts(TaskSpec(name="t", labels=["a", "b"]), ["a", "a", "b"]) == {"a": 2, "b": 1}
+
+
+def test_a_span_tie_is_sent_back_once_then_settles_by_the_third_answer(tmp_path):
+    store, tool, spec, sync = _setup(tmp_path, n=3, overlap=2)
+    sync.predict_pass()
+    sync.route_pass()
+    sync.push_pass()
+    (key,) = tool.projects
+    it = next(iter(tool.projects[key].items.values()))
+    truth = _truth(int(it.external_id[1:]))
+    tool.annotate(key, it.external_id, "a", [], extra={"controls": {"entities": truth}})
+    tool.annotate(key, it.external_id, "b", [], extra={"controls": {"entities": truth[:1]}})  # one span: 1 of 2
+    sync.pull_pass()
+    ctx = JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
+    assert consolidate_job(ctx)["sent_back"] == 1
+    assert [w[1:] for w in tool.projects[key].sent_back] == [(3, "span_tie")]
+    (row,) = store.labels.list(status=None)
+    assert row.status == "unsettled" and row.reason == "span_tie"
+    assert consolidate_job(ctx)["sent_back"] == 0  # asked already at this answer count
+    assert [e.kind for e in store.history.list(kind="sent_back")] == ["sent_back"]
+    tool.annotate(key, it.external_id, "c", [], extra={"controls": {"entities": truth}})
+    sync.pull_pass()
+    assert consolidate_job(ctx)["settled"] == 1
+    assert json.loads(store.labels.list()[0].label) == truth
+
+
+@pytest.mark.parametrize("per_item_overlap", [True, False])
+def test_a_span_tie_at_max_answers_goes_to_adjudication_and_the_verdict_settles_it(tmp_path, per_item_overlap):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    predictor = SpanPredictor()
+    predictor.by_text = {_text(i): i for i in range(3)}
+    store.items.ingest([{"id": f"e{i}", "text": _text(i)} for i in range(3)])
+    tool = OfflineTool(per_item_overlap=per_item_overlap)
+    spec = _spec(overlap=2, consensus={"max_answers": 2 if per_item_overlap else 5})
+    sync = SyncService(store, spec, tool, predictor)
+    sync.predict_pass()
+    sync.route_pass()
+    sync.push_pass()
+    (key,) = tool.projects
+    it = next(iter(tool.projects[key].items.values()))
+    i = int(it.external_id[1:])
+    truth = _truth(i)
+    tool.annotate(key, it.external_id, "a", [], extra={"controls": {"entities": truth}})
+    tool.annotate(key, it.external_id, "b", [], extra={"controls": {"entities": []}})
+    sync.pull_pass()
+    ctx = JobContext(store, spec, ModelStore(tmp_path / "models"), make_sync=lambda: sync)
+    done = consolidate_job(ctx)
+    assert done["to_adjudication"] == 1 and done["sent_back"] == 0
+    adjudication = next(k for k in tool.projects if k != key)
+    (pushed,) = tool.projects[adjudication].items.values()
+    shown = pushed.data["hitl_answers"]
+    name, place = _text(i)[truth[0][0]:truth[0][1]], _text(i)[truth[1][0]:truth[1][1]]
+    assert shown.splitlines() == [f"a: {name} ({truth[0][2]}), {place} ({truth[1][2]})", "b: no entity"]
+    assert consolidate_job(ctx)["to_adjudication"] == 0  # pushed once
+    tool.annotate(adjudication, pushed.external_id, "judge", [], extra={"controls": {"entities": truth[1:]}})
+    done = consolidate_job(ctx)
+    assert done["adjudicated"] == 1 and done["settled"] == 1
+    (row,) = store.labels.list()
+    assert json.loads(row.label) == truth[1:] and row.method == "adjudicated" and row.reason == "adjudicated by judge"
+    assert [e.actor for e in store.history.list(kind="adjudicated")] == ["judge"]
