@@ -360,8 +360,13 @@ def report(out: Path = typer.Option(Path("var/report.html"), help="where to writ
 
     settings = SyncSettings()
     spec = TaskSpec.load(settings.task) if Path(settings.task).exists() else None
+    models = ModelStore(model_root)
+    if spec is not None and spec.kind == "label" and (own := spec.model_dir(spec.primary)) is not None:
+        from connector.control_models import control_store
+
+        models = control_store(model_root, own)  # a label set's or an NER project's versions: its own store
     with open_store(settings) as store:
-        path = write_report(store, ModelStore(model_root), out, spec=spec)
+        path = write_report(store, models, out, spec=spec)
     typer.echo(str(path))
 
 

@@ -125,8 +125,24 @@ def test_ner_items_route_on_the_span_score_push_spans_settle_retrain_and_export(
     ents = agreement.controls["entities"]
     # pairs (a, b) agree fully, (a, c) and (b, c) not at all: the mean pairwise span F1 is 1/3
     assert ents.kind == "spans" and agreement.n_items == 12 and ents.span_f1["micro"] == pytest.approx(1 / 3)
+    from connector.report import build_report
+
+    html = build_report(store, control_store(ctx.models.root, "entities"))
+    assert "entities" in html and "PER" in html and "span F1" in html
     out = tmp_path / "ner.jsonl"
     assert export_spans(store, spec, "entities", out, consensus_policy(spec)) == 12
+    # hitl report reads the NER project's versions from the control's own store
+    from typer.testing import CliRunner
+
+    from hitl.cli import app
+
+    task = tmp_path / "task.toml"
+    task.write_text('name = "ner"\n[[controls]]\nname = "entities"\nkind = "spans"\nlabels = ["PER", "LOC"]\n')
+    report = tmp_path / "report.html"
+    ran = CliRunner().invoke(app, ["report", "--out", str(report), "--model-root", str(tmp_path / "models")],
+                             env={"HITL_DB_URL": f"sqlite:///{tmp_path / 'state.db'}", "HITL_TASK": str(task)})
+    assert ran.exit_code == 0, ran.output
+    assert str(tmp_path / "models" / "controls" / "entities") in report.read_text(encoding="utf-8")
     with pytest.raises(DecisionError, match="entity-span task"):
         from connector.decisions import DecisionRequest
 
