@@ -219,14 +219,7 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
         return _consolidate_spans(ctx, send_back=send_back)
     policy = consensus_policy(spec)
     sync = ctx.sync if send_back and ctx.make_sync is not None else None
-    pull_error: Exception | None = None
-    if sync is not None:
-        try:
-            sync.adjudication.pull()
-        except Exception as exc:  # noqa: BLE001 - re-raised at the end, after settling from what is stored
-            log.warning("pulling the adjudicators' answers failed (%s: %s); settling from the stored ones",
-                        type(exc).__name__, exc)
-            pull_error = exc
+    pull_error = _pull_adjudications(sync)
     ordinary, verdicts = split_answers(store, store.annotations.list())
     sets = spec.kind == "label" and spec.multi_label
     table, items, gold = _answers(store, spec, ordinary)
@@ -267,19 +260,9 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     wanted = [(i, n, why) for i, n, why in result.send_back
               if i not in adjudicated and not (i in before and before[i].status == "unsettled"
                                                and (before[i].n_answers == n - 1 or before[i].reason == why == "skipped"))]
-    asking = {i for i, _, _ in wanted} if sync is not None else set()
-    # announced before the save: a crash between the two announces it again, never not at all
-    changed = [r for i, r in adjudicated.items()
-               if not (i in before and before[i].method == ADJUDICATED and before[i].label == r["label"])]
-    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
-    store.labels.save([r for r in rows if r["item_id"] not in asking])
     if skipped := [i for i in table.skipped if items[i].state == "pushed"]:
         store.items.set_state(skipped, "annotated")  # answered (by a skip): no longer waiting for a first answer
-    sent = 0
-    if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
-        sent = ctx.sync.send_back(wanted)
-        store.labels.save([r for r in rows if r["item_id"] in asking], sent_back=wanted if sent else (),
-                          tool=ctx.sync.tool.name, project=ctx.sync.project)
+    sent = _save_labels(ctx, sync, rows, wanted, before)
     pushed = 0
     if sync is not None and pull_error is None:  # each item once: the pushes table remembers
         queue = [(i, why) for i, why in result.adjudicate if i not in adjudicated]
@@ -300,6 +283,41 @@ def consolidate_job(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any
     return out
 
 
+def _pull_adjudications(sync: Any) -> Exception | None:
+    """Pull the adjudicators' answers (with a sync service); the error, for the caller to raise
+    after settling from the stored answers, or ``None``."""
+    if sync is None:
+        return None
+    try:
+        sync.adjudication.pull()
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, after settling from what is stored
+        log.warning("pulling the adjudicators' answers failed (%s: %s); settling from the stored ones",
+                    type(exc).__name__, exc)
+        return exc
+    return None
+
+
+def _save_labels(ctx: JobContext, sync: Any, rows: list[dict[str, Any]], wanted: list[tuple[int, int, str]],
+                 before: dict[int, Any]) -> int:
+    """Save the consolidation's label rows; the count sent back. An adjudication that sets or
+    changes a label goes on the item's history first (a crash between the two records it again,
+    never not at all); the rows of the items ``wanted`` for another answer are saved only after the
+    request went, with it (their row is the only record of it: a crash before asks again)."""
+    store = ctx.store
+    asking = {i for i, _, _ in wanted} if sync is not None else set()
+    changed = [r for r in rows if r["method"] == ADJUDICATED
+               and not (r["item_id"] in before and before[r["item_id"]].method == ADJUDICATED
+                        and before[r["item_id"]].label == r["label"])]
+    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
+    store.labels.save([r for r in rows if r["item_id"] not in asking])
+    if not asking:
+        return 0
+    sent = sync.send_back(wanted)
+    store.labels.save([r for r in rows if r["item_id"] in asking], sent_back=wanted if sent else (),
+                      tool=sync.tool.name, project=sync.project)
+    return sent
+
+
 def _consolidate_spans(ctx: JobContext, *, send_back: bool = True) -> dict[str, Any]:
     """An NER project's consolidation: each item's spans by span majority (:func:`settle_spans`:
     overlap matching, a span kept when more than half of the item's annotators drew it) once it has
@@ -314,14 +332,7 @@ def _consolidate_spans(ctx: JobContext, *, send_back: bool = True) -> dict[str, 
     policy = consensus_policy(spec)
     need = policy.min_answers or 1
     sync = ctx.sync if send_back and ctx.make_sync is not None else None
-    pull_error: Exception | None = None
-    if sync is not None:
-        try:
-            sync.adjudication.pull()
-        except Exception as exc:  # noqa: BLE001 - re-raised at the end, after settling from what is stored
-            log.warning("pulling the adjudicators' answers failed (%s: %s); settling from the stored ones",
-                        type(exc).__name__, exc)
-            pull_error = exc
+    pull_error = _pull_adjudications(sync)
     ordinary, verdict_rows = split_answers(store, store.annotations.list())
     items = store.items.get_many({int(a.item_id) for a in [*ordinary, *verdict_rows]})
     current = [a for a in ordinary if (it := items.get(int(a.item_id))) is not None and it.is_current]
@@ -358,20 +369,10 @@ def _consolidate_spans(ctx: JobContext, *, send_back: bool = True) -> dict[str, 
     # asked already at this answer count: the saved label row is the only record of the request
     wanted = [(i, n, why) for i, n, why in wanted
               if not (i in before and before[i].status == "unsettled" and before[i].n_answers == n - 1)]
-    asking = {i for i, _, _ in wanted} if sync is not None else set()
-    changed = [r for r in rows if r["method"] == ADJUDICATED
-               and not (r["item_id"] in before and before[r["item_id"]].method == ADJUDICATED
-                        and before[r["item_id"]].label == r["label"])]
-    record_adjudicated(store, adjudication_events(changed, {i: lb.label for i, lb in before.items()}))
-    store.labels.save([r for r in rows if r["item_id"] not in asking])
     skipped = {int(a.item_id) for a in current if a.status == "skipped"} - set(who)
     if waiting := [i for i in skipped if items[i].state == "pushed"]:
         store.items.set_state(waiting, "annotated")  # answered (by a skip): no longer waiting for a first answer
-    sent = 0
-    if asking:  # a crash (or a failed request) before the save below leaves these asked again next run
-        sent = ctx.sync.send_back(wanted)
-        store.labels.save([r for r in rows if r["item_id"] in asking], sent_back=wanted if sent else (),
-                          tool=ctx.sync.tool.name, project=ctx.sync.project)
+    sent = _save_labels(ctx, sync, rows, wanted, before)
     pushed = 0
     if sync is not None and pull_error is None and adjudicate:  # each item once: the pushes table remembers
         shown = span_conflict_summaries(answers, items, [i for i, _ in adjudicate])
