@@ -1,4 +1,4 @@
-"""Entity spans as an annotator sees and gives them, in a real browser on a real Label Studio.
+"""Entity spans and label sets as an annotator sees and gives them, in a real browser on a real Label Studio.
 
 An NER project (a span control as the only one) is fed by the sync with the model's spans as
 pre-annotations, on texts where emoji and flags come before the entities (each a character outside
@@ -6,7 +6,8 @@ the BMP: two UTF-16 units, the classic cause of shifted offsets). Headless Chrom
 Playwright) opens each task: the highlighted regions are the model's spans, on the very words our
 offsets name. The annotator accepts one task as it is, and on the other draws the entity the model
 missed with the mouse; the answers pulled back hold offsets on our text (``text[start:end]`` is the
-word highlighted) and settle into the labels table. Screenshots go to the test's tmp dir.
+word highlighted) and settle into the labels table. A label set beside the spans shows the model's
+set pre-checked; the annotator's changed set comes back. Screenshots go to the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -130,4 +131,44 @@ def test_span_pre_annotations_render_on_their_words_and_drawn_spans_come_back_on
     assert consolidate_job(ctx)["settled"] == 2
     for lb in store.labels.list():
         assert json.loads(lb.label) == _spans(store.items.get(lb.item_id).text)
+    store.close()
+
+
+class TopicsAndSpans(ModelSpans):
+    """A multi-label ``topics`` model (travel, surely; sport, barely) beside the span model."""
+
+    def predict(self, texts):
+        out = super().predict(texts)
+        for p in out:
+            p["controls"]["topics"] = {"kind": "multi", "labels": ["sport", "travel"], "score": 0.55,
+                                       "probabilities": {"travel": 0.9, "sport": 0.55, "politics": 0.1},
+                                       "model_version": "v2"}
+        return out
+
+
+def test_a_label_set_is_pre_checked_beside_the_spans_and_a_changed_set_comes_back(page, label_studio, tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    store.items.ingest([{"id": "t0", "text": TEXTS[0]}])
+    spec = TaskSpec(name=f"sets browser {time.time_ns()}"[:50], show_suggestion="always",
+                    routing={"accept_threshold": 0.99, "spot_check_rate": 0.0, "audit_share": 0.0},
+                    controls=[{"name": "topics", "labels": ["travel", "sport", "politics"], "multi_label": True},
+                              {"name": "entities", "kind": "spans", "labels": ["PER", "LOC"]}])
+    tool = LabelStudioTool(label_studio.url, label_studio.token)
+    sync = SyncService(store, spec, tool, TopicsAndSpans())
+    sync.predict_pass()
+    sync.route_pass()
+    assert sync.push_pass().counts["pushed"] == 1
+    (task,) = tool.find(sync.project).values()
+    page.goto(f"{label_studio.url}/projects/{sync.project}/data?task={task}")
+    text = TEXTS[0]
+    assert _highlights(page) == [[s, e, lab, text[s:e]] for s, e, lab in _spans(text, skip=MISSED)]
+    checked = {t: page.is_checked(f'.lsf-choices input[name="{t}"]') for t in ("travel", "sport", "politics")}
+    assert checked == {"travel": True, "sport": True, "politics": False}  # the model's set, pre-checked
+    page.click('.lsf-choices input[name="sport"]')  # the annotator: not sport
+    page.screenshot(path=str(tmp_path / "sets.png"))
+    _submit(page, task)
+    assert sync.pull_pass().counts["inserted"] == 1
+    (a,) = store.annotations.list()
+    assert sorted(a.value) == ["travel"] and a.extra["controls"]["entities"] == _spans(text, skip=MISSED)
     store.close()
