@@ -63,6 +63,21 @@ def retrain_spans(texts: Sequence[str], spans: Sequence[Sequence[Any]], external
     metrics = {"span_f1": cand_f1, "n_train": float(len(train_idx)), "n_test": float(len(test_idx))}
     saved = save_span_version(models, tagger, metrics=metrics, encoder_ref=encoder_ref, parent=current,
                               promote=promote, trained_on=[external_ids[i] for i in train_idx])
+    served = tagger if promote else (loaded.model if current is not None and test_idx else None)
     return RetrainResult(saved.version, current, promote, reason, len(train_idx), len(test_idx), len(train_idx),
                          candidate_metrics={"span_f1": cand_f1},
-                         current_metrics=None if cur_f1 is None else {"span_f1": cur_f1})
+                         current_metrics=None if cur_f1 is None else {"span_f1": cur_f1},
+                         evidence=span_evidence(served, test_texts, test_gold, [external_ids[i] for i in test_idx]))
+
+
+def span_evidence(model: Any, texts: Sequence[str], gold: Sequence[Sequence[Span]],
+                  external_ids: Sequence[str]) -> dict[str, list]:
+    """The threshold rule's evidence from held-out texts: the served model's task score on each
+    and whether its spans are exactly the settled ones (every span, offsets and label; an item is
+    wrong on one missed, extra or shifted span), with each item's external id."""
+    if model is None or not texts:
+        return {"confidence": [], "correct": [], "external_id": []}
+    predicted = model.predict(list(texts))
+    return {"confidence": [p.score for p in predicted],
+            "correct": [float({s.key() for s in p.spans} == {s.key() for s in g}) for p, g in zip(predicted, gold)],
+            "external_id": list(external_ids)}

@@ -670,8 +670,10 @@ def _retrain_spans(ctx: JobContext, texts: list[str], spans: list[Any], ext: lis
                    controls: dict[str, Any] | None) -> dict[str, Any]:
     """An NER project's retraining: a span tagger on the settled spans in the primary control's own
     store, promoted when its span F1 on the held-out items beats the current version's
-    (:mod:`connector.retraining_spans`). No threshold review (span sets have no certified evidence
-    yet: nothing is auto-accepted) and no stopping rule."""
+    (:mod:`connector.retraining_spans`); then, when promoted, the threshold review on the held-out
+    items' span task scores, an item right when its spans are exactly the settled ones (with the
+    task's ``evidence = "random"``, only items drawn at random count: audits, the seed set). No
+    stopping rule."""
     from connector.retraining_spans import retrain_spans
 
     store, spec = ctx.store, ctx.spec
@@ -680,10 +682,14 @@ def _retrain_spans(ctx: JobContext, texts: list[str], spans: list[Any], ext: lis
                            test_fraction=spec.retraining.test_fraction)
     write_snapshot(store, RetrainSnapshot(candidate=result.candidate, current=result.current, promoted=result.promoted,
                                           reason=result.reason, n_train=result.n_train, n_test=result.n_test,
-                                          n_labels=len(spans)))
+                                          n_labels=len(spans), evidence=Evidence.model_validate(result.evidence)))
     write_snapshot(store, ModelSnapshot(current=models.current()))
+    review = threshold_job(ctx, evidence=result.evidence) if result.promoted and result.evidence.get("confidence") \
+        else None
     return {"candidate": result.candidate, "promoted": result.promoted, "reason": result.reason,
-            "n_train": result.n_train, "n_test": result.n_test, **({} if controls is None else {"controls": controls})}
+            "n_train": result.n_train, "n_test": result.n_test,
+            "threshold": None if review is None else review.get("threshold"),
+            **({} if controls is None else {"controls": controls})}
 
 
 def stop_set(store: StateStore, spec: TaskSpec, previous: StoppingSnapshot | None,

@@ -240,3 +240,27 @@ def test_a_span_tie_at_max_answers_goes_to_adjudication_and_the_verdict_settles_
     (row,) = store.labels.list()
     assert json.loads(row.label) == truth[1:] and row.method == "adjudicated" and row.reason == "adjudicated by judge"
     assert [e.actor for e in store.history.list(kind="adjudicated")] == ["judge"]
+
+
+def test_a_promoted_span_tagger_gives_the_threshold_review_its_held_out_evidence(tmp_path, tiny_encoder):
+    from connector.snapshots import RetrainSnapshot, ThresholdsSnapshot
+
+    store, _, spec, _ = _setup(tmp_path, n=40)
+    spec = spec.model_copy(update={"thresholds": spec.thresholds.model_copy(update={
+        "evidence": "all", "min_evidence": 1, "min_n": 1, "target_error": 0.5, "delta": 0.2})})
+    store.labels.save([{"item_id": it.id, "label": json.dumps(_truth(int(it.external_id[1:])), separators=(",", ":")),
+                        "status": "settled", "method": "seed", "n_answers": 1, "reason": ""}
+                       for it in store.items.list()])
+    ctx = JobContext(store, spec, ModelStore(tmp_path / "models"), encoder=tiny_encoder)
+    result = retrain_job(ctx, force=True)
+    assert result["promoted"] and result["n_test"] > 0
+    evidence = read_latest(store, RetrainSnapshot).snapshot.evidence
+    assert len(evidence.confidence) == len(evidence.correct) == len(evidence.external_id) == result["n_test"]
+    model = load_version(control_store(ctx.models.root, "entities"), encoder=tiny_encoder).model
+    by_ext = {it.external_id: it for it in store.items.list()}
+    for ext, conf, right in zip(evidence.external_id, evidence.confidence, evidence.correct, strict=True):
+        (p,) = model.predict([by_ext[ext].text])
+        assert conf == pytest.approx(p.score)
+        assert right == float(sorted(list(s.key()) for s in p.spans) == _truth(int(ext[1:])))
+    review = read_latest(store, ThresholdsSnapshot)
+    assert review is not None and review.snapshot.n_evidence == result["n_test"]
