@@ -141,3 +141,29 @@ def test_a_label_studio_span_tie_goes_to_adjudication_and_the_adjudicators_spans
     (row,) = [lb for lb in store.labels.list() if _index(store, lb.item_id) == i]
     assert json.loads(row.label) == gold[i][:1] and row.method == "adjudicated"
     store.close()
+
+
+def test_an_argilla_span_tie_goes_to_the_adjudication_dataset_and_the_adjudicators_spans_settle_it(
+        tmp_path, argilla, controls_backend, encoder):  # noqa: F811
+    tool = ArgillaTool(argilla.url, argilla.api_key)
+    spec = _spec(f"ner-adj-{time.time_ns()}", "argilla", overlap=2)
+    texts, gold = _tweets(86, 90)
+    store, sync, ctx = _loop(tmp_path, tool, spec, controls_backend.url, texts, encoder)
+    workspace = tool.dataset(sync.project).workspace.name
+    stamp = time.time_ns()
+    people = [_annotator(tool, argilla.url, f"ner-adj-{k}-{stamp}", workspace) for k in range(3)]
+    ext, rid = min(tool.find(sync.project).items())
+    i = int(ext.split("-")[1])
+    found = [{"start": s, "end": e, "label": lab} for s, e, lab in gold[i]]
+    _submit(people[0][1], rid, {"entities": found}, people[0][0].id)
+    _submit(people[1][1], rid, {"entities": []}, people[1][0].id)  # a tie: Argilla cannot ask one more answer
+    sync.pull_pass()
+    assert consolidate_job(ctx)["to_adjudication"] == 1
+    adjudication = sync.adjudication.key
+    (adj_id,) = tool.find(adjudication).values()
+    _submit(people[2][1], adj_id, {"entities": found[:1]}, people[2][0].id)
+    done = consolidate_job(ctx)
+    assert done["adjudicated"] == 1
+    (row,) = store.labels.list()
+    assert json.loads(row.label) == gold[i][:1] and row.method == "adjudicated"
+    store.close()
