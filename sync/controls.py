@@ -8,10 +8,14 @@ same row's ``probabilities`` under :data:`connector.task_spec.CONTROLS_KEY`, one
 ``{"labels": [...], "probabilities": {...}, "score": s, "model_version": "v3"}``; a span control's
 ``{"kind": "spans", "spans": [{"start", "end", "label", "score"}], "score": s, "missed": m,
 "model_version": "v2"}`` (offsets on the item's text, ``s = min(least confident span, 1 - m)``).
+An NER project's primary span control: ``label`` its spans encoded by
+:func:`connector.label_sets.encode_spans`, ``confidence`` the span task score, and its entry under
+:data:`~connector.task_spec.CONTROLS_KEY` as another span control's.
 
 The primary control's answer is an annotation's ``value``; the others' are in its ``extra`` under
 ``"controls"`` (control name -> labels; a span control's: ``[[start, end, label], ...]``, offsets checked
-against the text and repaired by the tool), as the tools read them. Only the primary control's
+against the text and repaired by the tool), as the tools read them; a span control's always there,
+the primary one's too (its ``value`` then empty). Only the primary control's
 settled label is stored (``labels``); the others settle from the stored answers whenever they are
 needed (:func:`settle_control`), by the same consensus policy.
 """
