@@ -29,7 +29,9 @@ With the task (``spec``), a task whose primary control takes a label set (``mult
 its labels as lists: the final ``label``, the ``model_label`` and each answer's ``label`` (JSONL a
 JSON list, CSV a JSON string, Parquet ``list<string>``); an auto-accepted set is ``certified`` only
 when the review's rule clears it (:func:`connector.auto_accept.clears`, per-label thresholds where
-the review chose them). A task with other controls (``spec.secondary``) adds a ``controls`` column
+the review chose them). An NER project (a span control first) exports its spans the same way,
+``{"start", "end", "label", "text"}`` each (Parquet ``list<struct>``), its answers' from each
+answer's spans. A task with other controls (``spec.secondary``) adds a ``controls`` column
 after ``label``: the item's settled value per control (a label, a list of labels, or spans
 ``[[start, end, label], ...]``), given as ``controls`` (item id -> {control: value}, settled from
 the stored answers by :mod:`sync.export_controls`), ``None`` when it has none (Parquet: JSON text).
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from connector.auto_accept import certifies, clears
-from connector.label_sets import decode_label_set
+from connector.label_sets import decode_label_set, decode_spans
 from connector.snapshots import Dated, ThresholdsSnapshot, read_history
 from connector.task_spec import CONTROLS_KEY
 
@@ -82,7 +84,7 @@ class Answer:
     """One annotator's answer to the item (its latest, as stored)."""
 
     annotator: str
-    label: str | list[str] | None
+    label: str | list[str] | list[dict[str, Any]] | None
     status: str
     answered_at: datetime
 
@@ -95,9 +97,9 @@ class ExportRow:
     version: int
     text: str
     fields: dict[str, Any]
-    label: str | list[str] | None
+    label: str | list[str] | list[dict[str, Any]] | None
     source: str
-    model_label: str | list[str] | None = None
+    model_label: str | list[str] | list[dict[str, Any]] | None = None
     model_version: str | None = None
     score: float | None = None
     agreement: float | None = None
@@ -111,6 +113,8 @@ class ExportRow:
     controls: dict[str, Any] | None = None
     #: the task's primary control takes a label set: labels are lists
     label_set: bool = False
+    #: an NER project: labels are spans, ``{"start", "end", "label", "text"}`` each (offsets on ``text``)
+    spans: bool = False
     #: the task has other controls: the row has a ``controls`` column
     with_controls: bool = False
 
@@ -137,6 +141,7 @@ class StoreView:
     label_set: bool = False
     control_names: tuple[str, ...] = ()
     controls: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    span_control: str | None = None  # an NER project's primary control: its answers are in extra["controls"]
 
 
 # ------------------------------------------------------------------------------------------------ store -> rows
@@ -161,7 +166,8 @@ def read_store(store: StateStore, *, spec: TaskSpec | None = None,
                      thresholds=read_history(store, ThresholdsSnapshot),
                      label_set=labelled and spec.primary.multi_label,  # type: ignore[union-attr]
                      control_names=tuple(c.name for c in spec.secondary) if labelled else (),  # type: ignore[union-attr]
-                     controls=dict(controls or {}))
+                     controls=dict(controls or {}),
+                     span_control=spec.primary.name if labelled and spec.spans_primary else None)  # type: ignore[union-attr]
 
 
 def export_rows(store: StateStore, *, only: Only = "settled", since: datetime | None = None,
@@ -194,23 +200,25 @@ def _row(view: StoreView, item: Item) -> ExportRow:
     decision = view.decisions.get(item.id)
     preds = view.predictions.get(item.id, [])
     sets = view.label_set
-    answers = _answers(view.answers.get(item.id, []), sets=sets)
+    answers = _answers(view.answers.get(item.id, []), sets=sets) if view.span_control is None \
+        else _span_answers(view.answers.get(item.id, []), view.span_control, item.text)
     latest = preds[-1] if preds else None
     row = ExportRow(item_id=item.external_id, version=item.version, text=item.text,
                     fields=_fields(item, reserved=(CONTROLS_COLUMN,) if view.control_names else ()),
                     label=None, source="unlabelled", answers=answers,
                     n_answers=label.n_answers if label is not None else _submitted(answers),
                     agreement=label.agreement if label is not None else None, updated_at=item.updated_at,
-                    label_set=sets, with_controls=bool(view.control_names))
+                    label_set=sets, spans=view.span_control is not None, with_controls=bool(view.control_names))
     if view.control_names:
         settled = view.controls.get(item.id) or {}
         row.controls = {name: settled[name] for name in view.control_names if name in settled} or None
     _model(row, latest)
     gold = (item.meta or {}).get("gold_label") if item.is_gold else None
     if gold is not None:
-        row.label, row.source, row.updated_at = _gold_set(gold) if sets else str(gold), "gold", item.created_at
+        row.label, row.source, row.updated_at = _gold_set(gold) if sets else _label_of(str(gold), row), "gold", \
+            item.created_at
     elif label is not None and label.status == "settled" and label.label is not None:
-        row.label, row.source, row.updated_at = _label_of(label.label, sets), \
+        row.label, row.source, row.updated_at = _label_of(label.label, row), \
             HUMAN_METHODS.get(label.method, "human_consensus"), label.updated_at
     elif decision is not None and decision.action in ("auto_accept", "auto_reject"):
         decided = _prediction_of(preds, decision.model_version) or latest
@@ -220,14 +228,23 @@ def _row(view: StoreView, item: Item) -> ExportRow:
         if decision.action == "auto_accept":
             _certify(row, threshold_in_force(view.thresholds, decision.created_at), decided)
     elif latest is not None:
-        row.label, row.source, row.updated_at, row.certified = _label_of(latest.label, sets), "model_suggestion", \
+        row.label, row.source, row.updated_at, row.certified = _label_of(latest.label, row), "model_suggestion", \
             latest.created_at, False
     return row
 
 
-def _label_of(stored: str | None, sets: bool) -> str | list[str] | None:
-    """A stored label as exported: as it is, or for a label-set task the set as a sorted list."""
-    return decode_label_set(stored) if sets else stored
+def _label_of(stored: str | None, row: ExportRow) -> str | list[str] | list[dict[str, Any]] | None:
+    """A stored label as exported: as it is, for a label-set task the set as a sorted list, for an
+    NER project its spans (:func:`span_records`)."""
+    if row.spans:
+        return span_records(decode_spans(stored) or [], row.text) if stored is not None else None
+    return decode_label_set(stored) if row.label_set else stored
+
+
+def span_records(spans: Iterable[Sequence[Any]], text: str) -> list[dict[str, Any]]:
+    """Spans ``(start, end, label)`` as exported: ``{"start", "end", "label", "text"}``, by offset."""
+    return [{"start": int(s), "end": int(e), "label": str(lab), "text": text[int(s):int(e)]} for s, e, lab in
+            sorted((int(s), int(e), str(lab)) for s, e, lab in spans)]
 
 
 def _gold_set(gold: Any) -> list[str]:
@@ -239,7 +256,7 @@ def _gold_set(gold: Any) -> list[str]:
 
 def _model(row: ExportRow, prediction: Prediction | None) -> None:
     if prediction is not None:
-        row.model_label, row.model_version, row.score = _label_of(prediction.label, row.label_set), \
+        row.model_label, row.model_version, row.score = _label_of(prediction.label, row), \
             prediction.model_version, prediction.confidence
 
 
@@ -273,6 +290,13 @@ def _answers(annotations: Sequence[Annotation], *, sets: bool = False) -> list[A
     ordered = sorted(annotations, key=lambda a: (a.remote_updated_at, a.id))
     read = _answer_set if sets else _answer_label
     return [Answer(a.annotator, read(a.value, a.status), a.status, a.remote_updated_at) for a in ordered]
+
+
+def _span_answers(annotations: Sequence[Annotation], control: str, text: str) -> list[Answer]:
+    """An NER project's answers: each annotator's spans (from ``extra["controls"]``); a skip ``None``."""
+    ordered = sorted(annotations, key=lambda a: (a.remote_updated_at, a.id))
+    return [Answer(a.annotator, span_records(((a.extra or {}).get("controls") or {}).get(control) or [], text)
+                   if a.status == "submitted" else None, a.status, a.remote_updated_at) for a in ordered]
 
 
 def _answer_set(value: Any, status: str) -> list[str] | None:
@@ -401,7 +425,9 @@ def parquet_schema(rows: Sequence[ExportRow]) -> pa.Schema:
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")
-    label = pa.list_(pa.string()) if any(r.label_set for r in rows) else pa.string()
+    span = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.string()), ("text", pa.string())])
+    label = pa.list_(span) if any(r.spans for r in rows) else \
+        pa.list_(pa.string()) if any(r.label_set for r in rows) else pa.string()
     answer = pa.struct([("annotator", pa.string()), ("label", label), ("status", pa.string()),
                         ("answered_at", ts)])
     fixed = {"item_id": pa.string(), "version": pa.int64(), "text": pa.string(), "label": label,

@@ -131,6 +131,28 @@ def test_ner_items_route_on_the_span_score_push_spans_settle_retrain_and_export(
     assert "entities" in html and "PER" in html and "span F1" in html
     out = tmp_path / "ner.jsonl"
     assert export_spans(store, spec, "entities", out, consensus_policy(spec)) == 12
+    # the whole-set export: each settled item's spans with their text, in JSONL, CSV and Parquet alike
+    import pyarrow.parquet as pq
+
+    from connector.export import write
+    from sync.export_controls import task_export_rows
+
+    rows = task_export_rows(store, spec)
+    assert len(rows) == 12
+    files = write(rows, tmp_path / "labels", "all")
+    jsonl = [json.loads(line) for line in files[0].read_text(encoding="utf-8").splitlines()]
+    parquet = pq.read_table(files[2]).to_pylist()
+    import csv
+
+    with files[1].open(encoding="utf-8") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    for rec, pa_rec, csv_rec in zip(jsonl, parquet, csv_rows, strict=True):
+        i = int(rec["item_id"][1:])
+        expected = [{"start": s, "end": e, "label": lab, "text": _text(i)[s:e]} for s, e, lab in _truth(i)]
+        assert rec["label"] == pa_rec["label"] == json.loads(csv_rec["label"]) == expected
+        assert rec["source"] == "human_consensus" and rec["model_label"] == expected
+        assert sorted(a["annotator"] for a in rec["answers"]) == ["a", "b", "c"]
+        assert {a["annotator"]: a["label"] for a in pa_rec["answers"]}["c"] == []
     # hitl report reads the NER project's versions from the control's own store
     from typer.testing import CliRunner
 
