@@ -18,13 +18,12 @@ So the two are compared step for step: the same number of EM steps for both (cro
 
 from __future__ import annotations
 
+import crowdkit.aggregation as crowdkit
 import numpy as np
 import pandas as pd
 import pytest
 
 from connector.consensus import DawidSkene
-
-crowdkit = pytest.importorskip("crowdkit.aggregation")
 
 
 def _answers(seed: int, *, n: int, k: int, accuracies: list[float], p_answer: float) -> np.ndarray:
