@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from connector.multilabel import MultiLabelClassifier, label_matrix
 from connector.retraining import EmbeddingCache
 from connector.store import content_hash
 from connector.strategies import Mix, QueryStrategy, RandomSampling, make_set_strategy
+from hitl.simulate.figures import RunFigures
 
 
 @dataclass
@@ -125,7 +126,7 @@ def set_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 @dataclass
-class SetRunResult:
+class SetRunResult(RunFigures):
     """What one simulated multi-label run measured (see the module docstring). ``labels``: the final
     labels' figures (:func:`set_scores`); ``no_review``: the seed model's on the whole pool;
     ``model``: the final model's on the items no human reviewed; ``oracle_exact_match``: were the
@@ -133,6 +134,8 @@ class SetRunResult:
     labels' exact-match accuracy on the reviewed items; ``per_label_ece``: label -> ECE of the
     final model's calibrated probabilities on the unreviewed items (``ece_uncalibrated`` /
     ``ece_calibrated``: their mean over labels, before and after calibration)."""
+
+    KIND: ClassVar[str] = "sets"
 
     dataset: str
     strategy: str
@@ -157,15 +160,6 @@ class SetRunResult:
     reviewed_items: list[int] = field(default_factory=list)  # data set indices, in the order they were reviewed
     pool: list[int] = field(default_factory=list, repr=False)  # data set index of each pool item
     final: list[list[str]] = field(default_factory=list, repr=False)  # each pool item's final labels
-
-    @property
-    def review_share(self) -> float:
-        return self.reviewed / self.items if self.items else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The figures, JSON-ready (without the per-item ``pool`` and ``final``)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("pool", "final")}
-        return out | {"review_share": self.review_share, "kind": "sets"}
 
 
 def strategy_for(cfg: SetSimulationConfig, thresholds: np.ndarray | float = 0.5) -> QueryStrategy:

@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from connector.span_consensus import consolidate_spans, pairwise_span_agreement,
 from connector.span_model import SpanPrediction, SpanTagger, decode
 from connector.spans import Span, TokenAlignment
 from connector.strategies import Mix, QueryStrategy, RandomSampling, ScoreBasedStrategy
+from hitl.simulate.figures import RunFigures
 
 TokenFeatures = tuple[list[TokenAlignment], list[np.ndarray]]
 
@@ -177,12 +178,14 @@ def missed_entity(gold: Sequence[Span], pred: Sequence[Span]) -> bool:
 
 
 @dataclass
-class SpanRunResult:
+class SpanRunResult(RunFigures):
     """What one simulated entity run measured (see the module docstring). ``labels``: the final
     spans' figures (:func:`span_figures`); ``no_review``: the seed model's on the whole pool;
     ``model``: the final model's on the items no human reviewed; ``reviewed``: the consolidated
     human spans' on the reviewed items (``reviewed_figures``); ``span_ece`` / ``missed_ece`` and the
     mean score against the observed rate, on the unreviewed items."""
+
+    KIND: ClassVar[str] = "spans"
 
     dataset: str
     strategy: str
@@ -210,15 +213,6 @@ class SpanRunResult:
     reviewed_items: list[int] = field(default_factory=list)  # data set indices, in the order they were reviewed
     pool: list[int] = field(default_factory=list, repr=False)  # data set index of each pool item
     final: list[list[Span]] = field(default_factory=list, repr=False)  # each pool item's final spans
-
-    @property
-    def review_share(self) -> float:
-        return self.reviewed / self.items if self.items else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The figures, JSON-ready (without the per-item ``pool`` and ``final``)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("pool", "final")}
-        return out | {"review_share": self.review_share, "kind": "spans"}
 
 
 def token_features(encoder: Any, data: EntityTexts, *, context: int = 1) -> TokenFeatures:
