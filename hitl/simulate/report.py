@@ -9,6 +9,27 @@ from typing import Any
 from hitl.simulate.loop import RunResult
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig: Any) -> str:
+    """A figure as an embedded PNG ``<img>`` (base64), the figure closed."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
 def labels_to_reach(rounds: Sequence[dict[str, Any]], accuracy: float, *, key: str = "eval_accuracy") -> int | None:
     """Reviewed items from which on the evaluation accuracy stays at or above ``accuracy`` (the
     first point of the last run of rounds that all reach it; ``None`` if the last round does not).
@@ -39,20 +60,9 @@ def write_html(results: Sequence[RunResult], path: Path, *, title: str) -> Path:
     """An HTML page: the figures table and plots (label accuracy against review share with the
     no-review level, the oracle and where the stopping rule fired; evaluation accuracy against
     labels, active learning against random)."""
-    import base64
     import html
-    import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def png(fig: Any) -> str:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    plt = pyplot()
 
     rows = "".join(
         f"<tr><td>{html.escape(r.strategy)}</td><td>{r.seed}</td><td>{r.items}</td><td>{r.reviewed} "

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hitl.simulate.report import labels_to_reach
+from hitl.simulate.report import labels_to_reach, png, pyplot
 from hitl.simulate.sets import SetRunResult, SetSimulationConfig, run_sets
 from hitl.simulate.spans import SpanRunResult, SpanSimulationConfig, run_spans, token_features
 
@@ -206,20 +206,9 @@ def write_html(results: Sequence[Result], path: Path, *, title: str, kind: str) 
     """An HTML page: the figures table and a curve per strategy (the final labels' headline and
     second figure against review share, with the no-review level dashed and the oracle dotted; the
     model's held-out figure against labels, active learning against random)."""
-    import base64
     import html
-    import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def png(fig: Any) -> str:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    plt = pyplot()
 
     head, second, held = KEYS[kind]
     parts = []
